@@ -1,0 +1,2 @@
+class CorruptImageError(ValueError):
+    """An image file that cannot be decoded; the message names the file."""
