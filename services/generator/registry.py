@@ -5,6 +5,7 @@
     {"model_id": "stylegan2-cxr64", "family": "stylegan2", "weights": "stylegan2-cxr64.safetensors",
      "resolution": 64, "card": "stylegan2-cxr64.md", "description": "...", "config": {...}}
 
+A descriptor may list ``aliases`` (e.g. ``["stylegan2"]``) accepted wherever a model id is.
 Users add their own models with ``SYNTHRAD_MODEL_DIRS`` (folders holding more descriptors; a
 descriptor may point ``weights`` at an absolute path or a diffusers folder, with ``sha256`` to verify).
 A family maps to a loader ``load(descriptor, weights_path, backend, device) -> LoadedGenerator``.
@@ -85,9 +86,20 @@ def weights_hash(path: Path) -> str:
     return _hash_cached(str(path), st.st_mtime, st.st_size)
 
 
+def _aliases(descs: dict[str, tuple[dict, Path]]) -> dict[str, str]:
+    """Short names (``"stylegan2"``, ``"ddpm"``) a descriptor lists under ``aliases``."""
+    return {a: mid for mid, (d, _) in descs.items() for a in d.get("aliases", []) if a not in descs}
+
+
+def canonical_model_id(model_id: str) -> str:
+    descs = _descriptors()
+    return model_id if model_id in descs else _aliases(descs).get(model_id, model_id)
+
+
 def resolve(model_id: str) -> tuple[dict, Path]:
     """Descriptor and weights path of a model, verifying the sha256 when the descriptor gives one."""
     descs = _descriptors()
+    model_id = _aliases(descs).get(model_id, model_id)
     if model_id not in descs:
         known = ", ".join(sorted(descs)) or "(none)"
         raise UnknownModel(f"unknown model {model_id!r}; available models: {known}")
@@ -109,6 +121,7 @@ def resolve(model_id: str) -> tuple[dict, Path]:
 
 
 def model_info(model_id: str) -> ModelInfo:
+    model_id = canonical_model_id(model_id)
     desc, weights = resolve(model_id)
     card = None
     if desc.get("card"):
@@ -140,6 +153,7 @@ def load_generator(model_id: str, backend: str = "auto", device: str = "auto") -
 
     if device == "auto":
         device = get_settings().resolved_device()
+    model_id = canonical_model_id(model_id)
     key = (model_id, backend, device)
     with _lock:
         if key in _loaded:
