@@ -65,4 +65,5 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, dict]:
     raise CorruptImageError(f"{name}: unsupported image type {suffix!r}")
 
 
-__all__ = ["IMAGE_FORMATS", "EXTENSIONS", "CorruptImageError", "encode_image", "decode_image"]
+__all__ = ["IMAGE_FORMATS", "EXTENSIONS", "CorruptImageError", "encode_image", "decode_image", "read_image_file"]
+from .files import read_image_file  # noqa: E402  (files.py imports decode_image from here)
