@@ -129,3 +129,14 @@ def test_fsspec_memory_store_manifest_last():
     assert len(list(store.iter_images(m.batch_id))) == 2
     store.delete(m.batch_id)
     assert store.list() == []
+
+
+def test_webdataset_batch_shards_read_with_iter_shard(tmp_path):
+    from services.common.codecs.webdataset import iter_shard
+
+    store = BatchStore(tmp_path / "s")
+    m = _write(store, "webdataset", n=3)
+    (tmp_path / "shard.tar").write_bytes(store.read_file(m.batch_id, m.images[0].file))
+    samples = list(iter_shard(tmp_path / "shard.tar"))
+    assert [k for k, _, _ in samples] == ["000000", "000001", "000002"]
+    assert samples[2][2]["provenance"]["seed"] == 2 and samples[2][2]["provenance"]["synthetic"] is True

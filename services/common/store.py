@@ -18,8 +18,6 @@ no id can address a path outside the store.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import re
 import shutil
@@ -35,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from .codecs import EXTENSIONS, IMAGE_FORMATS, decode_image, encode_image
+from .codecs.webdataset import add_sample, sample_json
 from .findings import Condition
 from .provenance import Provenance, utc_now
 
@@ -276,12 +275,7 @@ class BatchWriter(AbstractContextManager):
             self._shard_name = f"shard-{index // SHARD_SIZE:06d}.tar"
             self._shard_fh = self.store.fs.open(f"{self.dir}/{self._shard_name}", "wb")
             self._shard = tarfile.open(fileobj=self._shard_fh, mode="w", format=tarfile.USTAR_FORMAT)
-        meta = json.dumps(prov.model_dump(mode="json"), sort_keys=True).encode()
-        key = member.rsplit(".", 1)[0]
-        for name, payload in ((member, data), (f"{key}.json", meta)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(payload), 0, 0o644
-            self._shard.addfile(info, io.BytesIO(payload))
+        add_sample(self._shard, member.rsplit(".", 1)[0], data, sample_json(prov), mtime=0)
 
     def _close_shard(self) -> None:
         if self._shard is not None:

@@ -47,18 +47,12 @@ class ShardWriter:
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r}")
         png = encode_png(image, provenance, bit_depth=self.bit_depth)
-        doc = dict(meta or {})
-        if provenance is not None:
-            doc["provenance"] = json.loads(provenance.to_json())
-        blob = json.dumps(doc, sort_keys=True).encode()
+        blob = sample_json(provenance, meta)
         if self._tar is None or self._count >= self.max_count or (
             self.max_bytes and self._count and self._bytes + len(png) + len(blob) > self.max_bytes
         ):
             self._next_shard()
-        for name, payload in ((f"{key}.png", png), (f"{key}.json", blob)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(payload), int(time.time()), 0o644
-            self._tar.addfile(info, io.BytesIO(payload))
+        add_sample(self._tar, key, png, blob)
         self._keys.add(key)
         self._count += 1
         self._bytes += len(png) + len(blob)
@@ -94,6 +88,23 @@ class ShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.abort() if exc_type else self.close()
+
+
+def sample_json(provenance: Provenance | None, meta: dict | None = None) -> bytes:
+    """The ``{key}.json`` member: user metadata plus the provenance under ``"provenance"``."""
+    doc = dict(meta or {})
+    if provenance is not None:
+        doc["provenance"] = json.loads(provenance.to_json())
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def add_sample(tar: tarfile.TarFile, key: str, png: bytes, blob: bytes, mtime: int | None = None) -> None:
+    """Append one sample (``{key}.png`` + ``{key}.json``) to an open tar."""
+    for name, payload in ((f"{key}.png", png), (f"{key}.json", blob)):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(payload), 0o644
+        info.mtime = int(time.time()) if mtime is None else mtime
+        tar.addfile(info, io.BytesIO(payload))
 
 
 def iter_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict]]:
