@@ -1,0 +1,10 @@
+"""Class-conditional pixel diffusion (DDPM family): diffusers ``UNet2DModel`` + factored findings embedding,
+classifier-free guidance, DDPM / DDIM / DPM-Solver++ samplers created per request, eager / compile / ONNX."""
+
+from .model import DEFAULT_SCHEDULE, UNET_PRESETS, ConditionalUNet, ConditionEmbedding, unet_config
+from .sampling import SAMPLERS, canonical_sampler, make_scheduler, sample
+
+__all__ = [
+    "DEFAULT_SCHEDULE", "UNET_PRESETS", "ConditionalUNet", "ConditionEmbedding", "unet_config",
+    "SAMPLERS", "canonical_sampler", "make_scheduler", "sample",
+]

@@ -1,0 +1,197 @@
+"""Text-conditioned latent diffusion from a local Stable-Diffusion-format diffusers folder (RoentGen-style).
+
+Descriptor (in a ``SYNTHRAD_MODEL_DIRS`` folder)::
+
+    {"model_id": "roentgen", "family": "latent_diffusion", "weights": "/models/roentgen",
+     "sha256": "<registry.weights_hash of the folder>", "resolution": 512, "text_conditioned": true,
+     "config": {"sampler": "dpmpp", "steps": 25, "guidance": 4.0}}
+
+:func:`make_descriptor` computes the hash and writes such a file; :func:`load_path` loads a folder
+directly (``--model-path DIR``).  Nothing is fetched from the hub (``local_files_only=True``).
+The raw prompt goes to the pipeline's text encoder; when an image has no prompt, its condition's
+``describe()`` text is used ("pleural effusion; no atelectasis").  Output is the RGB image's mean
+channel in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from services.common.findings import Condition
+from services.common.logging import get_logger
+from services.generator.base import GenerationParams, GeneratorError, LoadedGenerator
+
+log = get_logger(__name__)
+
+DEFAULTS = {"sampler": "dpmpp", "steps": 25, "guidance": 4.0}
+SAMPLERS = ("ddpm", "ddim", "dpmpp", "pndm", "euler")
+
+
+class HashMismatch(GeneratorError):
+    pass
+
+
+def verify_folder(path: Path, expected: str | None) -> str:
+    """sha256 of the folder (``registry.weights_hash``); raises :class:`HashMismatch` if it differs."""
+    from services.generator.registry import weights_hash
+
+    path = Path(path)
+    if not path.is_dir() or not (path / "model_index.json").exists():
+        raise GeneratorError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    got = weights_hash(path)
+    if expected and got != expected.lower():
+        raise HashMismatch(
+            f"checkpoint folder {path} has sha256 {got}, but its descriptor expects {expected}; refusing to load "
+            "a checkpoint that is corrupt, partially copied or not the one the descriptor names "
+            "(recompute with services.generator.models.latent_diffusion.loader.make_descriptor if you changed it on purpose)"
+        )
+    return got
+
+
+def make_scheduler(name: str, base_config: dict[str, Any]):
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           PNDMScheduler)
+
+    key = name.strip().lower()
+    key = {"dpm++": "dpmpp", "dpm-solver++": "dpmpp", "dpmsolver++": "dpmpp"}.get(key, key)
+    if key == "ddim":
+        return DDIMScheduler.from_config(base_config)
+    if key == "ddpm":
+        return DDPMScheduler.from_config(base_config)
+    if key == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++", solver_order=2)
+    if key == "pndm":
+        return PNDMScheduler.from_config(base_config)
+    if key == "euler":
+        return EulerDiscreteScheduler.from_config(base_config)
+    raise GeneratorError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class LatentDiffusionGenerator(LoadedGenerator):
+    family = "latent_diffusion"
+    text_conditioned = True
+
+    def __init__(self, pipe, *, model_id: str, model_hash: str, backend: str, device: str, resolution: int,
+                 defaults: dict[str, Any] | None = None):
+        self.pipe = pipe
+        self.model_id = model_id
+        self.model_hash = model_hash
+        self.backend = backend
+        self.device = device
+        self.resolution = int(resolution)
+        self.defaults = {**DEFAULTS, **(defaults or {})}
+        self._sched_config = dict(pipe.scheduler.config)
+        self._lock = threading.Lock() if backend == "compile" else None
+
+    def _request_pipeline(self, sampler: str):
+        """A pipeline object for one request sharing the loaded modules but with its own scheduler
+        (scheduler state and the pipeline's per-call attributes are per request)."""
+        comps = dict(self.pipe.components)
+        comps["scheduler"] = make_scheduler(sampler, self._sched_config)
+        comps["safety_checker"] = None
+        pipe = type(self.pipe)(**comps, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def generate(self, conditions: Sequence[Condition], seeds: Sequence[int], params: GenerationParams | None = None,
+                 prompts: Sequence[str | None] | None = None) -> np.ndarray:
+        self.check_inputs(conditions, seeds, prompts)
+        p = params or GenerationParams()
+        res = int(p.resolution or self.resolution)
+        if res % 8:
+            raise GeneratorError(f"resolution must be a multiple of 8 for latent diffusion, got {res}")
+        if not seeds:
+            return np.zeros((0, res, res), np.float32)
+        texts = []
+        for i, c in enumerate(conditions):
+            text = prompts[i] if prompts is not None else None
+            if not text:
+                text = "" if all(code == 2 for code in c.codes()) else c.describe()
+            texts.append(text)
+        pipe = self._request_pipeline(p.sampler or self.defaults["sampler"])
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        kwargs = dict(prompt=texts, height=res, width=res, num_inference_steps=int(p.steps or self.defaults["steps"]),
+                      guidance_scale=float(self.defaults["guidance"] if p.guidance is None else p.guidance),
+                      generator=gens, output_type="np")
+        if self._lock is not None:
+            with self._lock:
+                out = pipe(**kwargs).images
+        else:
+            out = pipe(**kwargs).images
+        out = np.asarray(out, dtype=np.float32)
+        if out.ndim == 4:
+            out = out.mean(axis=-1)
+        return np.clip(out, 0.0, 1.0)
+
+
+def _pipeline_resolution(pipe) -> int:
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return int(pipe.unet.config.sample_size) * scale
+
+
+def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: str = "cpu") -> LatentDiffusionGenerator:
+    """Registry loader for ``family: latent_diffusion`` (``weights`` = a local diffusers folder)."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(weights_path)
+    model_hash = verify_folder(path, descriptor.get("sha256"))
+    if backend == "auto":
+        backend = "eager"
+    if backend not in ("eager", "compile"):
+        raise GeneratorError(f"backend {backend!r} is not available for latent diffusion models; use eager or compile")
+    cuda = torch.device(device).type == "cuda"
+    dtype = torch.float16 if cuda and descriptor.get("config", {}).get("fp16", True) else torch.float32
+    kw = {"torch_dtype": dtype} if dtype != torch.float32 else {}
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, safety_checker=None, requires_safety_checker=False, **kw,
+        )
+    except (OSError, ValueError) as e:
+        raise GeneratorError(f"cannot load a Stable-Diffusion-format pipeline from {path}: {e}") from e
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if backend == "compile":
+        if cuda:
+            pipe.unet.to(memory_format=torch.channels_last)
+        pipe.unet = torch.compile(pipe.unet)
+    cfg = dict(descriptor.get("config") or {})
+    resolution = int(descriptor.get("resolution") or _pipeline_resolution(pipe))
+    return LatentDiffusionGenerator(pipe, model_id=descriptor.get("model_id") or path.name, model_hash=model_hash,
+                                    backend=backend, device=device, resolution=resolution,
+                                    defaults={k: cfg[k] for k in ("sampler", "steps", "guidance") if k in cfg})
+
+
+def load_path(path: str | Path, backend: str = "auto", device: str = "cpu", sha256: str | None = None,
+              model_id: str | None = None) -> LatentDiffusionGenerator:
+    """Load a local diffusers folder directly (``--model-path DIR``); ``sha256`` verified when given."""
+    path = Path(path).expanduser().resolve()
+    desc = {"model_id": model_id or f"local:{path.name}", "family": "latent_diffusion", "weights": str(path)}
+    if sha256:
+        desc["sha256"] = sha256
+    return load(desc, path, backend, device)
+
+
+def make_descriptor(path: str | Path, model_id: str, out_dir: str | Path | None = None, **config: Any) -> dict:
+    """Descriptor (with the folder's sha256) for a local checkpoint; written to ``out_dir/<model_id>.json``."""
+    path = Path(path).expanduser().resolve()
+    sha = verify_folder(path, None)
+    try:  # native resolution = UNet sample size x VAE downsampling, read from the component configs
+        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+        vae_cfg = json.loads((path / "vae" / "config.json").read_text())
+        resolution = int(unet_cfg["sample_size"]) * 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError, TypeError):
+        resolution = 512
+    desc = {"model_id": model_id, "family": "latent_diffusion", "weights": str(path), "resolution": resolution,
+            "sha256": sha, "text_conditioned": True,
+            "description": f"Stable-Diffusion-format checkpoint at {path}", "config": config}
+    if out_dir is not None:
+        out = Path(out_dir) / f"{model_id}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(desc, indent=2) + "\n")
+    return desc

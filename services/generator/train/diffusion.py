@@ -1,0 +1,337 @@
+"""Training of the class-conditional pixel DDPM (``synthrad train diffusion``).
+
+* Noise-prediction (epsilon) MSE under the model's ``DDPMScheduler`` (cosine schedule, 1000 steps).
+* Classifier-free guidance training: the whole condition is dropped to "all unspecified" with
+  probability ``p_uncond``; each finding is also dropped to "unspecified" on its own with
+  ``p_drop_finding`` (so partial conditions are meaningful at sampling time).
+* EMA of the weights (warm-up ``min(decay, (1+s)/(10+s))``); the EMA model is what is exported.
+* Exact resume: model, EMA, optimizer, step, images seen, RNG state and the batch sampler's state live in
+  ``OUT/checkpoint.pt`` (atomic writes); ``--resume`` continues from it.
+* ``--max-minutes`` budget: training stops in time to save, export the EMA weights (fp16 safetensors +
+  JSON descriptor with sha256) and a final per-condition sample grid.
+* Progress bar (tqdm) with loss and images/s; ``OUT/log.jsonl`` with the same numbers; sample grids
+  ``OUT/grids/step-XXXXXX.png`` (one row per condition, the same seeds in every grid).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from services.common.findings import FINDINGS, HUMAN_NAMES, Condition
+from services.common.logging import get_logger
+from services.generator.models.ddpm.model import (DEFAULT_SCHEDULE, ConditionalUNet, count_parameters, save_weights,
+                                                  unet_config)
+from services.generator.models.ddpm.sampling import sample
+from services.generator.train.common import (InfiniteBatches, JsonlLog, TimeBudget, load_checkpoint, rng_state,
+                                             save_checkpoint, save_grid, seed_everything, set_rng_state)
+
+log = get_logger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class DiffusionTrainConfig:
+    out: str
+    data: str | None = None
+    layout: str = "nih"
+    views: str = "all"
+    split: str | None = "train"
+    resolution: int = 64
+    preset: str = "cxr64"
+    model_id: str = "ddpm-cxr64"
+    batch: int = 64
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1
+    p_drop_finding: float = 0.15
+    augment: bool = True
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    grid_every: int = 1000
+    ckpt_every: int = 1000
+    log_every: int = 50
+    grid_sampler: str = "dpmpp"
+    grid_steps: int = 20
+    grid_guidance: float = 2.0
+    grid_seeds: int = 8
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+    schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def grid_conditions() -> list[tuple[str, Condition]]:
+    """Rows of the sample grids: unconditional, no finding, and each finding present with the others absent."""
+    rows = [("unconditional", Condition()), ("no finding", Condition.no_finding())]
+    for f in FINDINGS:
+        rows.append((HUMAN_NAMES[f], Condition.from_findings([f], [g for g in FINDINGS if g != f])))
+    return rows
+
+
+def drop_conditions(codes: torch.Tensor, p_uncond: float, p_drop_finding: float) -> torch.Tensor:
+    """Condition dropout for classifier-free guidance (uses the global torch RNG, which is checkpointed)."""
+    codes = codes.clone()
+    if p_drop_finding > 0:
+        drop = torch.rand(codes.shape, device=codes.device) < p_drop_finding
+        codes[drop] = 2
+    if p_uncond > 0:
+        drop_all = torch.rand(codes.shape[0], device=codes.device) < p_uncond
+        codes[drop_all] = 2
+    return codes
+
+
+def augment_batch(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Small random integer translations (edge-replicated), per image. No flips: anatomy is lateralised."""
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    pad = F.pad(x, (max_shift,) * 4, mode="replicate")
+    sy = torch.randint(0, 2 * max_shift + 1, (n,), device=x.device)
+    sx = torch.randint(0, 2 * max_shift + 1, (n,), device=x.device)
+    rows = (sy[:, None] + torch.arange(h, device=x.device)[None]).view(n, 1, h, 1).expand(n, 1, h, pad.shape[3])
+    tmp = torch.gather(pad, 2, rows)
+    cols = (sx[:, None] + torch.arange(w, device=x.device)[None]).view(n, 1, 1, w).expand(n, 1, h, w)
+    return torch.gather(tmp, 3, cols)
+
+
+def build_dataset(cfg: DiffusionTrainConfig):
+    from services.common.datasets import XrayDataset, load_records
+
+    if not cfg.data:
+        raise ValueError("no training data given (--data PATH)")
+    views = None if cfg.views in (None, "", "all") else cfg.views
+    records = load_records(cfg.data, cfg.layout, views=views, split=cfg.split)
+    if not records:
+        raise ValueError(f"no images found in {cfg.data} (layout {cfg.layout}, views {cfg.views}, split {cfg.split})")
+    return XrayDataset(records, cfg.resolution, cache_dir="auto", progress=cfg.progress)
+
+
+class DiffusionTrainer:
+    def __init__(self, cfg: DiffusionTrainConfig, dataset=None):
+        from diffusers import DDPMScheduler
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.dataset = dataset if dataset is not None else build_dataset(cfg)
+        self.unet_kwargs = unet_config(cfg.preset, cfg.resolution)
+        self.model = ConditionalUNet(self.unet_kwargs).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._ema_params = list(self.ema.parameters())
+        self._model_params = [p.detach() for p in self.model.parameters()]
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.noise_sched = DDPMScheduler(**cfg.schedule)
+        self.alphas_cumprod = self.noise_sched.alphas_cumprod.to(self.device)
+        self.batches = InfiniteBatches(self.dataset, cfg.batch, self.device, seed=cfg.seed)
+        self.step = 0
+        self.nimg = 0
+        self.train_seconds = 0.0
+        self.log = JsonlLog(self.out / "log.jsonl")
+        cuda = torch.device(self.device).type == "cuda"
+        self.amp_dtype = torch.bfloat16 if (cuda and cfg.amp) else None
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+
+    # ---- checkpoint ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "step": self.step, "nimg": self.nimg, "train_seconds": self.train_seconds,
+                "config": asdict(self.cfg), "unet": self.unet_kwargs, "rng": rng_state(),
+                "batches": self.batches.state_dict()}
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+
+    def resume(self) -> bool:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return False
+        st = load_checkpoint(path, map_location=self.device)
+        if st["unet"] != self.unet_kwargs:
+            raise ValueError(f"checkpoint {path} was trained with another UNet config; use a new --out folder")
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["opt"])
+        self.step, self.nimg = int(st["step"]), int(st["nimg"])
+        self.train_seconds = float(st.get("train_seconds", 0.0))
+        set_rng_state(st["rng"])
+        self.batches.load_state_dict(st["batches"])
+        log.info("resumed diffusion training", extra={"step": self.step, "checkpoint": str(path)})
+        return True
+
+    # ---- one step -----------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        cfg = self.cfg
+        x0, codes = self.batches.next()
+        x0 = x0.float()
+        if cfg.augment:
+            x0 = augment_batch(x0, max(1, cfg.resolution // 16))
+        codes = drop_conditions(codes.long(), cfg.p_uncond, cfg.p_drop_finding)
+        n = x0.shape[0]
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (n,), device=self.device)
+        noise = torch.randn_like(x0)
+        a = self.alphas_cumprod[t].view(n, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        if self.noise_sched.config.prediction_type == "v_prediction":
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        else:
+            target = noise
+        lr = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup_steps))
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device_type=torch.device(self.device).type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None):
+            pred = self.model(xt, t.float(), codes)
+        loss = F.mse_loss(pred.float(), target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        beta = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - beta)
+            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
+                be.copy_(bm)
+        self.step += 1
+        self.nimg += n
+        return float(loss.detach())
+
+    # ---- samples ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self, path: Path, model: ConditionalUNet | None = None) -> Path:
+        cfg = self.cfg
+        model = (model or self.ema).eval()
+        rows, labels = [], []
+        seeds = list(range(cfg.grid_seeds))
+
+        def denoise(x, t, c):
+            return model(x, t, c)
+
+        for label, cond in grid_conditions():
+            codes = torch.tensor([cond.codes()] * len(seeds), dtype=torch.long)
+            x = sample(denoise, codes, seeds, resolution=cfg.resolution, schedule=cfg.schedule,
+                       sampler=cfg.grid_sampler, steps=cfg.grid_steps, guidance=cfg.grid_guidance, device=self.device)
+            rows.append(((x[:, 0].float().cpu().numpy() + 1.0) * 0.5).clip(0, 1))
+            labels.append(label)
+        return save_grid(rows, path, labels=labels)
+
+    # ---- export -------------------------------------------------------------------------------------
+    def export(self) -> dict:
+        """EMA weights -> ``OUT/<model_id>.safetensors`` (fp16) + ``OUT/<model_id>.json`` descriptor."""
+        from services.generator.registry import sha256_file
+
+        cfg = self.cfg
+        weights = self.out / f"{cfg.model_id}.safetensors"
+        save_weights(self.ema, weights, metadata={"model_id": cfg.model_id, "step": str(self.step)})
+        if torch.device(self.device).type == "cuda":
+            hardware = torch.cuda.get_device_name(torch.device(self.device))
+        else:
+            hardware = f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)"
+        desc = {
+            "model_id": cfg.model_id,
+            "family": "ddpm",
+            "weights": weights.name,
+            "sha256": sha256_file(weights),
+            "resolution": cfg.resolution,
+            "card": f"{cfg.model_id}.md",
+            "description": "Class-conditional pixel DDPM (diffusers UNet2DModel + findings embedding, classifier-free guidance)",
+            "config": {
+                "unet": self.unet_kwargs,
+                "schedule": dict(cfg.schedule),
+                "defaults": {"sampler": "dpmpp", "steps": 20, "guidance": cfg.grid_guidance},
+            },
+            "training": {
+                "data": Path(cfg.data).name if cfg.data else None, "layout": cfg.layout, "views": cfg.views,
+                "split": cfg.split, "images": len(self.dataset), "steps": self.step, "images_seen": self.nimg,
+                "batch": cfg.batch, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "p_uncond": cfg.p_uncond,
+                "p_drop_finding": cfg.p_drop_finding, "train_seconds": round(self.train_seconds, 1),
+                "device": self.device, "hardware": hardware, "torch": torch.__version__,
+                "parameters": count_parameters(self.ema),
+            },
+        }
+        (self.out / f"{cfg.model_id}.json").write_text(json.dumps(desc, indent=2) + "\n")
+        return desc
+
+    # ---- loop ---------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if resume:
+            self.resume()
+        # reserve time for the final checkpoint, export and grid (~ a grid's sampling cost)
+        budget = TimeBudget(cfg.max_minutes, reserve_s=min(60.0, 0.1 * 60.0 * (cfg.max_minutes or 0)))
+        total = cfg.max_steps
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="diffusion", unit="step", dynamic_ncols=True)
+        t_last, n_last = time.monotonic(), self.nimg
+        loss_ema = None
+        self.model.train()
+        try:
+            while True:
+                if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                    break
+                if budget.exceeded():
+                    log.info("time budget reached", extra={"step": self.step, "minutes": cfg.max_minutes})
+                    break
+                t0 = time.monotonic()
+                loss = self.train_step()
+                self.train_seconds += time.monotonic() - t0
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} at step {self.step}")
+                loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    now = time.monotonic()
+                    ips = (self.nimg - n_last) / max(now - t_last, 1e-9)
+                    t_last, n_last = now, self.nimg
+                    self.log.write(step=self.step, nimg=self.nimg, loss=loss, loss_avg=loss_ema, img_per_s=ips,
+                                   lr=self.opt.param_groups[0]["lr"], elapsed_s=budget.elapsed())
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{ips:.0f}")
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save()
+                if cfg.grid_every and self.step % cfg.grid_every == 0:
+                    self.sample_grid(self.out / "grids" / f"step-{self.step:06d}.png")
+                    self.model.train()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save()
+        desc = self.export()
+        grid = self.sample_grid(self.out / f"{cfg.model_id}-grid.png")
+        log.info("diffusion training done", extra={"step": self.step, "out": str(self.out), "grid": str(grid)})
+        return desc
+
+
+def train(cfg: DiffusionTrainConfig, resume: bool = False, dataset=None) -> dict:
+    """Train (or continue) and export; returns the descriptor written to ``OUT/<model_id>.json``."""
+    return DiffusionTrainer(cfg, dataset=dataset).fit(resume=resume)

@@ -1,0 +1,67 @@
+"""``synthrad train diffusion``: train the class-conditional pixel DDPM on real chest X-rays."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="diffusion")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset folder.")
+@click.option("--layout", default="nih", show_default=True, help="nih | chexpert | mimic | folder.")
+@click.option("--views", default="all", show_default=True, help="Comma-separated views to keep (PA,AP) or 'all'.")
+@click.option("--split", default="train", show_default=True, help="Dataset split to train on ('all' for every image).")
+@click.option("--resolution", default=64, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint, grids, export).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--max-minutes", type=float, default=None, help="Time budget; stops in time to export the EMA weights.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (total, across resumes).")
+@click.option("--batch", default=64, show_default=True, type=int)
+@click.option("--lr", default=2e-4, show_default=True, type=float)
+@click.option("--preset", default="cxr64", show_default=True, help="UNet size: cxr64 (~7.9M) | small | tiny.")
+@click.option("--model-id", default="ddpm-cxr64", show_default=True, help="Name of the exported model.")
+@click.option("--ema-decay", default=0.999, show_default=True, type=float)
+@click.option("--p-uncond", default=0.1, show_default=True, type=float, help="Whole-condition dropout (CFG).")
+@click.option("--p-drop-finding", default=0.15, show_default=True, type=float, help="Per-finding dropout to 'unspecified'.")
+@click.option("--grid-every", default=1000, show_default=True, type=int, help="Steps between sample grids (0: none).")
+@click.option("--ckpt-every", default=1000, show_default=True, type=int, help="Steps between checkpoints.")
+@click.option("--no-augment", is_flag=True, help="Disable the small random translations.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def command(data, layout, views, split, resolution, out, resume, max_minutes, max_steps, batch, lr, preset, model_id,
+            ema_decay, p_uncond, p_drop_finding, grid_every, ckpt_every, no_augment, seed, device, threads,
+            no_progress) -> None:
+    """Train the class-conditional pixel DDPM (EMA, resume, grids); exports OUT/<model-id>.{safetensors,json}.
+
+    \b
+    Example:
+      synthrad train diffusion --data ../shared/data/nih-chestxray14-64 --layout nih --resolution 64 \\
+          --out runs/ddpm --max-minutes 30 --batch 64
+    """
+    import torch
+
+    from services.generator.train.diffusion import DiffusionTrainConfig, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    if max_steps is None and max_minutes is None:
+        raise click.UsageError("give --max-steps or --max-minutes (training has no natural end)")
+    cfg = DiffusionTrainConfig(
+        out=out, data=data, layout=layout, views=views, split=None if split == "all" else split,
+        resolution=resolution, preset=preset, model_id=model_id, batch=batch, lr=lr, ema_decay=ema_decay,
+        p_uncond=p_uncond, p_drop_finding=p_drop_finding, augment=not no_augment, max_steps=max_steps,
+        max_minutes=max_minutes, grid_every=grid_every, ckpt_every=ckpt_every, seed=seed, device=device,
+        progress=not no_progress,
+    )
+    try:
+        desc = train(cfg, resume=resume)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    tr = desc["training"]
+    click.echo(f"exported {out}/{desc['weights']} ({tr['parameters'] / 1e6:.1f}M params, {tr['steps']} steps, "
+               f"{tr['train_seconds']:.0f}s on {tr['hardware']}); descriptor {out}/{desc['model_id']}.json")
+
+
+if __name__ == "__main__":
+    command()

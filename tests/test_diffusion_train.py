@@ -1,0 +1,126 @@
+"""DDPM training: exact resume, export (safetensors + descriptor) loadable by the family loader, time budget,
+condition dropout, and the ``synthrad train diffusion`` command on the shared NIH data (tiny config)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.findings import Condition
+from services.generator.base import GenerationParams
+from services.generator.train.diffusion import DiffusionTrainConfig, DiffusionTrainer, drop_conditions, train
+
+NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-chestxray14-64"
+
+
+class SynthXrays(torch.utils.data.Dataset):
+    def __init__(self, n: int = 12, res: int = 16):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(n, 1, res, res, generator=g) * 2 - 1
+        self.c = torch.randint(0, 3, (n, 4), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.c[i]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(out, **kw) -> DiffusionTrainConfig:
+    base = dict(out=str(out), resolution=16, preset="tiny", model_id="ddpm-test", batch=4, max_steps=6,
+                grid_every=0, ckpt_every=2, grid_seeds=2, grid_steps=2, progress=False, device="cpu", log_every=1)
+    base.update(kw)
+    return DiffusionTrainConfig(**base)
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = SynthXrays()
+    straight = DiffusionTrainer(_cfg(tmp_path / "a", max_steps=6), dataset=data)
+    straight.fit()
+    first = DiffusionTrainer(_cfg(tmp_path / "b", max_steps=3), dataset=data)
+    first.fit()
+    assert (tmp_path / "b" / "checkpoint.pt").exists()
+    resumed = DiffusionTrainer(_cfg(tmp_path / "b", max_steps=6), dataset=data)
+    assert resumed.resume() and resumed.step == 3 and resumed.nimg == 12
+    resumed.fit()
+    assert resumed.step == 6
+    for k, v in straight.ema.state_dict().items():
+        assert torch.equal(v, resumed.ema.state_dict()[k]), k
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_export_is_loadable_and_generates(tmp_path):
+    from services.generator.models.ddpm.loader import load
+    from services.generator.registry import sha256_file
+
+    desc = train(_cfg(tmp_path, max_steps=2), dataset=SynthXrays())
+    weights = tmp_path / "ddpm-test.safetensors"
+    on_disk = json.loads((tmp_path / "ddpm-test.json").read_text())
+    assert on_disk == desc and desc["family"] == "ddpm" and desc["sha256"] == sha256_file(weights)
+    assert desc["training"]["steps"] == 2 and desc["training"]["images_seen"] == 8
+    assert (tmp_path / "ddpm-test-grid.png").exists()
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float16 for v in load_file(str(weights)).values() if v.is_floating_point())
+    g = load(desc, weights, "eager", "cpu")
+    out = g.generate([Condition.from_findings(["pleural_effusion"])], [1], GenerationParams(steps=3))
+    assert out.shape == (1, 16, 16) and np.isfinite(out).all()
+
+
+def test_time_budget_stops_and_exports(tmp_path):
+    desc = train(_cfg(tmp_path, max_steps=None, max_minutes=0.002), dataset=SynthXrays())
+    assert desc["training"]["steps"] < 1000
+    assert (tmp_path / "ddpm-test.safetensors").exists()
+
+
+def test_condition_dropout():
+    torch.manual_seed(0)
+    codes = torch.zeros(4000, 4, dtype=torch.long)
+    out = drop_conditions(codes, p_uncond=0.1, p_drop_finding=0.15)
+    all_null = (out == 2).all(dim=1).float().mean().item()
+    per_finding = (out == 2).float().mean().item()
+    assert 0.08 < all_null < 0.13
+    assert 0.2 < per_finding < 0.28  # 1 - 0.9 * 0.85 = 0.235
+    assert set(out.unique().tolist()) <= {0, 2}
+
+
+@pytest.mark.skipif(not (NIH / "labels.csv").exists(), reason="shared NIH data not present")
+def test_cli_trains_on_real_images(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from services.common.config import get_settings
+    from synthrad.cli.train_diffusion import command
+
+    monkeypatch.setenv("SYNTHRAD_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        args = ["--data", str(NIH), "--layout", "nih", "--resolution", "16", "--out", str(tmp_path / "run"),
+                "--preset", "tiny", "--batch", "4", "--grid-every", "0", "--no-progress", "--device", "cpu",
+                "--model-id", "ddpm-cli"]
+        res = CliRunner().invoke(command, args + ["--max-steps", "2"])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "run" / "ddpm-cli.safetensors").exists()
+        desc = json.loads((tmp_path / "run" / "ddpm-cli.json").read_text())
+        assert desc["training"]["images"] > 100 and desc["training"]["split"] == "train"
+        res = CliRunner().invoke(command, args + ["--max-steps", "3", "--resume"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / "run" / "ddpm-cli.json").read_text())["training"]["steps"] == 3
+        res = CliRunner().invoke(command, ["--data", str(NIH), "--out", str(tmp_path / "x")])
+        assert res.exit_code != 0 and "--max-steps or --max-minutes" in res.output
+    finally:
+        get_settings.cache_clear()
