@@ -1,0 +1,400 @@
+"""The ONE Ray Serve application of synthrad, and a local launcher for it.
+
+Deployments (composed by deployment handles)::
+
+    gateway  (ingress: FastAPI REST + the gRPC methods of Serve's gRPC proxy + /metrics)
+      |-- generator-<model_id>   one per served model; @serve.batch dynamic batching; autoscaling; GPU share
+      `-- metrics                scoring of stored batches against registered references
+
+:func:`build_app` returns the application (also importable by ``serve run`` / KubeRay as
+``services.gateway.app:app_builder``); :func:`start_local` starts Ray + Serve on this machine the way
+``synthrad serve`` / ``synthrad demo`` / the end-to-end tests do, and returns the URLs.
+
+Ray token authentication (on by default since Ray 2.60): a local ``synthrad serve`` starts its own private
+Ray with ``RAY_AUTH_MODE=disabled`` unless ``SYNTHRAD_SERVE__RAY_TOKEN_AUTH=true``; Ray then listens on
+127.0.0.1 only, HTTP binds to ``serve.host`` (127.0.0.1 by default) and, while no API key is configured,
+the gateway refuses gRPC calls from non-loopback peers (Serve's gRPC proxy binds every interface).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+
+from services.common.config import Settings, get_settings
+from services.common.logging import get_logger
+from services.generator.deployment import GeneratorDeployment
+from services.metrics.deployment import MetricsDeployment
+
+from .errors import ApiError, Unauthenticated
+
+log = get_logger(__name__)
+
+APP_NAME = "synthrad"
+
+
+def _settings_from(data: dict | None) -> Settings:
+    if not data:
+        return get_settings()
+    return Settings.model_validate(data)
+
+
+def _peer_is_loopback(peer: str) -> bool:
+    # grpc peers look like "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path"
+    if peer.startswith("unix:"):
+        return True
+    host = peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") or host == "::ffff:127.0.0.1"
+
+
+class _GrpcFailure(Exception):
+    """Raised after setting the gRPC status on Serve's context; the proxy sends that status."""
+
+
+@serve.deployment(
+    name="gateway",
+    num_replicas=1,
+    max_ongoing_requests=512,
+    ray_actor_options={"num_cpus": 0.25},
+    health_check_period_s=10,
+    graceful_shutdown_timeout_s=30,
+)
+@serve.ingress()
+class Gateway:
+    """Ingress: REST (FastAPI, built per replica), gRPC methods, jobs (asyncio tasks in this replica)."""
+
+    def __init__(self, generators: dict, metrics=None, options: dict | None = None):
+        from services.common.store import BatchStore
+
+        from .auth import ApiKeyAuth
+        from .clients import HandleGenerators, HandleScorer
+        from .core import Platform
+        from .grpc import GrpcApi
+
+        options = dict(options or {})
+        settings = _settings_from(options.get("settings"))
+        self.settings = settings
+        store = BatchStore(settings.resolved_store_url)
+        jobs_dir = options.get("jobs_dir") or str(settings.home / "jobs")
+        self.platform = Platform(
+            HandleGenerators(generators, method=options.get("generator_method", "generate")),
+            HandleScorer(metrics) if metrics is not None else None,
+            store, settings, jobs_dir=jobs_dir, default_model=options.get("default_model"),
+        )
+        self.auth = ApiKeyAuth(settings.api_keys)
+        self.api = GrpcApi(self.platform, self.auth)
+        self.grpc_loopback_only = bool(options.get("grpc_loopback_only", not self.auth.enabled))
+
+    def __serve_build_asgi_app__(self):
+        from .rest import create_app
+
+        return create_app(self.platform, self.auth)
+
+    async def __del__(self):
+        await self.platform.shutdown()
+
+    # ---- gRPC plumbing --------------------------------------------------------------------------
+    def _guard(self, ctx) -> None:
+        if ctx is not None and self.grpc_loopback_only and not _peer_is_loopback(ctx.peer()):
+            raise Unauthenticated("gRPC from non-loopback peers needs an API key configured on the server "
+                                  "(SYNTHRAD_API_KEYS); this platform runs in local mode")
+
+    def _on_error(self, ctx):
+        async def on_error(err: ApiError):
+            if ctx is not None:
+                ctx.set_code(err.grpc_code)
+                ctx.set_details(err.message)
+            raise _GrpcFailure(err.message)
+
+        return on_error
+
+    async def _unary(self, name: str, request, ctx):
+        from .grpc import call_unary
+
+        md = ctx.invocation_metadata() if ctx is not None else []
+        try:
+            self._guard(ctx)
+        except ApiError as e:
+            return await self._on_error(ctx)(e)
+        return await call_unary(self.api, name, request, md, self._on_error(ctx))
+
+    async def _stream(self, name: str, request, ctx):
+        from .grpc import call_stream
+
+        md = ctx.invocation_metadata() if ctx is not None else []
+        try:
+            self._guard(ctx)
+        except ApiError as e:
+            await self._on_error(ctx)(e)
+        async for item in call_stream(self.api, name, request, md, self._on_error(ctx)):
+            yield item
+
+    # ---- gRPC methods (names = RPC names; Serve's gRPC proxy routes by method name) ------------------
+    async def ListModels(self, request, grpc_context=None):
+        return await self._unary("ListModels", request, grpc_context)
+
+    async def Generate(self, request, grpc_context=None):
+        return await self._unary("Generate", request, grpc_context)
+
+    async def StreamGenerate(self, request, grpc_context=None):
+        async for item in self._stream("StreamGenerate", request, grpc_context):
+            yield item
+
+    async def Ready(self, request, grpc_context=None):
+        return await self._unary("Ready", request, grpc_context)
+
+    async def CreateBatch(self, request, grpc_context=None):
+        return await self._unary("CreateBatch", request, grpc_context)
+
+    async def GetJob(self, request, grpc_context=None):
+        return await self._unary("GetJob", request, grpc_context)
+
+    async def ListJobs(self, request, grpc_context=None):
+        return await self._unary("ListJobs", request, grpc_context)
+
+    async def WatchJob(self, request, grpc_context=None):
+        async for item in self._stream("WatchJob", request, grpc_context):
+            yield item
+
+    async def ListBatches(self, request, grpc_context=None):
+        return await self._unary("ListBatches", request, grpc_context)
+
+    async def GetBatch(self, request, grpc_context=None):
+        return await self._unary("GetBatch", request, grpc_context)
+
+    async def DeleteBatch(self, request, grpc_context=None):
+        return await self._unary("DeleteBatch", request, grpc_context)
+
+    async def StreamBatchImages(self, request, grpc_context=None):
+        async for item in self._stream("StreamBatchImages", request, grpc_context):
+            yield item
+
+    async def ListReferences(self, request, grpc_context=None):
+        return await self._unary("ListReferences", request, grpc_context)
+
+    async def CreateScore(self, request, grpc_context=None):
+        return await self._unary("CreateScore", request, grpc_context)
+
+    async def GetScore(self, request, grpc_context=None):
+        return await self._unary("GetScore", request, grpc_context)
+
+
+# ---- building the application -------------------------------------------------------------------
+def _gpu_count() -> float:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return float(ray.cluster_resources().get("GPU", 0.0))
+    except Exception:
+        pass
+    try:
+        import torch
+
+        return float(torch.cuda.device_count())
+    except Exception:
+        return 0.0
+
+
+def registered_models() -> list[str]:
+    from services.generator.registry import list_models
+
+    models = [mi.model_id for mi in list_models()]
+    if not models:
+        raise RuntimeError("no models are registered (services/generator/weights/*.json or SYNTHRAD_MODEL_DIRS)")
+    return models
+
+
+def build_app(settings: Settings | None = None, models: list[str] | None = None, backend: str | None = None,
+              device: str | None = None, with_metrics: bool = True, max_replicas: int | None = None,
+              generator_factory: str | dict[str, str] | None = None, jobs_dir: str | None = None):
+    """The Serve application: one generator deployment per model, the metrics deployment, the gateway.
+
+    ``generator_factory`` ("module:function", or a dict model_id -> "module:function") builds generators that
+    are not in the registry (tests, custom builds); other models load through the registry.
+    """
+    settings = settings or get_settings()
+    models = list(models) if models else registered_models()
+    backend = backend or settings.backend
+    gpus = _gpu_count()
+    use_gpu = gpus > 0 and (device or settings.device) != "cpu"
+    device = device or ("cuda" if use_gpu else "cpu")
+    n_users = len(models) + (1 if with_metrics else 0)
+    gpu_share = min(1.0, gpus / n_users) if use_gpu else 0.0
+    sv = settings.serve
+    if max_replicas is None:  # CPU: one replica per model (it uses the cores); GPU: up to one per GPU
+        max_replicas = max(1, int(gpus)) if use_gpu else 1
+    # Threads: Ray sets OMP_NUM_THREADS from a replica's CPU share (1 here). Measured on the 2-core dev box,
+    # a StyleGAN2 64px image takes 17 ms with 1 thread and 1.2 s with 2 threads under load (OpenMP spinning
+    # against other processes), so replicas keep Ray's setting; scale out with replicas, not threads.
+    torch_threads = None
+    gens = {}
+    for mid in models:
+        actor = {"num_cpus": 1.0 if use_gpu else 0.5}
+        if gpu_share:
+            actor["num_gpus"] = gpu_share
+        gens[mid] = GeneratorDeployment.options(
+            name=f"generator-{mid}",
+            ray_actor_options=actor,
+            max_ongoing_requests=max(64, 4 * sv.generator_max_batch_size),
+            autoscaling_config={
+                "min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas,
+                # chunks in flight per replica before Serve adds one (a request keeps ~4 chunks in flight)
+                "target_ongoing_requests": 8, "upscale_delay_s": 10, "downscale_delay_s": 300,
+            },
+        ).bind(mid, backend, device, sv.generator_max_batch_size, sv.generator_batch_wait_s, torch_threads,
+               generator_factory.get(mid) if isinstance(generator_factory, dict) else generator_factory)
+    metrics = None
+    if with_metrics:
+        m_actor: dict[str, Any] = {"num_cpus": 0.5}
+        if gpu_share:
+            m_actor["num_gpus"] = gpu_share
+        metrics = MetricsDeployment.options(ray_actor_options=m_actor).bind(
+            settings.resolved_store_url, str(settings.inception_weights) if settings.inception_weights else None,
+            device)
+    options = {"settings": settings.model_dump(mode="json"), "default_model": settings.default_model,
+               "jobs_dir": jobs_dir}
+    return Gateway.bind(gens, metrics, options)
+
+
+def app_builder(args: dict | None = None):
+    """Entry point for ``serve run services.gateway.app:app_builder`` and KubeRay's RayService."""
+    args = dict(args or {})
+    models = args.get("models")
+    if isinstance(models, str):
+        models = [x for x in models.split(",") if x]
+    return build_app(models=models, backend=args.get("backend"), device=args.get("device"),
+                     with_metrics=str(args.get("with_metrics", "true")).lower() != "false")
+
+
+# ---- local launcher -------------------------------------------------------------------------------
+@dataclass
+class LocalPlatform:
+    http_url: str
+    grpc_target: str
+    metrics_url: str
+    ray_metrics_url: str | None
+    models: list[str]
+    store_url: str
+    started_s: float
+    _owns_ray: bool = field(default=True, repr=False)
+
+    def shutdown(self) -> None:
+        """Delete the application (replicas shut down gracefully: running jobs are marked failed), then stop
+        the private Ray. On a Ray cluster we did not start, only our application is removed."""
+        import ray
+
+        try:
+            serve.delete(APP_NAME, _blocking=True)
+        except Exception as e:  # noqa: BLE001 - still stop Ray below
+            log.warning("deleting the Serve application failed", extra={"error": str(e)})
+        finally:
+            if self._owns_ray and ray.is_initialized():
+                ray.shutdown()
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def configure_ray_env(settings: Settings) -> None:
+    """Environment for a private local Ray: no usage stats, token auth as configured, quiet logs."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_AUTH_MODE"] = "token" if settings.serve.ray_token_auth else "disabled"
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def start_local(settings: Settings | None = None, models: list[str] | None = None, backend: str | None = None,
+                device: str | None = None, with_metrics: bool = True, http_port: int | None = None,
+                grpc_port: int | None = None, ray_metrics_port: int | None = None,
+                generator_factory: str | dict[str, str] | None = None, jobs_dir: str | None = None,
+                wait_ready_s: float = 300.0) -> LocalPlatform:
+    """Start Ray (dashboard off, usage stats off) + Serve with HTTP and gRPC, deploy the app, wait until ready."""
+    import ray
+
+    from .grpc import SERVICER_FUNCTIONS
+
+    settings = settings or get_settings()
+    configure_ray_env(settings)
+    models = list(models) if models else registered_models()
+    _check_models(models, generator_factory)  # fail fast, before Ray starts
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    t0 = time.time()
+    sv = settings.serve
+    host = sv.host
+    http_port = sv.http_port if http_port is None else http_port
+    grpc_port = sv.grpc_port if grpc_port is None else grpc_port
+    http_port = http_port or _free_port()
+    grpc_port = grpc_port or _free_port()
+    owns = not ray.is_initialized()
+    if owns:
+        ray_metrics_port = ray_metrics_port or _free_port()
+        ray.init(
+            num_cpus=sv.num_cpus or max(4, os.cpu_count() or 1),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _metrics_export_port=ray_metrics_port,
+            logging_level="WARNING",
+            log_to_driver=bool(int(os.environ.get("SYNTHRAD_RAY_LOG_TO_DRIVER", "0"))),
+            namespace="synthrad",
+        )
+    http_url = f"http://{host}:{http_port}"
+    try:
+        serve.start(
+            http_options={"host": host, "port": http_port},
+            grpc_options={"port": grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS},
+            logging_config={"log_level": "WARNING"},
+        )
+        app = build_app(settings, models=models, backend=backend, device=device, with_metrics=with_metrics,
+                        generator_factory=generator_factory, jobs_dir=jobs_dir)
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        _wait_ready(http_url, wait_ready_s)
+    except BaseException:
+        if owns and ray.is_initialized():  # leave nothing running behind a failed start
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+        raise
+    return LocalPlatform(
+        http_url=http_url, grpc_target=f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{grpc_port}",
+        metrics_url=f"{http_url}/metrics",
+        ray_metrics_url=f"http://127.0.0.1:{ray_metrics_port}/metrics" if owns and ray_metrics_port else None,
+        models=models, store_url=settings.resolved_store_url, started_s=time.time() - t0, _owns_ray=owns,
+    )
+
+
+def _check_models(models: list[str], factory) -> None:
+    """Fail fast (before any replica starts) on a model that is neither registered nor built by a factory."""
+    from services.generator.registry import resolve
+
+    for mid in models:
+        if factory is not None and (not isinstance(factory, dict) or mid in factory):
+            continue
+        resolve(mid)  # UnknownModel names the model and lists the available ones
+
+
+def _wait_ready(http_url: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.time() + timeout_s
+    last = ""
+    while time.time() < deadline:
+        try:
+            r = httpx.get(f"{http_url}/v1/readyz", timeout=10.0)
+            if r.status_code == 200:
+                return
+            last = r.text[:500]
+        except Exception as e:  # noqa: BLE001 - keep polling until the deadline
+            last = str(e)
+        time.sleep(0.5)
+    raise TimeoutError(f"platform not ready after {timeout_s:.0f}s: {last}")

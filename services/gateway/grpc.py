@@ -1,0 +1,369 @@
+"""gRPC API (``protos/synthrad/v1``): the same operations as REST, on :class:`~services.gateway.core.Platform`.
+
+:class:`GrpcApi` holds one coroutine (or async generator, for server-streaming RPCs) per RPC, taking the
+request message and the call's metadata and raising :class:`~services.gateway.errors.ApiError` for failures.
+Two thin adapters serve it:
+
+* in the Ray Serve application the gateway ingress deployment exposes methods with the RPC names
+  (``Generate``, ``StreamGenerate``, ...) that Serve's gRPC proxy calls (see ``app.py``);
+* :func:`add_to_server` registers it on a plain ``grpc.aio`` server (tests, embedding without Ray).
+
+Serve's proxy routes by method name, so RPC names are unique across the three services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+import numpy as np
+
+from services.common.findings import FINDINGS, NO_FINDING, Condition, ConditionError, FindingState, canonical_finding
+from services.common.provenance import Provenance
+from services.generator.base import GenerationParams
+from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
+from synthrad.v1 import metrics_pb2_grpc
+
+from . import metrics as m
+from .auth import ApiKeyAuth
+from .core import Platform
+from .errors import ApiError, InvalidArgument, api_error
+from .jobs import JobRecord, JobState
+
+SERVICER_FUNCTIONS = [
+    "synthrad.v1.generator_pb2_grpc.add_GeneratorServiceServicer_to_server",
+    "synthrad.v1.batch_pb2_grpc.add_BatchServiceServicer_to_server",
+    "synthrad.v1.metrics_pb2_grpc.add_MetricsServiceServicer_to_server",
+]
+
+_STATE_TO_PB = {FindingState.UNSPECIFIED: common_pb2.FINDING_STATE_UNSPECIFIED,
+                FindingState.ABSENT: common_pb2.FINDING_STATE_ABSENT,
+                FindingState.PRESENT: common_pb2.FINDING_STATE_PRESENT}
+_PB_TO_STATE = {v: k for k, v in _STATE_TO_PB.items()}
+_JOB_STATE = {JobState.QUEUED: common_pb2.JOB_STATE_QUEUED, JobState.RUNNING: common_pb2.JOB_STATE_RUNNING,
+              JobState.SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED, JobState.FAILED: common_pb2.JOB_STATE_FAILED}
+_FORMATS = {batch_pb2.BATCH_FORMAT_UNSPECIFIED: "png", batch_pb2.BATCH_FORMAT_PNG: "png",
+            batch_pb2.BATCH_FORMAT_PNG16: "png16", batch_pb2.BATCH_FORMAT_DICOM: "dicom",
+            batch_pb2.BATCH_FORMAT_NPZ: "npz", batch_pb2.BATCH_FORMAT_WEBDATASET: "webdataset"}
+
+
+# ---- conversions ------------------------------------------------------------------------------
+def condition_from_pb(pb: common_pb2.Condition | None) -> Condition | None:
+    """Typed fields + ``by_name`` (names/aliases) + ``no_finding`` -> Condition. Unknown names -> ConditionError."""
+    if pb is None:
+        return None
+    states: dict[str, FindingState] = {}
+    for f in FINDINGS:
+        v = getattr(pb, f)
+        if v not in _PB_TO_STATE:
+            raise ConditionError(f"invalid state {v} for finding {f!r}")
+        if v != common_pb2.FINDING_STATE_UNSPECIFIED:
+            states[f] = _PB_TO_STATE[v]
+    no_finding = bool(pb.no_finding)
+    for name, v in pb.by_name.items():
+        key = canonical_finding(name)  # ConditionError names an unknown finding
+        if v not in _PB_TO_STATE:
+            raise ConditionError(f"invalid state {v} for finding {name!r}")
+        st = _PB_TO_STATE[v]
+        if key == NO_FINDING:
+            no_finding = no_finding or st == FindingState.PRESENT
+            continue
+        if st == FindingState.UNSPECIFIED:
+            continue
+        if key in states and states[key] != st:
+            raise ConditionError(f"finding {key!r} given twice with different states")
+        states[key] = st
+    data: dict[str, Any] = {k: s.value for k, s in states.items()}
+    if no_finding:
+        data[NO_FINDING] = True
+    return Condition(**data)
+
+
+def condition_to_pb(c: Condition) -> common_pb2.Condition:
+    return common_pb2.Condition(**{f: _STATE_TO_PB[s] for f, s in c.states().items()})
+
+
+def params_from_pb(pb: common_pb2.GenerationParams | None) -> GenerationParams:
+    if pb is None:
+        return GenerationParams()
+    kw = {}
+    for f in ("steps", "sampler", "guidance", "truncation", "resolution"):
+        if pb.HasField(f):
+            kw[f] = getattr(pb, f)
+    try:
+        return GenerationParams(**kw)
+    except Exception as e:  # pydantic bounds
+        raise InvalidArgument(f"invalid generation params: {e}") from e
+
+
+def encode_pb_image(img: np.ndarray, encoding: int, prov: Provenance | None) -> tuple[int, bytes]:
+    if encoding == common_pb2.IMAGE_ENCODING_FLOAT32:
+        return encoding, np.ascontiguousarray(img, dtype="<f4").tobytes()
+    from services.common.codecs.png import encode_png
+
+    if encoding == common_pb2.IMAGE_ENCODING_PNG8:
+        return encoding, encode_png(img, prov, bit_depth=8)
+    return common_pb2.IMAGE_ENCODING_PNG16, encode_png(img, prov, bit_depth=16)
+
+
+def decode_pb_image(msg: common_pb2.GeneratedImage) -> np.ndarray:
+    """GeneratedImage -> float32 (H, W) in [0, 1] (clients use this)."""
+    if msg.encoding == common_pb2.IMAGE_ENCODING_FLOAT32:
+        return np.frombuffer(msg.data, dtype="<f4").reshape(msg.height, msg.width).astype(np.float32)
+    from services.common.codecs.png import decode_png
+
+    return decode_png(msg.data)[0]
+
+
+def job_to_pb(rec: JobRecord) -> common_pb2.Job:
+    import json
+
+    return common_pb2.Job(
+        job_id=rec.job_id, kind=rec.kind, state=_JOB_STATE[rec.state], done=rec.done, total=rec.total,
+        batch_id=rec.batch_id or "", error=rec.error or "", created=rec.created, updated=rec.updated,
+        request_json=json.dumps(rec.request, sort_keys=True),
+    )
+
+
+def _metadata_dict(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
+    return {k.lower(): (v.decode() if isinstance(v, bytes) else str(v)) for k, v in (metadata or [])}
+
+
+# ---- the API ----------------------------------------------------------------------------------
+class GrpcApi:
+    def __init__(self, platform: Platform, auth: ApiKeyAuth | None = None):
+        self.p = platform
+        self.auth = auth or ApiKeyAuth(platform.settings.api_keys)
+
+    def authenticate(self, metadata) -> None:
+        self.auth.check_grpc(metadata)
+
+    # GeneratorService
+    async def ListModels(self, request, metadata=None):
+        out = generator_pb2.ListModelsResponse()
+        for info in await self.p.model_infos():
+            out.models.append(generator_pb2.ModelInfo(
+                model_id=info["model_id"], family=str(info.get("family", "")),
+                resolution=int(info.get("resolution", 0)), model_hash=str(info.get("model_hash", "")),
+                text_conditioned=bool(info.get("text_conditioned", False)),
+                description=str(info.get("description") or ""), card=str(info.get("card") or ""),
+                backend=str(info.get("backend") or ""), device=str(info.get("device") or ""),
+                is_default=bool(info.get("is_default", False)),
+            ))
+        return out
+
+    async def _plan(self, request, limit: int, what: str):
+        cond = condition_from_pb(request.condition) if request.HasField("condition") else None
+        return await self.p.plan(request.model_id, cond, request.prompt, int(request.count or 0), int(request.seed),
+                                 params_from_pb(request.params) if request.HasField("params") else None, limit, what)
+
+    def _image_pb(self, plan, index: int, img: np.ndarray, encoding: int) -> common_pb2.GeneratedImage:
+        prov = Provenance(model_id=plan.model_id, model_hash=str(plan.info.get("model_hash", "")),
+                          seed=int(plan.seeds[index]), condition=plan.conditions[index], prompt=plan.prompt,
+                          backend=str(plan.info.get("backend", "")), params=plan.params.model_dump(exclude_none=True))
+        enc, data = encode_pb_image(img, encoding, prov)
+        return common_pb2.GeneratedImage(
+            index=index, seed=plan.seeds[index], condition=condition_to_pb(plan.conditions[index]),
+            prompt=plan.prompt or "", width=int(img.shape[1]), height=int(img.shape[0]), encoding=enc, data=data,
+            model_id=plan.model_id, backend=str(plan.info.get("backend", "")),
+        )
+
+    async def Generate(self, request, metadata=None):
+        plan = await self._plan(request, self.p.limits.max_inline_images,
+                                "inline generation (use StreamGenerate or CreateBatch for more)")
+        images = await self.p.generate(plan)
+        return generator_pb2.GenerateResponse(
+            images=[self._image_pb(plan, i, images[i], request.encoding) for i in range(len(images))])
+
+    async def StreamGenerate(self, request, metadata=None) -> AsyncIterator[common_pb2.GeneratedImage]:
+        plan = await self._plan(request, self.p.limits.max_batch_images, "one streamed request")
+        async for first, chunk, res in self.p.stream(plan):
+            for j in range(len(chunk)):
+                yield self._image_pb(plan, first + j, res.images[j], request.encoding)
+
+    async def Ready(self, request, metadata=None):
+        comps = await self.p.readiness()
+        return generator_pb2.ReadyResponse(ready=all(v == "ok" for v in comps.values()), components=comps)
+
+    # BatchService
+    async def CreateBatch(self, request, metadata=None):
+        fmt = _FORMATS.get(request.format)
+        if fmt is None:
+            raise InvalidArgument(f"unknown batch format {request.format}")
+        plan = await self._plan(request, self.p.limits.max_batch_images, "one batch")
+        return job_to_pb(self.p.create_batch_job(plan, fmt))
+
+    async def GetJob(self, request, metadata=None):
+        return job_to_pb(self.p.jobs.get(request.job_id))
+
+    async def ListJobs(self, request, metadata=None):
+        kind = request.kind or None
+        if kind not in (None, "batch", "score"):
+            raise InvalidArgument(f"unknown job kind {request.kind!r}; use batch or score")
+        return common_pb2.ListJobsResponse(jobs=[job_to_pb(j) for j in self.p.jobs.list(kind)])
+
+    async def WatchJob(self, request, metadata=None) -> AsyncIterator[common_pb2.Job]:
+        async for rec in self.p.jobs.watch(request.job_id):
+            yield job_to_pb(rec)
+
+    @staticmethod
+    def _batch_pb(man, with_images: bool) -> batch_pb2.Batch:
+        import json
+
+        out = batch_pb2.Batch(batch_id=man.batch_id, model_id=man.model_id, model_hash=man.model_hash,
+                              backend=man.backend, format=man.format, created=man.created, count=man.count,
+                              params_json=json.dumps(man.params, sort_keys=True))
+        if with_images:
+            for r in man.images:
+                out.images.append(batch_pb2.ImageEntry(index=r.index, file=r.file, member=r.member or "", seed=r.seed,
+                                                       condition=condition_to_pb(r.condition), prompt=r.prompt or "",
+                                                       sha256=r.sha256))
+        return out
+
+    async def ListBatches(self, request, metadata=None):
+        return batch_pb2.ListBatchesResponse(batches=[self._batch_pb(b, False) for b in await self.p.list_batches()])
+
+    async def GetBatch(self, request, metadata=None):
+        return self._batch_pb(await self.p.get_batch(request.batch_id), True)
+
+    async def DeleteBatch(self, request, metadata=None):
+        await self.p.delete_batch(request.batch_id)
+        return batch_pb2.DeleteBatchResponse(batch_id=request.batch_id, deleted=True)
+
+    async def StreamBatchImages(self, request, metadata=None) -> AsyncIterator[common_pb2.GeneratedImage]:
+        man = await self.p.get_batch(request.batch_id)
+        it = self.p.iter_images(man.batch_id)
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, it, done)
+            if item is done:
+                return
+            rec, img = item
+            prov = Provenance(model_id=man.model_id, model_hash=man.model_hash, seed=rec.seed, condition=rec.condition,
+                              prompt=rec.prompt, backend=man.backend, params=man.params, batch_id=man.batch_id)
+            enc, data = encode_pb_image(img, request.encoding, prov)
+            yield common_pb2.GeneratedImage(index=rec.index, seed=rec.seed, condition=condition_to_pb(rec.condition),
+                                            prompt=rec.prompt or "", width=int(img.shape[1]), height=int(img.shape[0]),
+                                            encoding=enc, data=data, model_id=man.model_id, backend=man.backend)
+
+    # MetricsService
+    async def ListReferences(self, request, metadata=None):
+        return metrics_pb2.ListReferencesResponse(references=await self.p.references())
+
+    async def CreateScore(self, request, metadata=None):
+        rec = await self.p.create_score_job(request.batch_id, request.reference or None, list(request.metrics) or None,
+                                            request.extractor or None)
+        return job_to_pb(rec)
+
+    async def GetScore(self, request, metadata=None):
+        rec = self.p.score_result(request.job_id)
+        if rec.state == JobState.FAILED:
+            from .errors import NotReady
+
+            err = NotReady(f"scoring job {rec.job_id} failed: {rec.error}")
+            raise err
+        return score_to_pb(rec)
+
+
+def score_to_pb(rec: JobRecord) -> metrics_pb2.ScoreResult:
+    import json
+
+    res = dict(rec.result or {})
+    ext = res.get("extractor") or {}
+    if isinstance(ext, str):
+        ext = {"name": ext}
+    out = metrics_pb2.ScoreResult(
+        job_id=rec.job_id, batch_id=rec.batch_id or "", reference=str(rec.request.get("reference", "")),
+        extractor=metrics_pb2.ExtractorStamp(
+            name=str(ext.get("name", "")), weights_hash=str(ext.get("weights_hash", ext.get("weights_sha256", ""))),
+            preprocessing=json.dumps(ext.get("preprocessing", ""), sort_keys=True) if not isinstance(ext.get("preprocessing", ""), str) else ext.get("preprocessing", ""),
+            dtype=str(ext.get("dtype", ""))),
+        n_real=int(res.get("n_real", 0) or 0), n_synthetic=int(res.get("n_synthetic", 0) or 0),
+        result_json=json.dumps(res, sort_keys=True, default=str),
+    )
+    for s in res.get("scores", []) or []:
+        sc = metrics_pb2.Score(name=str(s.get("name")), value=float(s.get("value", float("nan"))))
+        for k in ("std", "ci_low", "ci_high"):
+            if s.get(k) is not None:
+                setattr(sc, k, float(s[k]))
+        out.scores.append(sc)
+    return out
+
+
+# ---- adapters -----------------------------------------------------------------------------------
+STREAMING = {"StreamGenerate", "WatchJob", "StreamBatchImages"}
+METHODS = {
+    "GeneratorService": ["ListModels", "Generate", "StreamGenerate", "Ready"],
+    "BatchService": ["CreateBatch", "GetJob", "ListJobs", "WatchJob", "ListBatches", "GetBatch", "DeleteBatch",
+                     "StreamBatchImages"],
+    "MetricsService": ["ListReferences", "CreateScore", "GetScore"],
+}
+
+
+async def call_unary(api: GrpcApi, name: str, request, metadata, on_error) -> Any:
+    """Run one unary RPC: auth, call, count, map errors (``on_error(ApiError)`` must raise)."""
+    code = "OK"
+    try:
+        api.authenticate(metadata)
+        return await getattr(api, name)(request, metadata)
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
+            code = "CANCELLED"
+            raise
+        err = api_error(e)
+        code = err.grpc_code.name
+        return await on_error(err)
+    finally:
+        m.REQUESTS.labels("grpc", name, code).inc()
+
+
+async def call_stream(api: GrpcApi, name: str, request, metadata, on_error) -> AsyncIterator:
+    code = "OK"
+    try:
+        api.authenticate(metadata)
+        async for item in getattr(api, name)(request, metadata):
+            yield item
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
+            code = "CANCELLED"
+            raise
+        err = api_error(e)
+        code = err.grpc_code.name
+        await on_error(err)
+    finally:
+        m.REQUESTS.labels("grpc", name, code).inc()
+
+
+def add_to_server(api: GrpcApi, server: grpc.aio.Server) -> None:
+    """Register the three services of ``api`` on a plain ``grpc.aio`` server."""
+
+    def unary(name):
+        async def handler(self, request, context):
+            async def abort(err: ApiError):
+                await context.abort(err.grpc_code, err.message)
+
+            return await call_unary(api, name, request, context.invocation_metadata(), abort)
+
+        return handler
+
+    def stream(name):
+        async def handler(self, request, context):
+            async def abort(err: ApiError):
+                await context.abort(err.grpc_code, err.message)
+
+            async for item in call_stream(api, name, request, context.invocation_metadata(), abort):
+                yield item
+
+        return handler
+
+    for service, mod in (("GeneratorService", generator_pb2_grpc), ("BatchService", batch_pb2_grpc),
+                         ("MetricsService", metrics_pb2_grpc)):
+        base = getattr(mod, f"{service}Servicer")
+        attrs = {n: (stream(n) if n in STREAMING else unary(n)) for n in METHODS[service]}
+        servicer = type(f"Synthrad{service}", (base,), attrs)()
+        getattr(mod, f"add_{service}Servicer_to_server")(servicer, server)
+
+
+__all__ = ["GrpcApi", "add_to_server", "SERVICER_FUNCTIONS", "condition_from_pb", "condition_to_pb",
+           "params_from_pb", "decode_pb_image", "job_to_pb", "score_to_pb", "call_unary", "call_stream"]

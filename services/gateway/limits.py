@@ -1,0 +1,82 @@
+"""Request limits: body size (ASGI middleware), image counts, resolution and steps.
+
+All bounds come from ``settings.limits`` (``SYNTHRAD_LIMITS__*``): ``max_request_bytes`` for request bodies
+(413), ``max_inline_images`` for synchronous generate calls, ``max_batch_images`` for stored batch jobs and
+streamed generation, ``max_resolution`` / ``max_steps`` for generation params (422), and
+``max_concurrent_jobs`` for queued + running jobs (429, enforced by the job manager).
+"""
+
+from __future__ import annotations
+
+import json
+
+from services.common.config import Limits
+from services.generator.base import GenerationParams
+
+from .errors import InvalidArgument
+
+
+def check_count(count: int, limit: int, what: str) -> None:
+    if count < 1:
+        raise InvalidArgument(f"count must be at least 1 (got {count})")
+    if count > limit:
+        raise InvalidArgument(f"count {count} exceeds the limit of {limit} images for {what}")
+
+
+def check_params(params: GenerationParams, limits: Limits) -> None:
+    if params.resolution is not None and params.resolution > limits.max_resolution:
+        raise InvalidArgument(f"resolution {params.resolution} exceeds the limit {limits.max_resolution}")
+    if params.steps is not None and params.steps > limits.max_steps:
+        raise InvalidArgument(f"steps {params.steps} exceeds the limit {limits.max_steps}")
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 when Content-Length or the streamed body exceeds ``max_bytes``."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers") or []:
+            if k == b"content-length":
+                try:
+                    if int(v) > self.max_bytes:
+                        return await self._reject(send)
+                except ValueError:
+                    pass
+        if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        # Bodies of this API are small JSON documents: read the body (up to the limit) before the app sees
+        # it, so a chunked upload without Content-Length is cut off at the limit too.
+        parts: list[bytes] = []
+        seen = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                return await self._reject(send)
+            parts.append(body)
+            if not msg.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"error": "too_large",
+                           "detail": f"request body exceeds the limit of {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

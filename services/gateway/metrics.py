@@ -1,0 +1,194 @@
+"""Prometheus metrics of the platform, exposed on the gateway's ``GET /metrics`` (see docs/metrics.md).
+
+Names follow the Prometheus conventions Ray Serve and Triton users know (``_total`` counters, ``_seconds``
+histograms, base units, a ``model`` label like Triton's): they are recorded in the gateway process from
+what each generator replica reports with its results (queue wait, forward-pass time, formed batch size,
+GPU memory), so one scrape of the gateway shows the whole pipeline. Ray Serve's own metrics
+(``ray_serve_*``: replica queue lengths, request latencies, ``@serve.batch`` batch sizes) stay on Ray's
+metrics port (``synthrad serve`` prints it) and are appended to ``/metrics?ray=1`` when reachable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from services.common.findings import Condition
+
+disable_created_metrics()  # no *_created series: Ray's and Triton's exporters don't emit them either
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+IMAGES_GENERATED = Counter(
+    "synthrad_images_generated_total",
+    "Synthetic images generated, by model, backend and finding label (present findings joined by '+', "
+    "'no_finding' when all are absent, 'unspecified' when none is constrained).",
+    ["model", "backend", "finding"], registry=REGISTRY,
+)
+GENERATION_LATENCY = Histogram(
+    "synthrad_generation_latency_seconds",
+    "Time from the gateway sending a generation request (a chunk of at most max_batch_size images) to a "
+    "generator deployment until its images are back (queueing + batching wait + forward pass + transfer).",
+    ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+GENERATION_QUEUE = Histogram(
+    "synthrad_generation_queue_seconds",
+    "Time a generation request waited in the replica's @serve.batch queue before its forward pass "
+    "(Triton: queue duration).",
+    ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+GENERATION_COMPUTE = Histogram(
+    "synthrad_generation_compute_seconds",
+    "Duration of one batched forward pass on a generator replica (Triton: compute infer duration).",
+    ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "synthrad_generation_batch_size",
+    "Images per forward pass formed by dynamic batching (observed once per forward pass).",
+    ["model", "backend"], buckets=_BATCH_BUCKETS, registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "synthrad_generation_queue_depth",
+    "Images requested from a model's deployment and not yet returned (Triton: pending request count).",
+    ["model"], registry=REGISTRY,
+)
+REQUESTS = Counter(
+    "synthrad_requests_total",
+    "API requests handled by the gateway, by protocol, operation and outcome code.",
+    ["protocol", "operation", "code"], registry=REGISTRY,
+)
+JOBS = Gauge(
+    "synthrad_jobs",
+    "Jobs known to this gateway, by kind (batch, score) and state (queued, running, succeeded, failed).",
+    ["kind", "state"], registry=REGISTRY,
+)
+JOBS_FINISHED = Counter(
+    "synthrad_jobs_finished_total",
+    "Jobs that finished, by kind and final state.",
+    ["kind", "state"], registry=REGISTRY,
+)
+SCORING_LATENCY = Histogram(
+    "synthrad_scoring_latency_seconds",
+    "Duration of one scoring job (feature extraction of the batch + measures), by reference and extractor.",
+    ["reference", "extractor"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+GPU_MEMORY = Gauge(
+    "synthrad_gpu_memory_used_bytes",
+    "GPU memory in use on a generator replica's device (last report; only when the replica has a GPU).",
+    ["model", "replica", "gpu"], registry=REGISTRY,
+)
+GPU_MEMORY_TOTAL = Gauge(
+    "synthrad_gpu_memory_total_bytes",
+    "GPU memory of a generator replica's device.",
+    ["model", "replica", "gpu"], registry=REGISTRY,
+)
+GPU_UTIL = Gauge(
+    "synthrad_gpu_utilization_ratio",
+    "GPU utilisation (0-1) of a generator replica's device over the driver's last sample period (needs pynvml).",
+    ["model", "replica", "gpu"], registry=REGISTRY,
+)
+
+JOB_KINDS = ("batch", "score")
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+
+
+def finding_label(condition: Condition) -> str:
+    present = condition.present()
+    if present:
+        return "+".join(present)
+    if condition.is_no_finding:
+        return "no_finding"
+    return "unspecified"
+
+
+class _SeenBatches:
+    """Remembers recent (replica, batch_seq) pairs so each forward pass is observed once."""
+
+    def __init__(self, size: int = 4096):
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def first_time(self, key: tuple) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+            return True
+
+
+_seen = _SeenBatches()
+
+
+def record_chunk(model: str, conditions: Iterable[Condition], stats: Mapping, latency_s: float) -> None:
+    """Account one generated chunk (called by the gateway when a generator returns)."""
+    backend = str(stats.get("backend", "unknown"))
+    counts: dict[str, int] = {}
+    for c in conditions:
+        lab = finding_label(c)
+        counts[lab] = counts.get(lab, 0) + 1
+    for lab, n in counts.items():
+        IMAGES_GENERATED.labels(model, backend, lab).inc(n)
+    GENERATION_LATENCY.labels(model, backend).observe(latency_s)
+    if "queue_s" in stats:
+        GENERATION_QUEUE.labels(model, backend).observe(float(stats["queue_s"]))
+    key = (stats.get("replica"), stats.get("batch_seq"))
+    if key[1] is not None and _seen.first_time(key):
+        if "compute_s" in stats:
+            GENERATION_COMPUTE.labels(model, backend).observe(float(stats["compute_s"]))
+        if "batch_images" in stats:
+            BATCH_SIZE.labels(model, backend).observe(float(stats["batch_images"]))
+    if "gpu_memory_used_bytes" in stats:
+        lab = (model, str(stats.get("replica", "")), str(stats.get("gpu", "0")))
+        GPU_MEMORY.labels(*lab).set(float(stats["gpu_memory_used_bytes"]))
+        if "gpu_memory_total_bytes" in stats:
+            GPU_MEMORY_TOTAL.labels(*lab).set(float(stats["gpu_memory_total_bytes"]))
+        if "gpu_utilization_ratio" in stats:
+            GPU_UTIL.labels(*lab).set(float(stats["gpu_utilization_ratio"]))
+
+
+def set_job_counts(counts: Mapping[tuple[str, str], int]) -> None:
+    for kind in JOB_KINDS:
+        for state in JOB_STATES:
+            JOBS.labels(kind, state).set(counts.get((kind, state), 0))
+
+
+def init_labels(models: Iterable[str]) -> None:
+    """Create the label sets that exist from the start, so a fresh scrape already lists the series."""
+    set_job_counts({})
+    for m in models:
+        QUEUE_DEPTH.labels(m).set(0)
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def ray_metrics_text(timeout_s: float = 2.0) -> str:
+    """Ray's own metrics (``ray_serve_*`` ...) from this node's metrics agent, or '' when unreachable."""
+    try:
+        import ray
+        import urllib.request
+
+        node = ray._private.worker.global_worker.node  # noqa: SLF001 - no public accessor for the port
+        port = node.metrics_export_port
+        host = node.node_ip_address
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as r:  # noqa: S310
+            return r.read().decode("utf-8", "replace")
+    except Exception:
+        return ""
+
+
+__all__ = [
+    "REGISTRY", "IMAGES_GENERATED", "GENERATION_LATENCY", "GENERATION_QUEUE", "GENERATION_COMPUTE", "BATCH_SIZE",
+    "QUEUE_DEPTH", "REQUESTS", "JOBS", "JOBS_FINISHED", "SCORING_LATENCY", "GPU_MEMORY", "GPU_MEMORY_TOTAL",
+    "GPU_UTIL", "finding_label", "record_chunk", "set_job_counts", "init_labels", "exposition", "ray_metrics_text",
+]

@@ -1,0 +1,287 @@
+"""Python client of the synthrad REST API, for training pipelines.
+
+    from synthrad.client import SynthradClient
+
+    client = SynthradClient("http://127.0.0.1:8000")            # api_key=... when the server has keys
+    batch = client.create_batch(condition={"pleural_effusion": "present"}, count=256, seed=7)  # waits, tqdm bar
+    for image, record in client.iter_images(batch):              # torch float32 (1, H, W) in [0, 1]
+        ...
+    client.write_webdataset(batch, "shards/effusion-%06d.tar")   # WebDataset shards: <key>.png + <key>.json
+    dataset = client.torch_dataset(batch)                        # a torch IterableDataset over the batch
+
+Images travel as stored (PNG / DICOM / NPZ / WebDataset shards, all carrying the synthetic provenance) in one
+streamed tar download, decoded as they arrive. Errors of the API raise :class:`SynthradError` with the
+server's message (``.status``: HTTP status).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+
+__all__ = ["SynthradClient", "SynthradError", "JobFailed"]
+
+
+class SynthradError(RuntimeError):
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class JobFailed(SynthradError):
+    def __init__(self, job: dict):
+        super().__init__(f"job {job.get('job_id')} failed: {job.get('error')}")
+        self.job = job
+
+
+class _StreamReader(io.RawIOBase):
+    """File-like view of an iterator of byte chunks (for ``tarfile`` stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks, self._buf = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def _batch_id(batch: str | dict) -> str:
+    return batch["batch_id"] if isinstance(batch, dict) else str(batch)
+
+
+class SynthradClient:
+    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 120.0,
+                 http: httpx.Client | None = None):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+        self.http.headers.update(headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "SynthradClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- plumbing ----------------------------------------------------------------------------------
+    def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except Exception:
+                detail = r.text
+            raise SynthradError(f"{r.request.method} {r.request.url.path}: {r.status_code} {detail}", r.status_code)
+        return r
+
+    def _get(self, path: str, **kw) -> Any:
+        return self._check(self.http.get(path, **kw)).json()
+
+    def _post(self, path: str, body: dict) -> Any:
+        return self._check(self.http.post(path, json=body)).json()
+
+    @staticmethod
+    def _gen_body(condition, prompt, count, seed, model, params, fmt) -> dict:
+        body: dict[str, Any] = {"count": int(count), "seed": int(seed), "format": fmt}
+        if model:
+            body["model"] = model
+        if condition is not None:
+            body["condition"] = condition if isinstance(condition, dict) else condition.to_json_dict()
+        if prompt:
+            body["prompt"] = prompt
+        if params:
+            body["params"] = dict(params)
+        return body
+
+    # ---- models & inline generation ----------------------------------------------------------------
+    def models(self) -> list[dict]:
+        return self._get("/v1/models")
+
+    def generate(self, condition: dict | None = None, prompt: str | None = None, count: int = 1, seed: int = 0,
+                 model: str | None = None, params: dict | None = None) -> np.ndarray:
+        """Small synchronous request: float32 (N, H, W) in [0, 1] (at most the server's inline limit)."""
+        body = self._gen_body(condition, prompt, count, seed, model, params, "npz")
+        r = self._check(self.http.post("/v1/generate", json=body))
+        with np.load(io.BytesIO(r.content)) as z:
+            return z["images"]
+
+    # ---- batches -----------------------------------------------------------------------------------
+    def request_batch(self, condition: dict | None = None, prompt: str | None = None, count: int = 16,
+                      seed: int = 0, model: str | None = None, format: str = "png",
+                      params: dict | None = None) -> dict:
+        """Start a stored batch job; returns the job (poll with :meth:`job` or :meth:`wait`)."""
+        return self._post("/v1/batches", self._gen_body(condition, prompt, count, seed, model, params, format))
+
+    def job(self, job_id: str) -> dict:
+        return self._get(f"/v1/jobs/{job_id}")
+
+    def wait(self, job: str | dict, progress: bool = True, poll_s: float = 0.5, timeout: float | None = None) -> dict:
+        """Wait for a job with a tqdm progress bar; returns the finished job or raises :class:`JobFailed`."""
+        job_id = job["job_id"] if isinstance(job, dict) else job
+        bar = None
+        deadline = None if timeout is None else time.time() + timeout
+        try:
+            while True:
+                j = self.job(job_id)
+                if progress:
+                    if bar is None:
+                        from tqdm.auto import tqdm
+
+                        bar = tqdm(total=j["total"] or None, unit="img", desc=f"{j['kind']} {job_id}")
+                    bar.update(j["done"] - bar.n)
+                if j["state"] == "succeeded":
+                    return j
+                if j["state"] == "failed":
+                    raise JobFailed(j)
+                if deadline is not None and time.time() > deadline:
+                    raise TimeoutError(f"job {job_id} still {j['state']} ({j['done']}/{j['total']})")
+                time.sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def create_batch(self, condition: dict | None = None, prompt: str | None = None, count: int = 16, seed: int = 0,
+                     model: str | None = None, format: str = "png", params: dict | None = None,
+                     progress: bool = True) -> dict:
+        """Request a batch, wait for it (progress bar) and return its manifest."""
+        job = self.wait(self.request_batch(condition, prompt, count, seed, model, format, params), progress=progress)
+        return self.batch(job["batch_id"])
+
+    def batches(self) -> list[dict]:
+        return self._get("/v1/batches")
+
+    def batch(self, batch: str | dict) -> dict:
+        return self._get(f"/v1/batches/{_batch_id(batch)}")
+
+    def delete(self, batch: str | dict) -> None:
+        self._check(self.http.delete(f"/v1/batches/{_batch_id(batch)}"))
+
+    def download(self, batch: str | dict, dest: str | Path, archive: str = "tar") -> Path:
+        """Stream the batch archive to ``dest`` (a folder, or a file path ending in .tar/.zip)."""
+        bid = _batch_id(batch)
+        dest = Path(dest)
+        if dest.suffix not in (".tar", ".zip"):
+            dest.mkdir(parents=True, exist_ok=True)
+            dest = dest / f"{bid}.{archive}"
+        tmp = dest.with_name(dest.name + ".part")
+        with self.http.stream("GET", f"/v1/batches/{bid}/download", params={"archive": archive}) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            with open(tmp, "wb") as fh:
+                for chunk in r.iter_bytes():
+                    fh.write(chunk)
+        tmp.replace(dest)
+        return dest
+
+    def iter_arrays(self, batch: str | dict) -> Iterator[tuple[np.ndarray, dict]]:
+        """Yield ``(float32 (H, W) in [0, 1], image record)`` in batch order, decoded from one streamed tar."""
+        from services.common.codecs import decode_image
+
+        man = self.batch(batch)
+        bid = man["batch_id"]
+        by_file: dict[str, list[dict]] = {}
+        for rec in man["images"]:
+            by_file.setdefault(rec["file"], []).append(rec)
+        with self.http.stream("GET", f"/v1/batches/{bid}/download", params={"archive": "tar"}) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            with tarfile.open(fileobj=_StreamReader(r.iter_bytes()), mode="r|") as tar:
+                for member in tar:
+                    name = member.name.split("/", 1)[-1]
+                    if name not in by_file or not member.isfile():
+                        continue
+                    data = tar.extractfile(member).read()
+                    recs = by_file[name]
+                    if recs[0].get("member"):  # a webdataset shard: several images inside
+                        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as shard:
+                            for rec in recs:
+                                img, _ = decode_image(shard.extractfile(rec["member"]).read(), rec["member"])
+                                yield img, rec
+                    else:
+                        img, _ = decode_image(data, name)
+                        yield img, recs[0]
+
+    def iter_images(self, batch: str | dict) -> Iterator[tuple[Any, dict]]:
+        """Yield ``(torch.FloatTensor (1, H, W) in [0, 1], image record)`` — ready for a training loop."""
+        import torch
+
+        for img, rec in self.iter_arrays(batch):
+            yield torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], rec
+
+    def torch_dataset(self, batch: str | dict):
+        """A ``torch.utils.data.IterableDataset`` of ``(image (1,H,W), condition codes (4,) long)``."""
+        import torch
+        from torch.utils.data import IterableDataset
+
+        from services.common.findings import Condition
+
+        client, bid = self, _batch_id(batch)
+
+        class _BatchDataset(IterableDataset):
+            def __iter__(self):
+                for img, rec in client.iter_images(bid):
+                    yield img, torch.tensor(Condition(**rec["condition"]).codes(), dtype=torch.long)
+
+        return _BatchDataset()
+
+    def write_webdataset(self, batch: str | dict, pattern: str | Path, max_count: int = 10_000) -> list[Path]:
+        """Write the batch as WebDataset tar shards (``pattern`` like ``out/shard-%06d.tar``).
+
+        Each sample: ``<key>.png`` (8-bit, provenance in PNG text chunks) + ``<key>.json`` (seed, condition,
+        condition codes, prompt, batch id, provenance). Returns the shard paths.
+        """
+        from services.common.codecs.webdataset import ShardWriter
+        from services.common.findings import Condition
+        from services.common.provenance import Provenance
+
+        man = self.batch(batch)
+        Path(str(pattern)).parent.mkdir(parents=True, exist_ok=True)
+        with ShardWriter(pattern, max_count=max_count) as writer:
+            for img, rec in self.iter_arrays(man):
+                cond = Condition(**rec["condition"])
+                prov = Provenance(model_id=man["model_id"], model_hash=man["model_hash"], seed=rec["seed"],
+                                  condition=cond, prompt=rec.get("prompt"), backend=man["backend"],
+                                  params=man.get("params") or {}, batch_id=man["batch_id"])
+                writer.write(f"{man['batch_id']}_{rec['index']:06d}", img, meta={
+                    "seed": rec["seed"], "condition": cond.to_json_dict(), "codes": cond.codes(),
+                    "prompt": rec.get("prompt"), "batch_id": man["batch_id"], "index": rec["index"],
+                }, provenance=prov)
+        return list(writer.shards)
+
+    # ---- scoring -----------------------------------------------------------------------------------
+    def references(self) -> list[str]:
+        return self._get("/v1/references")
+
+    def score(self, batch: str | dict, reference: str = "nih-cxr64", metrics: list[str] | tuple = ("fid",),
+              extractor: str = "inception", wait: bool = True, progress: bool = False) -> dict:
+        """Score a stored batch against a registered reference; returns the scoring job's result."""
+        job = self._post("/v1/scores", {"batch_id": _batch_id(batch), "reference": reference,
+                                        "metrics": list(metrics), "extractor": extractor})
+        if not wait:
+            return job
+        self.wait(job, progress=progress)
+        return self._get(f"/v1/scores/{job['job_id']}")["result"]
+
+    # ---- health ------------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        r = self.http.get("/v1/readyz")
+        return r.status_code == 200 and bool(r.json().get("ready"))

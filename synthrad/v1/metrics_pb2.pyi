@@ -1,0 +1,76 @@
+from synthrad.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListReferencesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListReferencesResponse(_message.Message):
+    __slots__ = ("references",)
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    references: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, references: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateScoreRequest(_message.Message):
+    __slots__ = ("batch_id", "reference", "metrics", "extractor")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    reference: str
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    extractor: str
+    def __init__(self, batch_id: _Optional[str] = ..., reference: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., extractor: _Optional[str] = ...) -> None: ...
+
+class ExtractorStamp(_message.Message):
+    __slots__ = ("name", "weights_hash", "preprocessing", "dtype")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_HASH_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weights_hash: str
+    preprocessing: str
+    dtype: str
+    def __init__(self, name: _Optional[str] = ..., weights_hash: _Optional[str] = ..., preprocessing: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class Score(_message.Message):
+    __slots__ = ("name", "value", "std", "ci_low", "ci_high")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    std: float
+    ci_low: float
+    ci_high: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., std: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ...) -> None: ...
+
+class ScoreResult(_message.Message):
+    __slots__ = ("job_id", "batch_id", "reference", "extractor", "scores", "n_real", "n_synthetic", "result_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    N_REAL_FIELD_NUMBER: _ClassVar[int]
+    N_SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    batch_id: str
+    reference: str
+    extractor: ExtractorStamp
+    scores: _containers.RepeatedCompositeFieldContainer[Score]
+    n_real: int
+    n_synthetic: int
+    result_json: str
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., reference: _Optional[str] = ..., extractor: _Optional[_Union[ExtractorStamp, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[Score, _Mapping]]] = ..., n_real: _Optional[int] = ..., n_synthetic: _Optional[int] = ..., result_json: _Optional[str] = ...) -> None: ...

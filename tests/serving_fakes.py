@@ -1,0 +1,102 @@
+"""Test-only stand-ins for the serving tests: a tiny deterministic generator and a cheap scorer.
+
+``TinyGenerator`` is a real :class:`LoadedGenerator` (same contract as the shipped models: image ``i``
+depends only on its seed, condition and params), small enough to run hundreds of images per second on one
+CPU core. Never used by product code.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from services.generator.base import GenerationParams, GeneratorError, LoadedGenerator
+
+
+class TinyGenerator(LoadedGenerator):
+    family = "tiny-test"
+    text_conditioned = False
+
+    def __init__(self, model_id: str = "tiny-test", resolution: int = 32, fail_seeds: set[int] | None = None,
+                 backend: str = "eager", device: str = "cpu"):
+        self.model_id = model_id
+        self.model_hash = "0" * 63 + "1"
+        self.backend = backend
+        self.device = device
+        self.resolution = resolution
+        self.fail_seeds = set(fail_seeds or ())
+        self.calls: list[int] = []  # batch sizes of forward passes (to check that batching happened)
+        self._lock = threading.Lock()
+
+    def generate(self, conditions, seeds, params=None, prompts=None) -> np.ndarray:
+        self.check_inputs(conditions, seeds, prompts)
+        params = params or GenerationParams()
+        if params.resolution not in (None, self.resolution):
+            raise GeneratorError(f"model {self.model_id} makes {self.resolution}px images, not {params.resolution}px")
+        with self._lock:
+            self.calls.append(len(seeds))
+        r = self.resolution
+        yy, xx = np.mgrid[0:r, 0:r].astype(np.float32) / (r - 1)
+        out = np.empty((len(seeds), r, r), np.float32)
+        for i, (c, s) in enumerate(zip(conditions, seeds)):
+            if int(s) in self.fail_seeds:
+                raise RuntimeError(f"injected failure at seed {s}")
+            rng = np.random.default_rng(int(s))
+            codes = np.asarray(c.codes(), np.float32)  # 0 absent, 1 present, 2 unspecified
+            lungs = np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2)) + np.exp(
+                -(((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
+            img = 0.2 + 0.5 * lungs + 0.05 * (codes == 1).sum() + 0.05 * rng.standard_normal((r, r)).astype(np.float32)
+            if params.truncation is not None:
+                img = img * (0.5 + 0.5 * float(params.truncation))
+            out[i] = np.clip(img, 0.0, 1.0)
+        return out
+
+
+FAIL_SEED = 13
+
+
+def make_tiny(model_id: str, backend: str = "eager", device: str = "cpu") -> TinyGenerator:
+    """``generator_factory`` for GeneratorDeployment in Ray tests (``serving_fakes:make_tiny``, with the tests
+    folder on PYTHONPATH). A model id containing "fail" fails on seed ``FAIL_SEED`` (a failing replica)."""
+    fail = {FAIL_SEED} if "fail" in model_id else set()
+    return TinyGenerator(model_id=model_id, backend=backend if backend != "auto" else "eager", device="cpu",
+                         fail_seeds=fail)
+
+
+class FakeScorer:
+    """Scores a batch by simple pixel statistics against a fake reference (exercises the job plumbing)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.calls = 0
+
+    def references(self) -> list[str]:
+        return ["fake-ref"]
+
+    def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str = "inception") -> dict:
+        self.calls += 1
+        imgs = np.stack([img for _, img in self.store.iter_images(batch_id)])
+        return {
+            "batch_id": batch_id, "reference": reference, "metrics": metrics,
+            "extractor": {"name": extractor, "weights_hash": "none", "preprocessing": "none", "dtype": "float32"},
+            "scores": [{"name": "mean_intensity", "value": float(imgs.mean())}],
+            "n_real": 10, "n_synthetic": int(len(imgs)),
+        }
+
+
+def make_platform(tmp_path, gen: TinyGenerator | None = None, **settings_kw):
+    """An in-process Platform (no Ray) on a tiny generator and the fake scorer; returns (platform, store, gen)."""
+    from services.common.config import Settings
+    from services.common.store import BatchStore
+    from services.gateway.clients import LocalGenerators, LocalScorer
+    from services.gateway.core import Platform
+    from services.generator.deployment import GeneratorReplica
+
+    settings = Settings(home=tmp_path / "home", **settings_kw)
+    store = BatchStore(settings.resolved_store_url)
+    gen = gen or TinyGenerator("tiny")
+    platform = Platform(LocalGenerators({gen.model_id: GeneratorReplica(gen.model_id, generator=gen)}),
+                        LocalScorer(FakeScorer(store)), store, settings, jobs_dir=settings.home / "jobs",
+                        default_model=gen.model_id)
+    return platform, store, gen

@@ -1,0 +1,192 @@
+"""gRPC API in process: the real servicer on a plain grpc.aio server, tiny test generator, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from serving_fakes import FakeScorer, TinyGenerator
+from services.common.config import Settings
+from services.common.findings import Condition
+from services.common.store import BatchStore
+from services.gateway.clients import LocalGenerators, LocalScorer
+from services.gateway.core import Platform
+from services.gateway.grpc import GrpcApi, add_to_server, condition_from_pb, condition_to_pb, decode_pb_image
+from services.generator.deployment import GeneratorReplica
+from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
+from synthrad.v1 import metrics_pb2_grpc
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _serve(tmp_path, gen=None, **settings_kw):
+    settings = Settings(home=tmp_path / "home", **settings_kw)
+    store = BatchStore(settings.resolved_store_url)
+    gen = gen or TinyGenerator("tiny")
+    platform = Platform(LocalGenerators({"tiny": GeneratorReplica("tiny", generator=gen)}),
+                        LocalScorer(FakeScorer(store)), store, settings, jobs_dir=settings.home / "jobs")
+    server = grpc.aio.server()
+    add_to_server(GrpcApi(platform), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return server, channel, store, gen
+
+
+class Env:
+    def __init__(self, tmp_path, **kw):
+        self.tmp_path, self.kw = tmp_path, kw
+
+    async def __aenter__(self):
+        self.server, self.channel, self.store, self.gen = await _serve(self.tmp_path, **self.kw)
+        self.gen_stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
+        self.batch_stub = batch_pb2_grpc.BatchServiceStub(self.channel)
+        self.metrics_stub = metrics_pb2_grpc.MetricsServiceStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.channel.close()
+        await self.server.stop(None)
+
+
+def test_condition_round_trip_and_aliases():
+    c = Condition(pleural_effusion="present", enlarged_cardiac_silhouette="absent")
+    assert condition_from_pb(condition_to_pb(c)) == c
+    pb = common_pb2.Condition(atelectasis=common_pb2.FINDING_STATE_PRESENT)
+    pb.by_name["cardiomegaly"] = common_pb2.FINDING_STATE_ABSENT
+    assert condition_from_pb(pb) == Condition(atelectasis="present", enlarged_cardiac_silhouette="absent")
+    assert condition_from_pb(common_pb2.Condition(no_finding=True)).is_no_finding
+
+
+def test_models_generate_and_stream(tmp_path):
+    async def go():
+        async with Env(tmp_path) as env:
+            models = await env.gen_stub.ListModels(generator_pb2.ListModelsRequest())
+            assert [m.model_id for m in models.models] == ["tiny"] and models.models[0].is_default
+            cond = common_pb2.Condition(pleural_effusion=common_pb2.FINDING_STATE_PRESENT)
+            resp = await env.gen_stub.Generate(generator_pb2.GenerateRequest(
+                condition=cond, count=3, seed=20, encoding=common_pb2.IMAGE_ENCODING_FLOAT32))
+            assert [im.seed for im in resp.images] == [20, 21, 22]
+            img = decode_pb_image(resp.images[1])
+            expect = env.gen.generate([Condition(pleural_effusion="present")], [21])[0]
+            np.testing.assert_array_equal(img, expect)
+            png = await env.gen_stub.Generate(generator_pb2.GenerateRequest(count=1, seed=20, condition=cond))
+            assert png.images[0].encoding == common_pb2.IMAGE_ENCODING_PNG16
+            np.testing.assert_allclose(decode_pb_image(png.images[0]), decode_pb_image(resp.images[0]), atol=1e-4)
+            # beyond the inline limit: server streaming, one message per image, in order
+            got = [m async for m in env.gen_stub.StreamGenerate(generator_pb2.GenerateRequest(
+                count=40, seed=5, prompt="No pleural effusion", encoding=common_pb2.IMAGE_ENCODING_PNG8))]
+            assert [m.index for m in got] == list(range(40)) and [m.seed for m in got] == list(range(5, 45))
+            assert got[0].condition.pleural_effusion == common_pb2.FINDING_STATE_ABSENT
+            ready = await env.gen_stub.Ready(generator_pb2.ReadyRequest())
+            assert ready.ready and ready.components["generator:tiny"] == "ok"
+
+    run(go())
+
+
+@pytest.mark.parametrize("req, needle", [
+    (generator_pb2.GenerateRequest(model_id="nope", count=1), "nope"),
+    (generator_pb2.GenerateRequest(count=17), "17"),
+    (generator_pb2.GenerateRequest(count=0), "count"),
+    (generator_pb2.GenerateRequest(count=1, prompt="zebra crossing"), "understood"),
+    (generator_pb2.GenerateRequest(count=1, params=common_pb2.GenerationParams(steps=5000)), "steps"),
+])
+def test_invalid_argument_names_the_problem(tmp_path, req, needle):
+    async def go():
+        async with Env(tmp_path) as env:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.gen_stub.Generate(req)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert needle in ei.value.details()
+
+    run(go())
+
+
+def test_unknown_finding_by_name(tmp_path):
+    async def go():
+        async with Env(tmp_path) as env:
+            cond = common_pb2.Condition()
+            cond.by_name["pneumothorax"] = common_pb2.FINDING_STATE_PRESENT
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.gen_stub.Generate(generator_pb2.GenerateRequest(count=1, condition=cond))
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pneumothorax" in ei.value.details()
+
+    run(go())
+
+
+def test_batch_job_watch_get_stream_delete(tmp_path):
+    async def go():
+        async with Env(tmp_path) as env:
+            job = await env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(
+                count=20, seed=3, format=batch_pb2.BATCH_FORMAT_NPZ,
+                condition=common_pb2.Condition(atelectasis=common_pb2.FINDING_STATE_PRESENT)))
+            assert job.state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING) and job.total == 20
+            updates = [j async for j in env.batch_stub.WatchJob(common_pb2.GetJobRequest(job_id=job.job_id))]
+            assert updates[-1].state == common_pb2.JOB_STATE_SUCCEEDED and updates[-1].done == 20
+            dones = [u.done for u in updates]
+            assert dones == sorted(dones)
+            bid = updates[-1].batch_id
+            batch = await env.batch_stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=bid))
+            assert batch.count == 20 and batch.format == "npz" and batch.images[4].seed == 7
+            listed = await env.batch_stub.ListBatches(batch_pb2.ListBatchesRequest())
+            assert [b.batch_id for b in listed.batches] == [bid] and not listed.batches[0].images
+            imgs = [m async for m in env.batch_stub.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(
+                batch_id=bid, encoding=common_pb2.IMAGE_ENCODING_FLOAT32))]
+            assert len(imgs) == 20
+            np.testing.assert_allclose(decode_pb_image(imgs[0]),
+                                       env.gen.generate([Condition(atelectasis="present")], [3])[0], atol=1e-6)
+            jobs = await env.batch_stub.ListJobs(common_pb2.ListJobsRequest(kind="batch"))
+            assert jobs.jobs[0].job_id == job.job_id
+            # scoring through the metrics service
+            refs = await env.metrics_stub.ListReferences(metrics_pb2.ListReferencesRequest())
+            assert list(refs.references) == ["fake-ref"]
+            sj = await env.metrics_stub.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=bid, reference="fake-ref"))
+            [j async for j in env.batch_stub.WatchJob(common_pb2.GetJobRequest(job_id=sj.job_id))]
+            score = await env.metrics_stub.GetScore(common_pb2.GetJobRequest(job_id=sj.job_id))
+            assert score.batch_id == bid and score.n_synthetic == 20 and score.scores[0].name == "mean_intensity"
+            assert score.extractor.name == "inception"
+            deleted = await env.batch_stub.DeleteBatch(batch_pb2.GetBatchRequest(batch_id=bid))
+            assert deleted.deleted
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.batch_stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=bid))
+            assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+            for bad in ("../../etc", "x", ""):
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await env.batch_stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=bad))
+                assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.batch_stub.GetJob(common_pb2.GetJobRequest(job_id="job-0000000000000000"))
+            assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+
+    run(go())
+
+
+def test_failed_job_over_grpc(tmp_path):
+    async def go():
+        async with Env(tmp_path, gen=TinyGenerator("tiny", fail_seeds={30})) as env:
+            job = await env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(count=40, seed=0))
+            final = [j async for j in env.batch_stub.WatchJob(common_pb2.GetJobRequest(job_id=job.job_id))][-1]
+            assert final.state == common_pb2.JOB_STATE_FAILED and "seed 30" in final.error and not final.batch_id
+            assert env.store.list() == []
+
+    run(go())
+
+
+def test_grpc_api_keys(tmp_path):
+    async def go():
+        async with Env(tmp_path, api_keys=["k1"]) as env:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.gen_stub.ListModels(generator_pb2.ListModelsRequest())
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ok = await env.gen_stub.ListModels(generator_pb2.ListModelsRequest(), metadata=(("x-api-key", "k1"),))
+            assert ok.models
+            ok = await env.gen_stub.ListModels(generator_pb2.ListModelsRequest(),
+                                               metadata=(("authorization", "Bearer k1"),))
+            assert ok.models
+
+    run(go())
