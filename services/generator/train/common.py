@@ -42,12 +42,12 @@ def rng_state() -> dict:
 
 
 def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
+    torch.set_rng_state(st["torch"].cpu())  # a checkpoint loaded with map_location=cuda moves it
     np.random.set_state(st["numpy"])
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
         try:
-            torch.cuda.set_rng_state_all(st["cuda"])
+            torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
         except Exception:  # pragma: no cover - different GPU count
             pass
 
@@ -160,8 +160,9 @@ class InfiniteBatches:
         return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
 
     def load_state_dict(self, st: dict) -> None:
-        self.gen.set_state(st["gen"])
-        self.perm = st["perm"]
+        # checkpoints are loaded with map_location=device; RNG states must be CPU byte tensors again
+        self.gen.set_state(st["gen"].cpu())
+        self.perm = st["perm"].cpu()
         self.pos = st["pos"]
 
     def _indices(self) -> torch.Tensor:

@@ -236,8 +236,10 @@ class StyleGAN2Trainer:
             fake = self.run_G(torch.randn(B, z_dim, device=dev), c)
         logits_fake = self.D(self.aug(fake), c)
         do_r1 = cfg.r1_interval > 0 and self.gamma > 0 and self.step % cfg.r1_interval == 0
-        real_tmp = real.detach().requires_grad_(do_r1)
-        logits_real = self.D(self.aug(real_tmp), c)
+        # R1 is taken w.r.t. the augmented reals: differentiating through the augmentation would need a
+        # double backward of grid_sample, which CUDA does not implement (NVlabs ships a custom op for it).
+        real_tmp = self.aug(real.detach()).detach().requires_grad_(do_r1)
+        logits_real = self.D(real_tmp, c)
         loss_D = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
         r1 = torch.zeros([], device=dev)
         if do_r1:
