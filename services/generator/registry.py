@@ -37,7 +37,9 @@ class UnknownModel(GeneratorError):
 
 
 def _descriptor_dirs() -> list[Path]:
-    dirs = [WEIGHTS_DIR]
+    from services.common.config import get_settings
+
+    dirs = [WEIGHTS_DIR, get_settings().home / "models"]  # home/models: where `synthrad models register` writes
     extra = os.environ.get("SYNTHRAD_MODEL_DIRS", "")
     dirs += [Path(p) for p in extra.split(os.pathsep) if p]
     return dirs

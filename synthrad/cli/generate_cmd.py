@@ -25,6 +25,44 @@ def resolve_model_id(model: str) -> str:
     return default if any(m.model_id == default for m in models) else models[0].model_id
 
 
+SHA256_RE = r"^[0-9a-fA-F]{64}$"
+
+
+def _check_sha256(ctx, param, value: str | None) -> str | None:
+    import re
+
+    if value is None:
+        return None
+    value = value.strip()
+    if not re.match(SHA256_RE, value):
+        raise click.BadParameter(f"expected 64 hex digits (a sha256), got {value!r}")
+    return value.lower()
+
+
+def load_model_path(path: str, sha256: str | None, model_id: str | None, backend: str, device: str):
+    """Load a local Stable-Diffusion-format diffusers folder (``--model-path``); never touches the hub.
+
+    The folder's sha256 (``registry.weights_hash``) is computed first: with ``sha256`` given, a different
+    folder is refused before anything is loaded; without it, the hash is printed with how to pin it.
+    """
+    from pathlib import Path
+
+    from services.generator.models.latent_diffusion import load_path, verify_folder
+
+    folder = Path(path).expanduser().resolve()
+    actual = verify_folder(folder, None)
+    if sha256 and actual != sha256:
+        raise click.ClickException(
+            f"model folder {folder} has sha256 {actual}, but --model-sha256 expects {sha256}; refusing to load "
+            "a checkpoint that is corrupt, partially copied or not the one you pinned"
+        )
+    if not sha256:
+        click.echo(f"model folder {folder} sha256: {actual}\n"
+                   f"  pin it with --model-sha256 {actual} (or register it once: "
+                   f"synthrad models register {folder} --model-id ID)", err=True)
+    return load_path(folder, backend, device, sha256=actual, model_id=model_id or folder.name)
+
+
 def parse_condition(condition: str | None, prompt: str | None):
     """``--condition`` (findings text or JSON object) / ``--prompt`` (free text) -> Condition."""
     import json
@@ -44,8 +82,14 @@ def parse_condition(condition: str | None, prompt: str | None):
 
 @click.command(name="generate")
 @click.option("--model", default=None, help="Model id (see `synthrad models list`) or family; default: settings.")
+@click.option("--model-path", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local Stable-Diffusion-format diffusers folder (e.g. RoentGen) instead of --model; never downloads.")
+@click.option("--model-sha256", default=None, callback=_check_sha256,
+              help="With --model-path: the folder's expected sha256; a different folder is refused.")
+@click.option("--model-id", default=None, help="With --model-path: the id recorded in the batch (default: folder name).")
 @click.option("--condition", default=None, help='Findings, e.g. "pleural effusion, no cardiomegaly" (or a JSON object).')
-@click.option("--prompt", default=None, help="Free-text report; parsed into a condition (text models also see it).")
+@click.option("--prompt", default=None,
+              help="Free-text report: parsed into a condition; text-conditioned models get it raw in their text encoder.")
 @click.option("--n", "n", type=click.IntRange(1, 100_000), default=16, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="First seed; image i uses seed+i.")
 @click.option("--out", default=None, help="Store folder or fsspec URL (default: settings store).")
@@ -57,28 +101,55 @@ def parse_condition(condition: str | None, prompt: str | None):
 @click.option("--truncation", type=float, default=None, help="Truncation psi (StyleGAN2; 1 = none).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (diffusion).")
 @click.option("--chunk", type=int, default=64, show_default=True, hidden=True)
-def command(model, condition, prompt, n, seed, out, fmt, backend, device, steps, sampler, truncation, guidance,
-            chunk) -> None:
+def command(model, model_path, model_sha256, model_id, condition, prompt, n, seed, out, fmt, backend, device, steps,
+            sampler, truncation, guidance, chunk) -> None:
     """Generate N marked synthetic chest X-rays for one condition into a new batch; prints the batch path.
 
     \b
     Example:
       synthrad generate --model stylegan2-cxr64 --condition "pleural effusion, no cardiomegaly" \\
           --n 16 --seed 7 --out out/
-    The same model, seed, condition, params and backend give the same pixels.
+      synthrad generate --model-path /models/roentgen --model-sha256 HEX \\
+          --prompt "Large right pleural effusion" --n 4 --seed 3 --out out/
+    The same model, seed, condition (or prompt), params and backend give the same pixels.
     """
     from services.common.config import get_settings
-    from services.common.findings import ConditionError
+    from services.common.findings import Condition, ConditionError
     from services.common.store import BatchStore
     from services.generator import registry
     from services.generator.base import GenerationParams, GeneratorError
 
     settings = get_settings()
+    if model_path and model:
+        raise click.UsageError("give --model or --model-path, not both")
+    if not model_path and (model_sha256 or model_id):
+        raise click.UsageError("--model-sha256 and --model-id go with --model-path "
+                               "(a registered model's descriptor pins its own hash)")
+    if condition and prompt:
+        raise click.UsageError("give --condition or --prompt, not both")
     try:
-        cond = parse_condition(condition, prompt)
-        model_id = resolve_model_id(model or settings.default_model)
+        try:
+            cond, cond_error = parse_condition(condition, prompt), None
+        except ConditionError as e:  # may still be fine: a text model reads the prompt itself
+            if not prompt:
+                raise
+            cond, cond_error = None, e
         params = GenerationParams(steps=steps, sampler=sampler, guidance=guidance, truncation=truncation)
-        gen = registry.load_generator(model_id, backend or settings.backend, device or settings.device)
+        if model_path:
+            dev = device or settings.device
+            gen = load_model_path(model_path, model_sha256, model_id, backend or settings.backend,
+                                  settings.resolved_device() if dev == "auto" else dev)
+        else:
+            gen = registry.load_generator(resolve_model_id(model or settings.default_model),
+                                          backend or settings.backend, device or settings.device)
+        if cond is None:
+            if not gen.text_conditioned:
+                raise cond_error
+            # the raw prompt drives a text-conditioned model; the recorded condition stays unspecified
+            cond = Condition()
+            click.echo(f"note: the findings parser cannot read this prompt ({str(cond_error).split(';')[0]}); it goes "
+                       f"to {gen.model_id}'s text encoder as written and the batch records the condition as "
+                       "unspecified", err=True)
     except (ConditionError, GeneratorError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     if seed + n > 2**63:
@@ -99,6 +170,7 @@ def command(model, condition, prompt, n, seed, out, fmt, backend, device, steps,
     except BaseException:
         writer.abort()
         raise
-    click.echo(f"{manifest.count} images ({cond.describe()}) from {gen.model_id} [{gen.backend}] -> "
+    what = f"prompt {prompt!r}" if prompt and gen.text_conditioned else cond.describe()
+    click.echo(f"{manifest.count} images ({what}) from {gen.model_id} [{gen.backend}] -> "
                f"batch {manifest.batch_id}", err=True)
     click.echo(store.batch_path(manifest.batch_id))
