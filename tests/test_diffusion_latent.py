@@ -157,6 +157,43 @@ def test_samplers_and_steps_per_request_in_threads(gen):
     assert gen.pipe.scheduler.__class__.__name__ == "DDIMScheduler"  # the loaded pipeline's scheduler is untouched
 
 
+def test_concurrent_requests_do_not_share_tokenizer_state(gen, monkeypatch):
+    """A fast tokenizer stores padding/truncation on its backend before encoding, and the SD pipeline calls it
+    with two different settings per prompt; widen that window so a shared tokenizer would race every time."""
+    import time
+
+    tok_cls = type(gen.pipe.tokenizer)
+    if not hasattr(tok_cls, "set_truncation_and_padding"):
+        pytest.skip("slow (pure-Python) tokenizer keeps no per-call state")
+    orig = tok_cls.set_truncation_and_padding
+
+    def slow(self, *a, **k):
+        orig(self, *a, **k)
+        time.sleep(0.02)
+
+    jobs = [("ddim", 2, PROMPTS[0]), ("ddim", 2, PROMPTS[1]), ("dpmpp", 2, PROMPTS[0])]
+    expected = [gen.generate([Condition()], [5], GenerationParams(sampler=s, steps=n), prompts=[p]) for s, n, p in jobs]
+    monkeypatch.setattr(tok_cls, "set_truncation_and_padding", slow)
+    results, errors = {}, []
+    barrier = threading.Barrier(len(jobs))
+
+    def work(j):
+        try:
+            barrier.wait()
+            s, n, p = jobs[j]
+            results[j] = gen.generate([Condition()], [5], GenerationParams(sampler=s, steps=n), prompts=[p])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(j,)) for j in range(len(jobs))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors, errors
+    assert sorted(results) == [0, 1, 2]
+    for j, out in results.items():
+        np.testing.assert_allclose(out, expected[j], atol=1e-5)
+
+
 def test_registry_loads_with_hash_check(model_dir, monkeypatch):
     from services.generator import registry
 

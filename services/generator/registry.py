@@ -6,7 +6,7 @@
      "resolution": 64, "card": "stylegan2-cxr64.md", "description": "...", "config": {...}}
 
 A descriptor may list ``aliases`` (e.g. ``["stylegan2"]``) accepted wherever a model id is.
-Users add their own models with ``SYNTHRAD_MODEL_DIRS`` (folders holding more descriptors; a
+Users add their own models with ``synthrad models register`` (writes to ``$SYNTHRAD_HOME/models``) or ``SYNTHRAD_MODEL_DIRS`` (folders holding more descriptors; a
 descriptor may point ``weights`` at an absolute path or a diffusers folder, with ``sha256`` to verify).
 A family maps to a loader ``load(descriptor, weights_path, backend, device) -> LoadedGenerator``.
 """

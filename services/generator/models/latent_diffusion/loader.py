@@ -15,7 +15,9 @@ channel in [0, 1].
 
 from __future__ import annotations
 
+import copy
 import json
+import queue
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -88,12 +90,37 @@ class LatentDiffusionGenerator(LoadedGenerator):
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self._sched_config = dict(pipe.scheduler.config)
         self._lock = threading.Lock() if backend == "compile" else None
+        # Tokenizers are checked out per request (see _checkout_tokenizer).  The prototype is a private copy
+        # that is never called, only copied, so no request can catch it mid-call.
+        self._tokenizer_proto = copy.deepcopy(pipe.tokenizer)
+        self._tokenizer_proto_lock = threading.Lock()
+        self._tokenizers: queue.SimpleQueue = queue.SimpleQueue()
 
-    def _request_pipeline(self, sampler: str):
-        """A pipeline object for one request sharing the loaded modules but with its own scheduler
-        (scheduler state and the pipeline's per-call attributes are per request)."""
+    def _checkout_tokenizer(self):
+        """A tokenizer that no other request is using.
+
+        A fast (Rust ``tokenizers``-backed) tokenizer is not safe to share between threads: every call stores
+        its padding/truncation strategy on the shared backend object (``set_truncation_and_padding``) and
+        then encodes with whatever is stored at that moment.  ``StableDiffusionPipeline.encode_prompt`` calls
+        it with ``padding="max_length", truncation=True`` and then ``padding="longest"`` without truncation,
+        so a concurrent request could get its prompt padded to a different length (different
+        cross-attention context -> different pixels, or a shape error in the CFG concatenation).  Each
+        request therefore gets a private copy, reused from a pool (copies = peak concurrency), no lock
+        held while sampling.
+        """
+        try:
+            return self._tokenizers.get_nowait()
+        except queue.Empty:
+            with self._tokenizer_proto_lock:
+                return copy.deepcopy(self._tokenizer_proto)
+
+    def _request_pipeline(self, sampler: str, tokenizer):
+        """A pipeline object for one request sharing the loaded (stateless-in-forward) modules but with its
+        own scheduler and tokenizer (scheduler state, the tokenizer's padding/truncation state and the
+        pipeline's per-call attributes are per request)."""
         comps = dict(self.pipe.components)
         comps["scheduler"] = make_scheduler(sampler, self._sched_config)
+        comps["tokenizer"] = tokenizer
         comps["safety_checker"] = None
         pipe = type(self.pipe)(**comps, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
@@ -114,16 +141,21 @@ class LatentDiffusionGenerator(LoadedGenerator):
             if not text:
                 text = "" if all(code == 2 for code in c.codes()) else c.describe()
             texts.append(text)
-        pipe = self._request_pipeline(p.sampler or self.defaults["sampler"])
-        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        kwargs = dict(prompt=texts, height=res, width=res, num_inference_steps=int(p.steps or self.defaults["steps"]),
-                      guidance_scale=float(self.defaults["guidance"] if p.guidance is None else p.guidance),
-                      generator=gens, output_type="np")
-        if self._lock is not None:
-            with self._lock:
+        tokenizer = self._checkout_tokenizer()
+        try:
+            pipe = self._request_pipeline(p.sampler or self.defaults["sampler"], tokenizer)
+            gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+            kwargs = dict(prompt=texts, height=res, width=res,
+                          num_inference_steps=int(p.steps or self.defaults["steps"]),
+                          guidance_scale=float(self.defaults["guidance"] if p.guidance is None else p.guidance),
+                          generator=gens, output_type="np")
+            if self._lock is not None:
+                with self._lock:
+                    out = pipe(**kwargs).images
+            else:
                 out = pipe(**kwargs).images
-        else:
-            out = pipe(**kwargs).images
+        finally:
+            self._tokenizers.put(tokenizer)
         out = np.asarray(out, dtype=np.float32)
         if out.ndim == 4:
             out = out.mean(axis=-1)
