@@ -28,3 +28,15 @@ def nih64() -> Path:
     if not (NIH64 / "labels.csv").exists():
         pytest.skip(f"shared NIH data not found at {NIH64}")
     return NIH64
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a whole test module (the machine is shared); opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -53,6 +53,24 @@ class TinyGenerator(LoadedGenerator):
         return out
 
 
+class GanLikeGenerator(TinyGenerator):
+    """A tiny generator with a GAN's knobs only (like StyleGAN2: truncation, resolution) and a default
+    truncation, so the gateway's check_params / resolved_params plumbing can be tested."""
+
+    family = "tiny-gan-test"
+    uses_params = frozenset({"truncation", "resolution"})
+    default_truncation = 0.7
+
+    def resolved_params(self, params: GenerationParams | None) -> dict:
+        return {"truncation": self.default_truncation, **super().resolved_params(params)}
+
+    def generate(self, conditions, seeds, params=None, prompts=None) -> np.ndarray:
+        params = params or GenerationParams()
+        if params.truncation is None:
+            params = params.model_copy(update={"truncation": self.default_truncation})
+        return super().generate(conditions, seeds, params, prompts)
+
+
 FAIL_SEED = 13
 
 

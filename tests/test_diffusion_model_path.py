@@ -1,6 +1,6 @@
 """`synthrad generate --model-path DIR` (a local Stable-Diffusion-format checkpoint such as RoentGen, no hub
 access), `--model-sha256` pinning, raw prompts for text-conditioned models, and `synthrad models register`.
-Uses the tiny pipeline that tests/test_diffusion_latent.py builds and saves."""
+Uses the tiny pipeline of tests/sd_tiny.py."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-from test_diffusion_latent import build_tiny_sd
+from sd_tiny import build_tiny_sd
 
 from services.common.codecs import decode_image
 from services.common.findings import Condition
@@ -21,13 +20,7 @@ PROMPT = "Large right pleural effusion"
 RAW_PROMPT = "PA view, 67 year old man, portable"  # names no finding the condition parser knows
 FAST = ["--steps", "2", "--sampler", "ddim", "--backend", "eager", "--device", "cpu", "--format", "npz"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -124,3 +124,89 @@ def test_cli_trains_on_real_images(tmp_path, monkeypatch):
         assert res.exit_code != 0 and "--max-steps or --max-minutes" in res.output
     finally:
         get_settings.cache_clear()
+
+
+def test_ema_is_the_shared_warmup_lerp(tmp_path):
+    """One step's EMA equals ``beta * ema + (1 - beta) * model`` with beta = min(decay, (1+s)/(10+s))."""
+    tr = DiffusionTrainer(_cfg(tmp_path, ema_decay=0.5), dataset=SynthXrays())
+    tr.step = 20  # warm-up beta 21/30 = 0.7 > decay -> beta = decay
+    before = {k: v.clone() for k, v in tr.ema.state_dict().items()}
+    tr.train_step()
+    model = tr.model.state_dict()
+    for k, v in tr.ema.named_parameters():
+        torch.testing.assert_close(v, 0.5 * before[k] + 0.5 * model[k])
+
+
+def test_fresh_run_refuses_existing_checkpoint_unless_overwrite(tmp_path):
+    from services.generator.train.common import RunFolderExists
+
+    train(_cfg(tmp_path, max_steps=2), dataset=SynthXrays())
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunFolderExists, match="--resume.*--overwrite"):
+        train(_cfg(tmp_path, max_steps=4), dataset=SynthXrays())
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert train(_cfg(tmp_path, max_steps=3), dataset=SynthXrays(), resume=True)["training"]["steps"] == 3
+    desc = train(_cfg(tmp_path, max_steps=1, overwrite=True), dataset=SynthXrays())
+    assert desc["training"]["steps"] == 1  # started over
+
+
+def test_resume_mismatch_names_only_the_differing_fields(tmp_path):
+    DiffusionTrainer(_cfg(tmp_path, max_steps=1), dataset=SynthXrays()).fit()
+    other = DiffusionTrainer(_cfg(tmp_path, resolution=32), dataset=SynthXrays(res=32))
+    with pytest.raises(ValueError) as ei:
+        other.resume()
+    msg = str(ei.value)
+    assert "sample_size: checkpoint 16, now 32" in msg and "use the same options or a new --out" in msg
+    assert "block_out_channels" not in msg and "layers_per_block" not in msg
+
+
+def _cli(tmp_path, monkeypatch, *args, steps=("--max-steps", "1")):
+    """Invoke ``synthrad train diffusion`` with training replaced by a stub that records its arguments."""
+    from click.testing import CliRunner
+
+    from services.generator.train import diffusion
+    from synthrad.cli.train_diffusion import command
+
+    seen = {}
+
+    def fake_train(cfg, resume=False):
+        seen.update(cfg=cfg, resume=resume)
+        return {"weights": "w", "model_id": "m", "training": {"parameters": 1, "steps": 0, "train_seconds": 0,
+                                                              "hardware": "cpu"}}
+
+    monkeypatch.setattr(diffusion, "train", fake_train)
+    res = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                                       *steps, *args])
+    return res, seen
+
+
+def test_cli_refuses_existing_out_without_resume_or_overwrite(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"old run")
+    res, seen = _cli(tmp_path, monkeypatch)
+    assert res.exit_code == 2 and not seen
+    assert "checkpoint.pt already exists" in res.output and "--resume" in res.output and "--overwrite" in res.output
+    res, seen = _cli(tmp_path, monkeypatch, "--resume", "--overwrite")
+    assert res.exit_code == 2 and not seen and "exclude each other" in res.output
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == b"old run"
+    res, seen = _cli(tmp_path, monkeypatch, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].overwrite and not seen["resume"]
+    res, seen = _cli(tmp_path, monkeypatch, "--resume")
+    assert res.exit_code == 0, res.output
+    assert seen["resume"] and not seen["cfg"].overwrite
+
+
+def test_cli_views_layout_resolution(tmp_path, monkeypatch):
+    res, seen = _cli(tmp_path, monkeypatch)
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].views == "all" and seen["cfg"].resolution == 64 and seen["cfg"].layout == "nih"
+    assert "training on views: all (every view position); the diffusion default" in res.stderr
+    res, seen = _cli(tmp_path, monkeypatch, "--views", "pa,AP", "--layout", "mimic", "--resolution", "32")
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].views == "PA,AP" and seen["cfg"].layout == "mimic" and seen["cfg"].resolution == 32
+    assert "training on views: PA, AP" in res.stderr and "default" not in res.stderr
+    res, seen = _cli(tmp_path, monkeypatch, "--layout", "dicom")
+    assert res.exit_code == 2 and not seen
+    res, seen = _cli(tmp_path, monkeypatch, "--resolution", "17")
+    assert res.exit_code == 2 and not seen and "divisible" in res.output

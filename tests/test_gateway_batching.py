@@ -62,3 +62,31 @@ def test_gateway_chunks_and_keeps_order(tmp_path):
     assert sorted(gen.calls) == [2, 4, 4]
     assert plan.seeds == list(range(50, 60))
     np.testing.assert_array_equal(images, gen.generate(plan.conditions, plan.seeds))
+
+
+def test_gpu_without_nvml_warns_once_and_keeps_memory_stats(monkeypatch):
+    """A CUDA replica without nvidia-ml-py reports GPU memory, leaves utilisation out and logs that once."""
+    import torch
+
+    from services.generator import deployment
+
+    def no_nvml(device=None):
+        raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed or it can't be imported.")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda idx=None: (3 << 30, 8 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda idx=None: 1 << 30)
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    monkeypatch.setattr(deployment, "_warned", set())
+    warnings: list[str] = []
+    monkeypatch.setattr(deployment.log, "warning", lambda msg, *args: warnings.append(msg % args))
+
+    for _ in range(3):
+        stats = deployment.gpu_stats("cuda:0")
+        assert stats["gpu_memory_used_bytes"] == float(5 << 30) and "gpu_utilization_ratio" not in stats
+    assert len(warnings) == 1 and "nvidia-ml-py" in warnings[0] and "synthrad[gpu]" in warnings[0]
+
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: 42)
+    assert deployment.gpu_stats("cuda:0")["gpu_utilization_ratio"] == 0.42
+    assert deployment.gpu_stats("cpu") == {} and len(warnings) == 1

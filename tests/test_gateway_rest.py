@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serving_fakes import TinyGenerator, make_platform
+from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform
 from services.common.codecs.png import decode_png
 from services.common.findings import Condition
 from services.gateway.rest import create_app
@@ -245,3 +245,27 @@ def test_metrics_after_requests(env):
                  'synthrad_jobs{kind="batch",state="succeeded"}', "synthrad_jobs_finished_total",
                  "synthrad_requests_total"):
         assert name in text, name
+
+
+def test_params_the_model_does_not_use_are_refused_and_defaults_recorded(tmp_path):
+    platform, store, gen = make_platform(tmp_path, gen=GanLikeGenerator("gan"))
+    with TestClient(create_app(platform)) as client:
+        r = client.post("/v1/generate", json={"params": {"sampler": "ddim"}})
+        assert r.status_code == 422 and "sampler" in r.json()["detail"] and "gan" in r.json()["detail"], r.text
+        r = client.post("/v1/batches", json={"count": 3, "params": {"steps": 10, "truncation": 0.5}})
+        assert r.status_code == 422 and "steps" in r.json()["detail"], r.text
+        assert gen.calls == [] and client.get("/v1/jobs").json() == []  # refused before anything was queued
+
+        r = client.post("/v1/generate", json={"params": {"truncation": 0.5}})
+        assert r.status_code == 200, r.text
+        jobs = [client.post("/v1/batches", json=body).json()["job_id"]
+                for body in ({"count": 2, "seed": 3}, {"count": 2, "seed": 3, "params": {"truncation": 0.5}})]
+        mans = []
+        for jid in jobs:
+            job = wait_job(client, jid)
+            assert job["state"] == "succeeded", job
+            mans.append(client.get(f"/v1/batches/{job['batch_id']}").json())
+        assert client.get(f"/v1/jobs/{jobs[0]}").json()["request"]["params"] == {}  # the request as sent
+        assert mans[0]["params"] == {"truncation": 0.7}  # the model's default, as applied
+        assert mans[1]["params"] == {"truncation": 0.5}
+        assert store.get(mans[0]["batch_id"]).params == {"truncation": 0.7}

@@ -8,13 +8,13 @@ import grpc
 import numpy as np
 import pytest
 
-from serving_fakes import FakeScorer, TinyGenerator
+from serving_fakes import FakeScorer, GanLikeGenerator, TinyGenerator
 from services.common.config import Settings
 from services.common.findings import Condition
 from services.common.store import BatchStore
 from services.gateway.clients import LocalGenerators, LocalScorer
 from services.gateway.core import Platform
-from services.gateway.grpc import GrpcApi, add_to_server, condition_from_pb, condition_to_pb, decode_pb_image
+from services.gateway.grpc_api import GrpcApi, add_to_server, condition_from_pb, condition_to_pb, decode_pb_image
 from services.generator.deployment import GeneratorReplica
 from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
 from synthrad.v1 import metrics_pb2_grpc
@@ -103,6 +103,22 @@ def test_invalid_argument_names_the_problem(tmp_path, req, needle):
                 await env.gen_stub.Generate(req)
             assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert needle in ei.value.details()
+
+    run(go())
+
+
+def test_params_the_model_does_not_use_are_invalid(tmp_path):
+    async def go():
+        async with Env(tmp_path, gen=GanLikeGenerator("tiny")) as env:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.gen_stub.Generate(generator_pb2.GenerateRequest(
+                    count=1, params=common_pb2.GenerationParams(sampler="ddim")))
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sampler" in ei.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(
+                    count=2, params=common_pb2.GenerationParams(guidance=3.0)))
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "guidance" in ei.value.details()
+            assert env.gen.calls == []
 
     run(go())
 

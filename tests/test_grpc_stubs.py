@@ -34,7 +34,7 @@ def test_stubs_import_as_package_from_anywhere(tmp_path):
 
 def test_rpc_names_are_unique_across_services():
     # Serve's gRPC proxy routes by method name only, to one ingress deployment
-    from services.gateway.grpc import METHODS
+    from services.gateway.grpc_api import METHODS
     from synthrad.v1 import batch_pb2, generator_pb2, metrics_pb2
 
     names = []

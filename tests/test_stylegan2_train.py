@@ -2,6 +2,7 @@
 
 import json
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -114,3 +115,138 @@ def test_train_cli_on_nih_exports_a_loadable_model(nih64, tmp_path, monkeypatch)
         "--mapping-layers", "1", "--no-progress", "--model-id", "sg2-cli-test", "--cache-dir", str(tmp_path / "cache")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout[r.stdout.index("{"):])["step"] == 3
+
+
+def test_resume_mismatch_names_only_the_differing_fields(tmp_path):
+    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyData()).train()
+    with pytest.raises(ValueError) as ei:
+        StyleGAN2Trainer(cfg(tmp_path, resume=True, net={**NET, "channel_max": 8}), dataset=ToyData())
+    msg = str(ei.value)
+    assert "channel_max: checkpoint 16, now 8" in msg and "use the same options or a new --out" in msg
+    assert "z_dim" not in msg and "mapping_layers" not in msg and "d_channel_max" not in msg
+
+
+def test_fresh_run_refuses_existing_checkpoint_unless_overwrite(tmp_path):
+    from services.generator.train.common import RunFolderExists
+
+    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyData()).train()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunFolderExists, match="--resume.*--overwrite"):
+        StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyData())
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(ValueError, match="exclude each other"):
+        StyleGAN2Trainer(cfg(tmp_path, resume=True, overwrite=True), dataset=ToyData())
+    tr = StyleGAN2Trainer(cfg(tmp_path, max_steps=1, overwrite=True), dataset=ToyData())
+    assert tr.step == 0  # a new run, not the old one resumed
+    tr.train()
+    assert tr.step == 1 and (tmp_path / "checkpoint.pt").read_bytes() != before
+
+
+def _cli(tmp_path, monkeypatch, *args):
+    """Invoke ``synthrad train stylegan2`` with training replaced by a stub that records the config."""
+    from services.generator.train import stylegan2
+    from synthrad.cli.main import cli
+
+    seen = {}
+    monkeypatch.setattr(stylegan2, "train", lambda c: seen.setdefault("cfg", c) and {"step": 0})
+    r = CliRunner().invoke(cli, ["train", "stylegan2", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                 *args])
+    return r, seen.get("cfg")
+
+
+def test_cli_refuses_existing_out_without_resume_or_overwrite(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"old run")
+    r, c = _cli(tmp_path, monkeypatch)
+    assert r.exit_code == 2 and c is None
+    assert "checkpoint.pt already exists" in r.output and "--resume" in r.output and "--overwrite" in r.output
+    r, c = _cli(tmp_path, monkeypatch, "--resume", "--overwrite")
+    assert r.exit_code == 2 and c is None and "exclude each other" in r.output
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == b"old run"
+    r, c = _cli(tmp_path, monkeypatch, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert c.overwrite and not c.resume
+    r, c = _cli(tmp_path, monkeypatch, "--resume")
+    assert r.exit_code == 0, r.output
+    assert c.resume and not c.overwrite
+
+
+def test_cli_options_views_layout_resolution(tmp_path, monkeypatch):
+    from services.common.datasets import LAYOUTS
+    from synthrad.cli import train_diffusion, train_stylegan2
+
+    r, c = _cli(tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    assert c.views == ("PA",) and c.resolution == 64 and c.layout == "nih"
+    assert "training on views: PA; the stylegan2 default" in r.stderr
+    r, c = _cli(tmp_path, monkeypatch, "--views", "pa, ap", "--resolution", "128", "--layout", "chexpert")
+    assert r.exit_code == 0, r.output
+    assert c.views == ("PA", "AP") and c.resolution == 128 and c.layout == "chexpert"
+    assert "training on views: PA, AP" in r.stderr and "default" not in r.stderr
+    r, c = _cli(tmp_path, monkeypatch, "--views", "all")
+    assert c.views is None and "training on views: all" in r.stderr
+    r, _ = _cli(tmp_path, monkeypatch, "--layout", "dicom")
+    assert r.exit_code == 2 and "dicom" in r.output
+    r, _ = _cli(tmp_path, monkeypatch, "--resolution", "96")
+    assert r.exit_code == 2 and "96" in r.output
+    # the two train commands declare --layout / --resolution the same way
+    for cmd in (train_stylegan2.command, train_diffusion.command):
+        opts = {p.name: p for p in cmd.params}
+        assert tuple(opts["layout"].type.choices) == tuple(LAYOUTS)
+        assert opts["resolution"].type is click.INT and opts["resolution"].default == 64
+
+
+# -- shared helpers used by both trainers -----------------------------------------------------------------
+def test_resolve_device_validates(tmp_path, monkeypatch):
+    from services.common.config import get_settings, resolve_device
+    from services.generator.backends import resolve_device as backends_resolve_device
+
+    assert backends_resolve_device is resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device() == resolve_device("auto") == resolve_device(" AUTO ") == resolve_device(None) == "cpu"
+    assert resolve_device("cpu") == "cpu"
+    for bad in ("gpu", "cuda:x", "cuda:", "mps", "cpu:0", "cuda0"):
+        with pytest.raises(ValueError, match="unknown device"):
+            resolve_device(bad)
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device(spec)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        StyleGAN2Trainer(cfg(tmp_path / "run", device="cuda"), dataset=ToyData())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("CUDA:1") == "cuda:1"
+    with pytest.raises(ValueError, match="only 2 CUDA GPU"):
+        resolve_device("cuda:2")
+    monkeypatch.setenv("SYNTHRAD_DEVICE", "auto")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().resolved_device() == "cuda"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_grid_conditions_one_order_full_labels(tmp_path):
+    from PIL import Image, ImageDraw, ImageFont
+
+    from services.common.findings import FINDINGS, Condition
+    from services.generator.train import common, diffusion, stylegan2
+
+    assert stylegan2.grid_conditions is common.grid_conditions is diffusion.grid_conditions
+    rows = common.grid_conditions()
+    assert [n for n, _ in rows] == ["unconditional", "no finding", "atelectasis", "lung opacity", "pleural effusion",
+                                    "enlarged cardiac silhouette"]
+    assert rows[0][1] == Condition() and rows[1][1] == Condition.no_finding()
+    for (_, c), f in zip(rows[2:], FINDINGS):
+        assert c.present() == [f] and sorted(c.absent()) == sorted(g for g in FINDINGS if g != f)
+    labels = [n for n, _ in rows]
+    draw, font = ImageDraw.Draw(Image.new("L", (1, 1))), ImageFont.load_default()
+    for h in (16, 64):
+        wrapped = common._wrap_labels(labels, draw, font, h)
+        assert [" ".join(t.split()) for t in wrapped] == labels  # wrapped, never truncated
+        if h == 64:
+            assert "\n" in wrapped[-1]
+        p = common.save_grid([np.zeros((2, h, h), np.float32)] * len(rows), tmp_path / f"g{h}.png", labels=labels)
+        im = np.asarray(Image.open(p))
+        label_col = im[:, :im.shape[1] - 2 * (h + 2) - 2]
+        assert (label_col < 128).any()  # text drawn

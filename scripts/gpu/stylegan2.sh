@@ -43,7 +43,7 @@ SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 150 $PY -m services.generator.evaluate
     --json "$OUT/stylegan2_conditioning.json" 2>&1 | tail -n 25 || echo "stylegan2: conditioning eval failed (run it on CPU later)"
 
 # 2b) quality figure: FID/KID (Inception, CXR encoder) of generated vs NIH valid reference, real train as floor
-SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 120 $PY scripts/gpu/stylegan2_finalize.py --quality-only --device "$DEV" \
+[ "${SG2_QUALITY:-1}" = 1 ] && SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 120 $PY scripts/gpu/stylegan2_finalize.py --quality-only --device "$DEV" \
     --data "$DATA" --quality-n 1000 --json "$OUT/stylegan2_quality.json" 2>&1 | grep -v -i warn | tail -n 5 \
     || echo "stylegan2: quality figure failed (finalize computes it on CPU later)"
 

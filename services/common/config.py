@@ -6,12 +6,42 @@ Nested fields use ``__`` in the variable name, e.g. ``SYNTHRAD_LIMITS__MAX_BATCH
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+_DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+
+
+def resolve_device(spec: str | None = "auto") -> str:
+    """The torch device to use for ``spec``: ``auto`` (``cuda`` when torch sees a GPU, else ``cpu``), ``cpu``,
+    ``cuda`` or ``cuda:N`` (case and surrounding spaces ignored; ``None`` / ``""`` mean ``auto``).
+
+    Raises ``ValueError`` for any other spec, for ``cuda`` when torch sees no GPU and for ``cuda:N`` past the
+    last GPU. ``cpu`` never imports torch.
+    """
+    raw = "auto" if spec is None else str(spec)
+    s = raw.strip().lower() or "auto"
+    m = _DEVICE_SPEC.fullmatch(s)
+    if m is None:
+        raise ValueError(f"unknown device {raw!r}: use auto, cpu, cuda or cuda:N")
+    if s == "cpu":
+        return s
+    import torch
+
+    if s == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {raw!r} asked for, but torch sees no CUDA GPU here: use cpu or auto")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ValueError(f"device {raw!r} asked for, but torch sees only {n} CUDA GPU(s) (cuda:0 to cuda:{n - 1})")
+    return s
 
 
 def _default_home() -> Path:
@@ -65,11 +95,8 @@ class Settings(BaseSettings):
         return self.cache_dir or (self.home / "cache")
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        """``device`` resolved and checked by :func:`resolve_device`."""
+        return resolve_device(self.device)
 
 
 @lru_cache(maxsize=1)

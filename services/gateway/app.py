@@ -75,7 +75,7 @@ class Gateway:
         from .auth import ApiKeyAuth
         from .clients import HandleGenerators, HandleScorer
         from .core import Platform
-        from .grpc import GrpcApi
+        from .grpc_api import GrpcApi
 
         options = dict(options or {})
         settings = _settings_from(options.get("settings"))
@@ -115,7 +115,7 @@ class Gateway:
         return on_error
 
     async def _unary(self, name: str, request, ctx):
-        from .grpc import call_unary
+        from .grpc_api import call_unary
 
         md = ctx.invocation_metadata() if ctx is not None else []
         try:
@@ -125,7 +125,7 @@ class Gateway:
         return await call_unary(self.api, name, request, md, self._on_error(ctx))
 
     async def _stream(self, name: str, request, ctx):
-        from .grpc import call_stream
+        from .grpc_api import call_stream
 
         md = ctx.invocation_metadata() if ctx is not None else []
         try:
@@ -205,7 +205,11 @@ def _gpu_count() -> float:
 def registered_models() -> list[str]:
     from services.generator.registry import list_models
 
-    models = [mi.model_id for mi in list_models()]
+    infos = list_models()
+    for mi in infos:
+        if mi.status != "ok":
+            log.warning("not serving model %s: %s", mi.model_id, mi.error)
+    models = [mi.model_id for mi in infos if mi.status == "ok"]
     if not models:
         raise RuntimeError("no models are registered (services/generator/weights/*.json or SYNTHRAD_MODEL_DIRS)")
     return models
@@ -321,7 +325,7 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
     """Start Ray (dashboard off, usage stats off) + Serve with HTTP and gRPC, deploy the app, wait until ready."""
     import ray
 
-    from .grpc import SERVICER_FUNCTIONS
+    from .grpc_api import SERVICER_FUNCTIONS
 
     settings = settings or get_settings()
     configure_ray_env(settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Mapping, Protocol
 
+from services.generator.base import GenerationParams
 from services.generator.deployment import ChunkResult, GenChunk, GeneratorReplica
 
 from .errors import InvalidArgument
@@ -20,6 +21,8 @@ class Generators(Protocol):
     def model_ids(self) -> list[str]: ...
 
     async def info(self, model_id: str) -> dict: ...
+
+    async def resolve_params(self, model_id: str, params: GenerationParams) -> dict: ...
 
     async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult: ...
 
@@ -56,6 +59,9 @@ class LocalGenerators:
         info.setdefault("max_batch_size", self.max_batch_size)
         return info
 
+    async def resolve_params(self, model_id: str, params: GenerationParams) -> dict:
+        return self._get(model_id).resolve_params(params)
+
     async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult:
         return await asyncio.to_thread(self._get(model_id).generate_now, chunk)
 
@@ -77,6 +83,9 @@ class HandleGenerators:
 
     async def info(self, model_id: str) -> dict:
         return await self._get(model_id).info.remote()
+
+    async def resolve_params(self, model_id: str, params: GenerationParams) -> dict:
+        return await self._get(model_id).resolve_params.remote(params)
 
     async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult:
         return await getattr(self._get(model_id), self.method).remote(chunk)

@@ -1,6 +1,6 @@
 """The gateway's transport-neutral core: validation, chunked generation, jobs, store access, scoring.
 
-``rest.py`` (FastAPI) and ``grpc.py`` (gRPC servicer) are thin translations onto :class:`Platform`, so both
+``rest.py`` (FastAPI) and ``grpc_api.py`` (gRPC servicer) are thin translations onto :class:`Platform`, so both
 APIs have the same rules and the same errors (see ``errors.py``).
 
 Seeds: image ``i`` of a request with seed ``s`` gets seed ``s + i``; every stored image records its seed.
@@ -29,7 +29,7 @@ from services.common.store import BatchStore, Manifest
 from services.generator.base import GenerationParams
 from services.generator.deployment import ChunkResult, GenChunk
 
-from . import metrics as m
+from . import prometheus as m
 from .clients import Generators, Scorer
 from .errors import InvalidArgument, NotFound, NotReady, Unavailable, api_error
 from .jobs import JobManager, JobRecord, JobState
@@ -53,6 +53,8 @@ class GenPlan:
     params: GenerationParams
     prompt: str | None = None
     condition: Condition | None = None
+    #: ``params`` as the model applies them, its defaults filled in (recorded in batch manifests)
+    resolved_params: dict | None = None
 
     @property
     def count(self) -> int:
@@ -81,6 +83,7 @@ class Platform:
         wanted = default_model or settings.default_model
         self.default_model = wanted if wanted in ids else (ids[0] if ids else wanted)
         self._infos: dict[str, dict] = {}
+        self._resolved: dict[tuple[str, GenerationParams], dict] = {}
         self._finished_jobs: set[str] = set()
         self.jobs = JobManager(jobs_dir, settings.limits.max_concurrent_jobs, on_change=self._job_changed)
         m.init_labels(ids)
@@ -107,6 +110,20 @@ class Platform:
     async def model_infos(self) -> list[dict]:
         return [await self.model_info(mid) for mid in sorted(self.generators.model_ids())]
 
+    async def resolve_params(self, model_id: str, params: GenerationParams) -> dict:
+        """The model's ``check_params`` + ``resolved_params`` (InvalidArgument naming a param the model's family
+        does not use). Both depend only on the model and the params, so successes are cached."""
+        key = (model_id, params)
+        if key not in self._resolved:
+            try:
+                resolved = dict(await self.generators.resolve_params(model_id, params))
+            except Exception as e:
+                raise api_error(e) from e
+            if len(self._resolved) >= 1024:
+                self._resolved.clear()
+            self._resolved[key] = resolved
+        return dict(self._resolved[key])
+
     # ---- planning -----------------------------------------------------------------------------
     async def plan(self, model: str | None, condition: Condition | None, prompt: str | None, count: int,
                    seed: int, params: GenerationParams | None, limit: int, what: str) -> GenPlan:
@@ -118,6 +135,7 @@ class Platform:
         if seed < 0 or seed + count > 2**63:
             raise InvalidArgument(f"seed must be in [0, 2**63 - count); got {seed}")
         info = await self.model_info(model_id)
+        resolved = await self.resolve_params(model_id, params)
         prompt = (prompt or "").strip() or None
         prompts: list[str | None] | None = None
         if prompt is not None:
@@ -140,7 +158,7 @@ class Platform:
             cond = condition or Condition()
         return GenPlan(model_id=model_id, info=info, conditions=[cond] * count,
                        seeds=[seed + i for i in range(count)], prompts=prompts, params=params,
-                       prompt=prompt, condition=cond)
+                       prompt=prompt, condition=cond, resolved_params=resolved)
 
     # ---- generation ---------------------------------------------------------------------------
     def _chunks(self, plan: GenPlan) -> list[GenChunk]:
@@ -198,7 +216,8 @@ class Platform:
         if fmt not in STORED_FORMATS:
             raise InvalidArgument(f"unknown format {fmt!r}; use one of {', '.join(STORED_FORMATS)}")
         request = {**plan.request_dict(), "format": fmt}
-        params = plan.params.model_dump(exclude_none=True)
+        params = (dict(plan.resolved_params) if plan.resolved_params is not None
+                  else plan.params.model_dump(exclude_none=True))
 
         async def run(handle) -> dict:
             writer = await asyncio.to_thread(

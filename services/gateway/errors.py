@@ -1,6 +1,6 @@
 """Transport-neutral API errors: each carries its HTTP status and its gRPC status code.
 
-The gateway core raises these; ``rest.py`` turns them into JSON error responses and ``grpc.py`` into gRPC
+The gateway core raises these; ``rest.py`` turns them into JSON error responses and ``grpc_api.py`` into gRPC
 statuses. Errors of the shared layers (conditions, prompts, models, store) are mapped by :func:`api_error`.
 """
 

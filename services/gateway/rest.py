@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.common.provenance import Provenance
 
-from . import metrics as m
+from . import prometheus as m
 from .auth import ApiKeyAuth
 from .core import Platform
 from .errors import ApiError, api_error

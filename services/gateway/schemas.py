@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common.findings import Condition
-from services.generator.base import GenerationParams
+from services.generator.base import GenerationParams, ModelInfo
 
 from .jobs import JobRecord
 
@@ -93,16 +93,12 @@ class JobView(BaseModel):
                    result=rec.result, links=links)
 
 
-class ModelView(BaseModel):
+class ModelView(ModelInfo):
+    """A served model: the registry's :class:`ModelInfo` plus where it runs (extra keys such as
+    ``replica`` / ``max_batch_size`` from the generator deployment are passed through)."""
+
     model_config = ConfigDict(protected_namespaces=(), extra="allow")
 
-    model_id: str
-    family: str
-    resolution: int
-    model_hash: str
-    text_conditioned: bool = False
-    description: str = ""
-    card: str | None = None
     backend: str | None = None
     device: str | None = None
     is_default: bool = False

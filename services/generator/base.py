@@ -9,24 +9,40 @@ seeded with ``seeds[i]``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.common.findings import Condition
 
 
+#: Accepted spellings of the samplers (case and surrounding spaces ignored) -> canonical name.
+SAMPLER_ALIASES: dict[str, str] = {
+    "ancestral": "ddpm", "dpm++": "dpmpp", "dpm-solver++": "dpmpp", "dpmsolver++": "dpmpp", "dpm_solver++": "dpmpp",
+    "dpmpp_2m": "dpmpp", "dpm": "dpmpp",
+}
+
+
 class GenerationParams(BaseModel):
-    """Per-request knobs. ``None`` means the model's default. Families ignore what they do not use."""
+    """Per-request knobs. ``None`` means the model's default. A family refuses knobs it does not use
+    (:meth:`LoadedGenerator.check_params`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     steps: int | None = Field(None, ge=1, le=1000, description="Sampler steps (diffusion).")
-    sampler: str | None = Field(None, description="ddpm | ddim | dpmpp (diffusion).")
+    sampler: Literal["ddpm", "ddim", "dpmpp"] | None = Field(None, description="ddpm | ddim | dpmpp (diffusion).")
     guidance: float | None = Field(None, ge=0.0, le=50.0, description="Classifier-free guidance scale (diffusion).")
     truncation: float | None = Field(None, ge=0.0, le=2.0, description="Truncation psi (StyleGAN2).")
     resolution: int | None = Field(None, ge=16, le=1024, description="Output size; must match the model or be a supported resize.")
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _canonical_sampler(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            key = v.strip().lower()
+            return SAMPLER_ALIASES.get(key, key)
+        return v
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one forward pass."""
@@ -41,10 +57,23 @@ class ModelInfo(BaseModel):
     text_conditioned: bool = False
     description: str = ""
     card: str | None = None  # model card markdown (filled by the registry)
+    status: str = "ok"  # "broken": registered, but its descriptor / weights cannot be used (see ``error``)
+    error: str | None = None
+
+
+ALL_PARAMS: frozenset[str] = frozenset(GenerationParams.model_fields)
 
 
 class GeneratorError(ValueError):
     """Invalid generation request for this model (maps to 4xx / INVALID_ARGUMENT)."""
+
+
+class UnusedParam(GeneratorError):
+    """A generation parameter the model's family does not use (``param`` names it)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
 
 
 class LoadedGenerator(ABC):
@@ -57,6 +86,8 @@ class LoadedGenerator(ABC):
     device: str
     resolution: int
     text_conditioned: bool = False
+    #: The :class:`GenerationParams` fields this family reads; :meth:`check_params` refuses the others.
+    uses_params: frozenset[str] = ALL_PARAMS
 
     @abstractmethod
     def generate(
@@ -76,6 +107,22 @@ class LoadedGenerator(ABC):
             model_hash=self.model_hash,
             text_conditioned=self.text_conditioned,
         )
+
+    def check_params(self, params: GenerationParams | None) -> None:
+        """Raise :class:`UnusedParam` (a :class:`GeneratorError`) for a parameter set in ``params`` that this
+        model does not use, rather than accepting it silently (and recording it as if it had an effect)."""
+        if params is None:
+            return
+        for name in params.model_dump(exclude_none=True):
+            if name not in self.uses_params:
+                takes = ", ".join(sorted(self.uses_params)) or "none"
+                raise UnusedParam(f"model {self.model_id!r} ({self.family}) does not use {name!r}; "
+                                  f"its parameters: {takes}", name)
+
+    def resolved_params(self, params: GenerationParams | None) -> dict:
+        """The parameters a generation with ``params`` actually uses, model defaults filled in (recorded in
+        batch manifests). Families with defaults override this."""
+        return (params or GenerationParams()).model_dump(exclude_none=True)
 
     @staticmethod
     def check_inputs(conditions: Sequence[Condition], seeds: Sequence[int], prompts: Sequence[str | None] | None) -> None:

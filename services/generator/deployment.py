@@ -27,7 +27,10 @@ import numpy as np
 from ray import serve
 
 from services.common.findings import Condition
+from services.common.logging import get_logger
 from services.generator.base import GenerationParams, GeneratorError, LoadedGenerator
+
+log = get_logger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.02
@@ -73,13 +76,42 @@ def gpu_stats(device: str) -> dict:
         free, total = torch.cuda.mem_get_info(idx)
         out = {"gpu": str(idx), "gpu_memory_used_bytes": float(total - free), "gpu_memory_total_bytes": float(total),
                "gpu_memory_allocated_bytes": float(torch.cuda.memory_allocated(idx))}
-        try:
-            out["gpu_utilization_ratio"] = float(torch.cuda.utilization(idx)) / 100.0  # needs pynvml
-        except Exception:
-            pass
+        util = _gpu_utilization(idx)
+        if util is not None:
+            out["gpu_utilization_ratio"] = util
         return out
     except Exception:
         return {}
+
+
+_warned_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args) -> None:
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    log.warning(msg, *args)
+
+
+def _gpu_utilization(idx: int) -> float | None:
+    """GPU utilisation 0-1 of device ``idx`` through NVML (``torch.cuda.utilization``), ``None`` when unreadable.
+
+    NVML comes from the optional ``nvidia-ml-py`` package (``pip install 'synthrad[gpu]'``); without it the
+    metric is left out and the replica says so once in its log, rather than never exposing it silently.
+    """
+    import torch
+
+    try:
+        return float(torch.cuda.utilization(idx)) / 100.0
+    except ModuleNotFoundError as e:  # torch found no pynvml (nvidia-ml-py) at import time
+        _warn_once("nvml-missing", "GPU present but nvidia-ml-py (pynvml) is not installed: "
+                   "synthrad_gpu_utilization_ratio will not be reported; install synthrad[gpu] (%s)", e)
+    except Exception:  # noqa: BLE001 - NVML errors (no permission, MIG, ...) only cost the metric
+        pass
+    return None
 
 
 class GeneratorReplica:
@@ -112,6 +144,12 @@ class GeneratorReplica:
         info.update(backend=self.gen.backend, device=str(self.gen.device), replica=self.replica_id,
                     model_hash=self.gen.model_hash, resolution=self.gen.resolution)
         return info
+
+    def resolve_params(self, params: GenerationParams | None) -> dict:
+        """The params a generation with ``params`` would use, model defaults filled in (what batch manifests
+        record). Raises :class:`GeneratorError` naming a param this model's family does not use."""
+        self.gen.check_params(params)
+        return self.gen.resolved_params(params)
 
     # ---- generation ---------------------------------------------------------------------------
     def _forward(self, conditions, seeds, params, prompts) -> np.ndarray:
@@ -206,6 +244,10 @@ class GeneratorDeployment:
         info = self.core.info()
         info["max_batch_size"] = self.max_batch_size
         return info
+
+    async def resolve_params(self, params: GenerationParams | None) -> dict:
+        """Validate ``params`` for this model and fill in its defaults (the gateway asks before queueing)."""
+        return self.core.resolve_params(params)
 
     async def generate(self, chunk: GenChunk) -> ChunkResult:
         """Batched generation (the normal path)."""

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from services.common.config import resolve_device
 from services.common.findings import FINDINGS, Condition
 from services.common.logging import get_logger
 
@@ -225,7 +226,10 @@ def main(argv=None) -> dict:
     from services.generator.base import GenerationParams
     from services.generator.registry import load_generator
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        ap.error(str(e))
     gen = load_generator(args.model, args.backend, device)
     views = None if args.views.lower() == "all" else tuple(v.strip().upper() for v in args.views.split(","))
     params = GenerationParams(truncation=args.truncation) if args.truncation is not None else None

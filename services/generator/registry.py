@@ -45,20 +45,30 @@ def _descriptor_dirs() -> list[Path]:
     return dirs
 
 
-def _descriptors() -> dict[str, tuple[dict, Path]]:
+def _scan() -> tuple[dict[str, tuple[dict, Path]], dict[str, Path], dict[Path, str]]:
+    """Descriptors by model id (with their folder), the descriptor file of each id, and the unreadable
+    descriptor files (file -> error). One unreadable file does not hide the other models."""
     out: dict[str, tuple[dict, Path]] = {}
+    files: dict[str, Path] = {}
+    bad: dict[Path, str] = {}
     for d in _descriptor_dirs():
         if not d.is_dir():
             continue
         for f in sorted(d.glob("*.json")):
             try:
                 desc = json.loads(f.read_text())
-            except json.JSONDecodeError as e:
-                raise GeneratorError(f"model descriptor {f} is not valid JSON: {e}") from e
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                bad[f] = f"model descriptor {f} is not valid JSON: {e}"
+                continue
             if not isinstance(desc, dict) or "model_id" not in desc or "family" not in desc:
                 continue
             out[desc["model_id"]] = (desc, f.parent)
-    return out
+            files[desc["model_id"]] = f
+    return out, files, bad
+
+
+def _descriptors() -> dict[str, tuple[dict, Path]]:
+    return _scan()[0]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -98,19 +108,30 @@ def canonical_model_id(model_id: str) -> str:
     return model_id if model_id in descs else _aliases(descs).get(model_id, model_id)
 
 
+def _weights_path(desc: dict, base: Path) -> Path:
+    weights = Path(desc["weights"])
+    return weights if weights.is_absolute() else base / weights
+
+
 def resolve(model_id: str) -> tuple[dict, Path]:
     """Descriptor and weights path of a model, verifying the sha256 when the descriptor gives one."""
-    descs = _descriptors()
+    descs, files, bad = _scan()
     model_id = _aliases(descs).get(model_id, model_id)
     if model_id not in descs:
         known = ", ".join(sorted(descs)) or "(none)"
-        raise UnknownModel(f"unknown model {model_id!r}; available models: {known}")
+        unreadable = "".join(f"; unreadable descriptor: {err}" for err in bad.values())
+        raise UnknownModel(f"unknown model {model_id!r}; available models: {known}{unreadable}")
     desc, base = descs[model_id]
-    weights = Path(desc["weights"])
-    if not weights.is_absolute():
-        weights = base / weights
+    if "weights" not in desc:
+        raise GeneratorError(f"model descriptor {files[model_id]} of {model_id!r} names no \"weights\"")
+    weights = _weights_path(desc, base)
     if not weights.exists():
-        raise GeneratorError(f"weights for model {model_id!r} not found at {weights}")
+        raise GeneratorError(
+            f"weights for model {model_id!r} not found at {weights} (named by its descriptor {files[model_id]}); "
+            f"restore the weights there (or fix \"weights\" in the descriptor), re-register the model "
+            f"(`synthrad models register DIR --model-id {model_id} --force` for a diffusers folder), "
+            "or delete the descriptor to unregister it"
+        )
     expected = desc.get("sha256")
     if expected:
         got = weights_hash(weights)
@@ -122,14 +143,35 @@ def resolve(model_id: str) -> tuple[dict, Path]:
     return desc, weights
 
 
+def card_path(model_id: str) -> Path | None:
+    """Where the model card the descriptor names is expected (``None``: the descriptor names no card).
+    A relative ``card`` is looked up next to the descriptor, then next to the weights."""
+    descs = _descriptors()
+    model_id = _aliases(descs).get(model_id, model_id)
+    if model_id not in descs or not descs[model_id][0].get("card"):
+        return None
+    desc, base = descs[model_id]
+    card = Path(desc["card"])
+    if card.is_absolute():
+        return card
+    candidates = [base / card]
+    if "weights" in desc:
+        candidates.append(_weights_path(desc, base).parent / card)
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def descriptor_file(model_id: str) -> Path | None:
+    descs, files, _ = _scan()
+    return files.get(_aliases(descs).get(model_id, model_id))
+
+
 def model_info(model_id: str) -> ModelInfo:
     model_id = canonical_model_id(model_id)
     desc, weights = resolve(model_id)
     card = None
-    if desc.get("card"):
-        card_path = (Path(desc["card"]) if Path(desc["card"]).is_absolute() else weights.parent / desc["card"])
-        if card_path.exists():
-            card = card_path.read_text()
+    path = card_path(model_id)
+    if path is not None and path.is_file():
+        card = path.read_text()
     return ModelInfo(
         model_id=model_id,
         family=desc["family"],
@@ -142,7 +184,26 @@ def model_info(model_id: str) -> ModelInfo:
 
 
 def list_models() -> list[ModelInfo]:
-    return [model_info(m) for m in sorted(_descriptors())]
+    """Every registered model. One that cannot be used (missing or mismatching weights, unreadable
+    descriptor) is listed with ``status="broken"`` and ``error`` instead of failing the whole listing."""
+    descs, _, bad = _scan()
+    out = []
+    for m in sorted(descs):
+        try:
+            out.append(model_info(m))
+        except (OSError, ValueError, TypeError, KeyError) as e:  # GeneratorError is a ValueError
+            desc = descs[m][0]
+            try:
+                res = int(desc.get("resolution", 0))
+            except (TypeError, ValueError):
+                res = 0
+            out.append(ModelInfo(model_id=m, family=str(desc.get("family")), resolution=res,
+                                 model_hash=str(desc.get("sha256") or ""),
+                                 text_conditioned=bool(desc.get("text_conditioned", False)),
+                                 description=str(desc.get("description", "")), status="broken", error=str(e)))
+    for f, err in bad.items():
+        out.append(ModelInfo(model_id=f.stem, family="?", resolution=0, model_hash="", status="broken", error=err))
+    return out
 
 
 _loaded: dict[tuple[str, str, str], LoadedGenerator] = {}
@@ -151,10 +212,12 @@ _lock = threading.Lock()
 
 def load_generator(model_id: str, backend: str = "auto", device: str = "auto") -> LoadedGenerator:
     """Load (once per process) a model with a backend: auto | eager | compile | onnx."""
-    from services.common.config import get_settings
+    from services.common.config import get_settings, resolve_device
 
-    if device == "auto":
-        device = get_settings().resolved_device()
+    try:
+        device = get_settings().resolved_device() if device == "auto" else resolve_device(device)
+    except ValueError as e:
+        raise GeneratorError(str(e)) from e
     model_id = canonical_model_id(model_id)
     key = (model_id, backend, device)
     with _lock:
@@ -166,6 +229,20 @@ def load_generator(model_id: str, backend: str = "auto", device: str = "auto") -
             raise GeneratorError(f"model {model_id!r} has unknown family {family!r}; known: {', '.join(FAMILIES)}")
         mod_name, fn_name = FAMILIES[family].split(":")
         loader = getattr(importlib.import_module(mod_name), fn_name)
-        gen = loader(desc, weights, backend, device)
+        try:
+            gen = loader(desc, weights, backend, device)
+        except (GeneratorError, MemoryError):
+            raise
+        except Exception as e:  # safetensors' SafetensorError, a truncated file, tensors that do not fit...
+            if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: the device, not the file
+                raise
+            from services.generator.backends import BackendError
+
+            if isinstance(e, BackendError):  # a backend / device the request asked for, not the weights
+                raise GeneratorError(f"model {model_id!r}: {e}") from e
+            raise GeneratorError(
+                f"weights of model {model_id!r} at {weights} cannot be loaded: {type(e).__name__}: {e}; "
+                "re-export or re-register the model"
+            ) from e
         _loaded[key] = gen
         return gen

@@ -14,7 +14,8 @@ def command() -> None:
 @command.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_cmd(as_json: bool) -> None:
-    """List models: id, family, resolution, weights hash."""
+    """List models: id, family, resolution, weights hash. Models that cannot be used are listed as BROKEN with
+    the reason."""
     import json
 
     from services.generator import registry
@@ -33,7 +34,14 @@ def list_cmd(as_json: bool) -> None:
     w = max(len(m.model_id) for m in models)
     click.echo(f"{'MODEL':<{w}}  {'FAMILY':<16}  RES   HASH          DESCRIPTION")
     for m in models:
-        click.echo(f"{m.model_id:<{w}}  {m.family:<16}  {m.resolution:<4}  {m.model_hash[:12]}  {m.description}")
+        if m.status == "ok":
+            click.echo(f"{m.model_id:<{w}}  {m.family:<16}  {m.resolution:<4}  {m.model_hash[:12]}  {m.description}")
+        else:
+            click.echo(f"{m.model_id:<{w}}  {m.family:<16}  {m.resolution or '-':<4}  {'-':<12}  "
+                       f"{m.status.upper()}: {m.error}")
+    broken = sum(m.status != "ok" for m in models)
+    if broken:
+        click.echo(f"{broken} model(s) cannot be used until fixed (see above)", err=True)
 
 
 @command.command(name="card")
@@ -45,8 +53,14 @@ def card_cmd(model_id: str) -> None:
 
     try:
         info = registry.model_info(model_id)
+        expected = registry.card_path(info.model_id)
     except GeneratorError as e:
         raise click.ClickException(str(e)) from e
+    if info.card is None and expected is not None:
+        raise click.ClickException(
+            f"the model card of {info.model_id} is missing: its descriptor {registry.descriptor_file(info.model_id)} "
+            f"names a card file, expected at {expected}; restore the file or fix \"card\" in the descriptor"
+        )
     click.echo(info.card or f"# {info.model_id}\n\n(no model card)\n\nfamily: {info.family}, resolution: {info.resolution}")
 
 

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import click
 
+from synthrad.cli.data_cmd import LAYOUT_NAMES
+
 
 @click.command(name="diffusion")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset folder.")
-@click.option("--layout", default="nih", show_default=True, help="nih | chexpert | mimic | folder.")
-@click.option("--views", default="all", show_default=True, help="Comma-separated views to keep (PA,AP) or 'all'.")
+@click.option("--layout", type=click.Choice(list(LAYOUT_NAMES)), default="nih", show_default=True,
+              help="Dataset layout.")
+@click.option("--views", default="all", show_default=True,
+              help="Comma-separated view positions to keep (e.g. PA,AP), or 'all'.")
 @click.option("--split", default="train", show_default=True, help="Dataset split to train on ('all' for every image).")
-@click.option("--resolution", default=64, show_default=True, type=int)
+@click.option("--resolution", type=int, default=64, show_default=True,
+              help="Training resolution in pixels (divisible by the UNet's downsampling, e.g. 32, 64, 128).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint, grids, export).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt when it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run even though OUT/checkpoint.pt exists (that checkpoint is replaced).")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; stops in time to export the EMA weights.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (total, across resumes).")
 @click.option("--batch", default=64, show_default=True, type=int)
@@ -29,26 +36,45 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def command(data, layout, views, split, resolution, out, resume, max_minutes, max_steps, batch, lr, preset, model_id,
-            ema_decay, p_uncond, p_drop_finding, grid_every, ckpt_every, no_augment, seed, device, threads,
-            no_progress) -> None:
+@click.pass_context
+def command(ctx, data, layout, views, split, resolution, out, resume, overwrite, max_minutes, max_steps, batch,
+            lr, preset, model_id, ema_decay, p_uncond, p_drop_finding, grid_every, ckpt_every, no_augment, seed, device,
+            threads, no_progress) -> None:
     """Train the class-conditional pixel DDPM (EMA, resume, grids); exports OUT/<model-id>.{safetensors,json}.
 
     \b
     Example:
       synthrad train diffusion --data ../shared/data/nih-chestxray14-64 --layout nih --resolution 64 \\
           --out runs/ddpm --max-minutes 30 --batch 64
+    Re-run with --resume to continue from runs/ddpm/checkpoint.pt (an existing checkpoint is never replaced
+    without --resume or --overwrite).
     """
     import torch
 
+    from services.generator.models.ddpm.model import unet_config
+    from services.generator.train.common import check_run_folder, describe_views, parse_views
     from services.generator.train.diffusion import DiffusionTrainConfig, train
 
     if threads:
         torch.set_num_threads(threads)
     if max_steps is None and max_minutes is None:
         raise click.UsageError("give --max-steps or --max-minutes (training has no natural end)")
+    try:
+        check_run_folder(out, resume=resume, overwrite=overwrite)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    try:
+        unet_config(preset, resolution)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--resolution' / '--preset'") from e
+    view_list = parse_views(views)
+    default = ctx.get_parameter_source("views") == click.core.ParameterSource.DEFAULT
+    click.echo(f"training on views: {describe_views(view_list)}"
+               + ("; the diffusion default, choose others with --views (e.g. PA or PA,AP)" if default else ""),
+               err=True)
     cfg = DiffusionTrainConfig(
-        out=out, data=data, layout=layout, views=views, split=None if split == "all" else split,
+        out=out, data=data, layout=layout, views=",".join(view_list) if view_list else "all",
+        split=None if split == "all" else split, overwrite=overwrite,
         resolution=resolution, preset=preset, model_id=model_id, batch=batch, lr=lr, ema_decay=ema_decay,
         p_uncond=p_uncond, p_drop_finding=p_drop_finding, augment=not no_augment, max_steps=max_steps,
         max_minutes=max_minutes, grid_every=grid_every, ckpt_every=ckpt_every, seed=seed, device=device,

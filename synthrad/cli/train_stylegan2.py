@@ -6,20 +6,35 @@ import json
 
 import click
 
+from synthrad.cli.data_cmd import LAYOUT_NAMES
+
+RESOLUTIONS = (64, 128, 256)
+
+
+def _resolution(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value not in RESOLUTIONS:
+        raise click.BadParameter(f"{value} is not one of {', '.join(map(str, RESOLUTIONS))}.")
+    return value
+
 
 @click.command(name="stylegan2")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset root folder.")
-@click.option("--layout", default="nih", show_default=True, help="nih | chexpert | mimic | folder.")
-@click.option("--views", default="PA", show_default=True, help="Comma-separated views to keep (e.g. PA,AP), or 'all'.")
+@click.option("--layout", type=click.Choice(list(LAYOUT_NAMES)), default="nih", show_default=True,
+              help="Dataset layout.")
+@click.option("--views", default="PA", show_default=True,
+              help="Comma-separated view positions to keep (e.g. PA,AP), or 'all'.")
 @click.option("--split", default="train", show_default=True, help="Dataset split to train on ('all' for every split).")
-@click.option("--resolution", type=click.Choice(["64", "128", "256"]), default="64", show_default=True)
+@click.option("--resolution", type=int, default=64, show_default=True, callback=_resolution,
+              help="Training resolution in pixels: 64, 128 or 256.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint, grids, export).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt when it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run even though OUT/checkpoint.pt exists (that checkpoint is replaced).")
 @click.option("--kimg", type=float, default=1000.0, show_default=True, help="Total training length in 1000s of real images shown.")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; a final checkpoint and export are written when it runs out.")
 @click.option("--max-steps", type=int, default=None, hidden=True)
 @click.option("--batch", type=int, default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--lr", type=float, default=0.0025, show_default=True, help="Adam learning rate (G and D).")
 @click.option("--gamma", type=float, default=None, help="R1 weight (default 0.0002 * R^2 / batch).")
 @click.option("--ema-kimg", type=float, default=10.0, show_default=True)
@@ -34,26 +49,37 @@ import click
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--cache-dir", default=None, help="Preprocessed-image cache (default: settings cache folder).")
 @click.option("--no-progress", is_flag=True)
-def command(data, layout, views, split, resolution, out, resume, kimg, max_minutes, max_steps, batch, device, lr, gamma,
-            ema_kimg, aug, aug_p, snap_minutes, model_id, channel_base, channel_max, mapping_layers, seed, threads,
-            cache_dir, no_progress) -> None:
+@click.pass_context
+def command(ctx, data, layout, views, split, resolution, out, resume, overwrite, kimg, max_minutes, max_steps,
+            batch, device, lr, gamma, ema_kimg, aug, aug_p, snap_minutes, model_id, channel_base, channel_max,
+            mapping_layers, seed, threads, cache_dir, no_progress) -> None:
     """Train the class-conditional StyleGAN2 (non-saturating loss, lazy R1, EMA, ADA-style augmentation).
 
     \b
     Example (CPU, a few minutes):
       synthrad train stylegan2 --data ../shared/data/nih-chestxray14-64 --layout nih --views PA,AP \\
           --resolution 64 --out runs/sg2 --max-minutes 10 --batch 16
-    Re-run with --resume to continue from runs/sg2/checkpoint.pt.
+    Re-run with --resume to continue from runs/sg2/checkpoint.pt (an existing checkpoint is never replaced
+    without --resume or --overwrite).
     """
+    from services.generator.train.common import check_run_folder, describe_views, parse_views
     from services.generator.train.stylegan2 import TrainConfig, train
 
-    res = int(resolution)
-    view_list = None if views.strip().lower() == "all" else tuple(v.strip().upper() for v in views.split(",") if v.strip())
+    try:
+        check_run_folder(out, resume=resume, overwrite=overwrite)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    view_list = parse_views(views)
+    default = ctx.get_parameter_source("views") == click.core.ParameterSource.DEFAULT
+    click.echo(f"training on views: {describe_views(view_list)}"
+               + ("; the stylegan2 default, choose others with --views (e.g. PA,AP or all)" if default else ""),
+               err=True)
     cfg = TrainConfig(
-        out=out, data=data, layout=layout, views=view_list, split=None if split == "all" else split, resolution=res,
-        resume=resume, kimg=kimg, max_minutes=max_minutes, max_steps=max_steps, batch=batch, device=device,
-        lr_g=lr, lr_d=lr, gamma=gamma, ema_kimg=ema_kimg, aug=aug, aug_p=aug_p, snap_minutes=snap_minutes,
-        model_id=model_id or f"stylegan2-cxr{res}", seed=seed, threads=threads, cache_dir=cache_dir,
+        out=out, data=data, layout=layout, views=view_list, split=None if split == "all" else split,
+        resolution=resolution, resume=resume, overwrite=overwrite, kimg=kimg, max_minutes=max_minutes,
+        max_steps=max_steps, batch=batch, device=device, lr_g=lr, lr_d=lr, gamma=gamma, ema_kimg=ema_kimg, aug=aug,
+        aug_p=aug_p, snap_minutes=snap_minutes,
+        model_id=model_id or f"stylegan2-cxr{resolution}", seed=seed, threads=threads, cache_dir=cache_dir,
         progress=not no_progress,
         net={"channel_base": channel_base, "channel_max": channel_max, "mapping_layers": mapping_layers,
              "d_channel_base": channel_base, "d_channel_max": channel_max},

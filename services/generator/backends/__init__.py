@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from services.common.config import resolve_device  # noqa: F401  (re-exported: loaders import it from here)
+
 BACKENDS = ("eager", "compile", "onnx")
 
 
@@ -37,15 +39,6 @@ def resolve_backend(backend: str | None, device: str) -> str:
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     return backend
-
-
-def resolve_device(device: str | None) -> str:
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError("device 'cuda' asked for but torch sees no CUDA device")
-    return device
 
 
 class TorchRunner:

@@ -1,17 +1,22 @@
-"""Training utilities shared by the generator families: EMA, exact-resume checkpoints, RNG state,
-time budget, sample grids, metric logs."""
+"""Training utilities shared by the generator families: EMA, exact-resume checkpoints, run-folder and
+resume checks, RNG state, time budget, sample grids (conditions, labelled PNGs), metric logs."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from services.common.findings import FINDINGS, HUMAN_NAMES, Condition
+
+CHECKPOINT = "checkpoint.pt"
 
 
 # ---- EMA ---------------------------------------------------------------------------------------------------
@@ -31,6 +36,26 @@ def ema_beta(batch_size: int, cur_nimg: int, ema_kimg: float, rampup: float | No
     if rampup is not None:
         ema_nimg = min(ema_nimg, cur_nimg * rampup)
     return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+def ema_warmup_beta(step: int, decay: float) -> float:
+    """Constant decay with a warm-up, ``min(decay, (1 + step) / (10 + step))`` (diffusion training)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+# ---- options shared by the train commands -------------------------------------------------------------------
+def parse_views(spec: str | None) -> tuple[str, ...] | None:
+    """``"PA,ap"`` -> ``("PA", "AP")``; ``"all"`` / empty / None -> None (every view, also images without one)."""
+    if spec is None:
+        return None
+    views = tuple(dict.fromkeys(v.strip().upper() for v in str(spec).split(",") if v.strip()))
+    return None if not views or "ALL" in views else views
+
+
+def describe_views(views) -> str:
+    """Human-readable view selection, e.g. ``"PA, AP"`` or ``"all (every view position)"``."""
+    parsed = parse_views(views) if isinstance(views, str) or views is None else tuple(views)
+    return ", ".join(parsed) if parsed else "all (every view position)"
 
 
 # ---- RNG -------------------------------------------------------------------------------------------------
@@ -69,6 +94,42 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     return path
 
 
+class RunFolderExists(ValueError):
+    """The output folder already holds a checkpoint and neither resume nor overwrite was asked for."""
+
+
+def check_run_folder(out: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                     checkpoint: str = CHECKPOINT) -> None:
+    """Refuse to start a fresh run over ``OUT/checkpoint.pt`` unless ``resume`` or ``overwrite`` is given."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
+                         "--overwrite starts a new one over it")
+    ckpt = Path(out) / checkpoint
+    if ckpt.exists() and not (resume or overwrite):
+        raise RunFolderExists(f"{ckpt} already exists: pass --resume to continue that run, --overwrite to start "
+                              f"a new run over it, or choose a new --out")
+
+
+def config_mismatch(saved: dict, current: dict) -> list[str]:
+    """``"field: checkpoint X, now Y"`` for each top-level field that differs (missing -> ``<unset>``)."""
+    unset = "<unset>"
+    out = []
+    for k in list(saved) + [k for k in current if k not in saved]:
+        a, b = saved.get(k, unset), current.get(k, unset)
+        if a != b:
+            out.append(f"{k}: checkpoint {a!r}, now {b!r}")
+    return out
+
+
+def check_resume_config(path: str | os.PathLike, what: str, saved: dict, current: dict) -> None:
+    """``ValueError`` naming only the differing fields when a checkpoint's ``what`` config is not ``current``."""
+    if saved == current:
+        return
+    diff = config_mismatch(saved, current) or ["(values differ)"]
+    raise ValueError(f"checkpoint {path} was trained with a different {what} ({'; '.join(diff)}); "
+                     f"use the same options or a new --out")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     # Our own checkpoints hold numpy RNG state and plain dicts; weights_only=False is needed for those.
     return torch.load(path, map_location=map_location, weights_only=False)
@@ -93,16 +154,50 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(img, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def grid_conditions() -> list[tuple[str, Condition]]:
+    """Rows of the training sample grids (every family): unconditional, no finding, then each finding present
+    with the others absent; labels are the full human-readable names."""
+    rows = [("unconditional", Condition()), ("no finding", Condition.no_finding())]
+    for f in FINDINGS:
+        rows.append((HUMAN_NAMES[f], Condition.from_findings([f], [g for g in FINDINGS if g != f])))
+    return rows
+
+
+def _text_size(draw, text: str, font) -> tuple[int, int]:
+    x0, y0, x1, y1 = draw.multiline_textbbox((0, 0), text, font=font, spacing=1)
+    return x1, y1  # extent from the drawing origin (what the row must hold)
+
+
+def _wrap_labels(labels: Sequence[str], draw, font, row_h: int) -> list[str]:
+    """Labels wrapped (at spaces, never truncated) to the narrowest width at which every label still fits the
+    row height; labels too tall even on one line stay on one line."""
+    longest = max(len(s) for s in labels)
+    longest_word = max((len(w) for s in labels for w in s.split()), default=1)
+    for width in range(max(longest_word, 1), longest + 1):
+        wrapped = ["\n".join(textwrap.wrap(s, width, break_long_words=False)) or s for s in labels]
+        if all(_text_size(draw, t, font)[1] <= row_h for t in wrapped):
+            return wrapped
+    return list(labels)
+
+
 def save_grid(rows: Sequence[np.ndarray], path: str | os.PathLike, labels: Sequence[str] | None = None,
               pad: int = 2, label_width: int = 0) -> Path:
-    """Save a grid PNG: ``rows[i]`` is (n_cols, H, W) float [0, 1]; optional text label left of each row."""
-    from PIL import Image, ImageDraw
+    """Save a grid PNG: ``rows[i]`` is (n_cols, H, W) float [0, 1]; optional text label left of each row.
+    Labels are shown in full: wrapped onto several lines when the rows are tall enough."""
+    from PIL import Image, ImageDraw, ImageFont
 
     rows = [np.asarray(r, dtype=np.float32) for r in rows]
     n_cols = max(r.shape[0] for r in rows)
     h, w = rows[0].shape[1:]
-    if labels and not label_width:
-        label_width = 8 + 6 * max(len(s) for s in labels)
+    font = ImageFont.load_default()
+    text = list(labels or [])
+    sizes: list[tuple[int, int]] = []
+    if text:
+        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+        text = _wrap_labels(text, probe, font, h)
+        sizes = [_text_size(probe, t, font) for t in text]
+        if not label_width:
+            label_width = 8 + max(sw for sw, _ in sizes)
     H = len(rows) * (h + pad) + pad
     W = label_width + n_cols * (w + pad) + pad
     canvas = np.full((H, W), 255, dtype=np.uint8)
@@ -112,10 +207,11 @@ def save_grid(rows: Sequence[np.ndarray], path: str | os.PathLike, labels: Seque
             x = label_width + pad + j * (w + pad)
             canvas[y:y + h, x:x + w] = to_uint8(r[j])
     im = Image.fromarray(canvas, mode="L")
-    if labels:
+    if text:
         d = ImageDraw.Draw(im)
-        for i, s in enumerate(labels):
-            d.text((4, pad + i * (h + pad) + h // 2 - 5), s, fill=0)
+        for i, s in enumerate(text):
+            d.multiline_text((4, pad + i * (h + pad) + max(0, (h - sizes[i][1]) // 2)), s, fill=0, font=font,
+                             spacing=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)

@@ -6,7 +6,8 @@
   ``p_drop_finding`` (so partial conditions are meaningful at sampling time).
 * EMA of the weights (warm-up ``min(decay, (1+s)/(10+s))``); the EMA model is what is exported.
 * Exact resume: model, EMA, optimizer, step, images seen, RNG state and the batch sampler's state live in
-  ``OUT/checkpoint.pt`` (atomic writes); ``--resume`` continues from it.
+  ``OUT/checkpoint.pt`` (atomic writes); ``--resume`` continues from it. A fresh run refuses to replace an
+  existing checkpoint unless ``overwrite`` is set.
 * ``--max-minutes`` budget: training stops in time to save, export the EMA weights (fp16 safetensors +
   JSON descriptor with sha256) and a final per-condition sample grid.
 * Progress bar (tqdm) with loss and images/s; ``OUT/log.jsonl`` with the same numbers; sample grids
@@ -27,17 +28,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from services.common.findings import FINDINGS, HUMAN_NAMES, Condition
+from services.common.config import resolve_device
 from services.common.logging import get_logger
 from services.generator.models.ddpm.model import (DEFAULT_SCHEDULE, ConditionalUNet, count_parameters, save_weights,
                                                   unet_config)
 from services.generator.models.ddpm.sampling import sample
-from services.generator.train.common import (InfiniteBatches, JsonlLog, TimeBudget, load_checkpoint, rng_state,
-                                             save_checkpoint, save_grid, seed_everything, set_rng_state)
+from services.generator.train.common import (CHECKPOINT, InfiniteBatches, JsonlLog, TimeBudget, check_resume_config,
+                                             check_run_folder, ema_update, ema_warmup_beta, grid_conditions,
+                                             load_checkpoint, rng_state, save_checkpoint, save_grid, seed_everything,
+                                             set_rng_state)
 
 log = get_logger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -72,21 +73,8 @@ class DiffusionTrainConfig:
     device: str = "auto"
     amp: bool = True
     progress: bool = True
+    overwrite: bool = False  # a fresh run may replace an existing OUT/checkpoint.pt (else refused unless resumed)
     schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def grid_conditions() -> list[tuple[str, Condition]]:
-    """Rows of the sample grids: unconditional, no finding, and each finding present with the others absent."""
-    rows = [("unconditional", Condition()), ("no finding", Condition.no_finding())]
-    for f in FINDINGS:
-        rows.append((HUMAN_NAMES[f], Condition.from_findings([f], [g for g in FINDINGS if g != f])))
-    return rows
 
 
 def drop_conditions(codes: torch.Tensor, p_uncond: float, p_drop_finding: float) -> torch.Tensor:
@@ -140,8 +128,6 @@ class DiffusionTrainer:
         self.unet_kwargs = unet_config(cfg.preset, cfg.resolution)
         self.model = ConditionalUNet(self.unet_kwargs).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self._ema_params = list(self.ema.parameters())
-        self._model_params = [p.detach() for p in self.model.parameters()]
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.noise_sched = DDPMScheduler(**cfg.schedule)
         self.alphas_cumprod = self.noise_sched.alphas_cumprod.to(self.device)
@@ -149,6 +135,8 @@ class DiffusionTrainer:
         self.step = 0
         self.nimg = 0
         self.train_seconds = 0.0
+        self.resumed = False  # True once resume() loaded OUT/checkpoint.pt
+        self._saved = False  # True once this trainer wrote OUT/checkpoint.pt itself
         self.log = JsonlLog(self.out / "log.jsonl")
         cuda = torch.device(self.device).type == "cuda"
         self.amp_dtype = torch.bfloat16 if (cuda and cfg.amp) else None
@@ -165,15 +153,16 @@ class DiffusionTrainer:
                 "batches": self.batches.state_dict()}
 
     def save(self) -> Path:
-        return save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        path = save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        self._saved = True
+        return path
 
     def resume(self) -> bool:
         path = self.out / CHECKPOINT
         if not path.exists():
             return False
         st = load_checkpoint(path, map_location=self.device)
-        if st["unet"] != self.unet_kwargs:
-            raise ValueError(f"checkpoint {path} was trained with another UNet config; use a new --out folder")
+        check_resume_config(path, "UNet config", st["unet"], self.unet_kwargs)
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])
@@ -181,6 +170,7 @@ class DiffusionTrainer:
         self.train_seconds = float(st.get("train_seconds", 0.0))
         set_rng_state(st["rng"])
         self.batches.load_state_dict(st["batches"])
+        self.resumed = True
         log.info("resumed diffusion training", extra={"step": self.step, "checkpoint": str(path)})
         return True
 
@@ -213,11 +203,7 @@ class DiffusionTrainer:
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
-        beta = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - beta)
-            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
-                be.copy_(bm)
+        ema_update(self.ema, self.model, ema_warmup_beta(self.step, cfg.ema_decay))
         self.step += 1
         self.nimg += n
         return float(loss.detach())
@@ -283,6 +269,8 @@ class DiffusionTrainer:
         cfg = self.cfg
         if resume:
             self.resume()
+        if not (self.resumed or self._saved):  # a fresh run would replace another run's OUT/checkpoint.pt
+            check_run_folder(self.out, overwrite=cfg.overwrite)
         # reserve time for the final checkpoint, export and grid (~ a grid's sampling cost)
         budget = TimeBudget(cfg.max_minutes, reserve_s=min(60.0, 0.1 * 60.0 * (cfg.max_minutes or 0)))
         total = cfg.max_steps

@@ -23,27 +23,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.common.findings import FINDINGS, Condition
+from services.common.config import resolve_device
+from services.common.findings import Condition
 from services.common.logging import get_logger
 from services.generator.models.stylegan2.loader import save_weights, seed_inputs
 from services.generator.models.stylegan2.network import (Discriminator, Generator, GeneratorExport, StyleGAN2Config,
                                                          count_params, encode_conditions)
 
 from .augment import AdaptiveAugment
-from .common import (InfiniteBatches, JsonlLog, TimeBudget, ema_beta, ema_update, load_checkpoint, rng_state,
-                     save_checkpoint, save_grid, seed_everything, set_rng_state)
+from .common import (CHECKPOINT, InfiniteBatches, JsonlLog, TimeBudget, check_resume_config, check_run_folder,
+                     ema_beta, ema_update, grid_conditions, load_checkpoint, rng_state, save_checkpoint, save_grid,
+                     seed_everything, set_rng_state)
 
 log = get_logger(__name__)
 
 GRID_SEEDS = tuple(range(8))
-
-
-def grid_conditions() -> list[tuple[str, Condition]]:
-    rows = [("no finding", Condition.no_finding())]
-    for f in FINDINGS:
-        rows.append((f.replace("_", " ")[:22], Condition.from_findings(present=[f], absent=[g for g in FINDINGS if g != f])))
-    rows.append(("unconditional", Condition()))
-    return rows
 
 
 @dataclass
@@ -51,10 +45,11 @@ class TrainConfig:
     out: str
     data: str | None = None
     layout: str = "nih"
-    views: tuple[str, ...] = ("PA",)
+    views: tuple[str, ...] | None = ("PA",)  # None: every view
     split: str | None = "train"
     resolution: int = 64
     resume: bool = False
+    overwrite: bool = False  # start a fresh run over an existing OUT/checkpoint.pt (else refused unless resume)
     kimg: float = 1000.0
     max_minutes: float | None = None
     max_steps: int | None = None
@@ -85,20 +80,12 @@ class TrainConfig:
         return StyleGAN2Config.from_dict({**self.net, "resolution": self.resolution})
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return device
-
-
 def build_dataset(cfg: TrainConfig):
     from services.common.datasets import XrayDataset, load_records
 
     if not cfg.data:
         raise ValueError("no training data given (--data PATH)")
-    records = load_records(cfg.data, cfg.layout, views=tuple(cfg.views), split=cfg.split)
+    records = load_records(cfg.data, cfg.layout, views=tuple(cfg.views) if cfg.views else None, split=cfg.split)
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
     return XrayDataset(records, cfg.resolution, **kw)
 
@@ -138,14 +125,15 @@ class StyleGAN2Trainer:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         if self.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
         self.out = Path(cfg.out)
+        check_run_folder(self.out, resume=cfg.resume, overwrite=cfg.overwrite)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ckpt_path = self.out / "checkpoint.pt"
+        self.ckpt_path = self.out / CHECKPOINT
         seed_everything(cfg.seed)
         self.net_cfg = cfg.net_config()
         self.G = Generator(self.net_cfg).to(self.device)
@@ -182,8 +170,7 @@ class StyleGAN2Trainer:
 
     def load(self, path: Path) -> None:
         st = load_checkpoint(path, map_location=self.device)
-        if st["net_config"] != self.net_cfg.to_dict():
-            raise ValueError(f"checkpoint {path} was trained with a different network config: {st['net_config']}")
+        check_resume_config(path, "network config", st["net_config"], self.net_cfg.to_dict())
         self.G.load_state_dict(st["G"])
         self.D.load_state_dict(st["D"])
         self.G_ema.load_state_dict(st["G_ema"])
@@ -326,7 +313,8 @@ class StyleGAN2Trainer:
         mid = cfg.model_id
         dev_name = torch.cuda.get_device_name(0) if self.device.startswith("cuda") else "cpu"
         training = {
-            "data": str(cfg.data) if cfg.data else None, "layout": cfg.layout, "views": list(cfg.views),
+            "data": str(cfg.data) if cfg.data else None, "layout": cfg.layout,
+            "views": list(cfg.views) if cfg.views else "all",
             "split": cfg.split, "num_images": self.batches.n, "steps": self.step, "kimg": round(self.nimg / 1000, 3),
             "batch": cfg.batch, "train_seconds": round(self.train_seconds, 1), "device": dev_name,
             "torch": torch.__version__, "gamma": self.gamma, "ema_kimg": cfg.ema_kimg, "aug": cfg.aug,

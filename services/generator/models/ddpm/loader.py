@@ -39,6 +39,7 @@ def default_micro_batch(device: str) -> int:
 class DDPMGenerator(LoadedGenerator):
     family = "ddpm"
     text_conditioned = False
+    uses_params = frozenset({"steps", "sampler", "guidance", "resolution"})
 
     def __init__(self, model: ConditionalUNet, *, model_id: str, model_hash: str, backend: str, device: str,
                  schedule: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,
@@ -77,6 +78,10 @@ class DDPMGenerator(LoadedGenerator):
             raise GeneratorError(f"steps must be <= {num_train} for model {self.model_id!r}, got {steps}")
         guidance = float(self.defaults["guidance"] if p.guidance is None else p.guidance)
         return sampler, steps, guidance
+
+    def resolved_params(self, params: GenerationParams | None) -> dict:
+        sampler, steps, guidance = self.resolve_params(params)
+        return {**super().resolved_params(params), "sampler": sampler, "steps": steps, "guidance": guidance}
 
     def conditions_from_prompts(self, conditions: Sequence[Condition], prompts: Sequence[str | None] | None) -> list[Condition]:
         """A prompt is parsed (common parser) for images whose condition is left fully unspecified."""

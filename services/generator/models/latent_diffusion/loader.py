@@ -78,6 +78,7 @@ def make_scheduler(name: str, base_config: dict[str, Any]):
 class LatentDiffusionGenerator(LoadedGenerator):
     family = "latent_diffusion"
     text_conditioned = True
+    uses_params = frozenset({"steps", "sampler", "guidance", "resolution"})
 
     def __init__(self, pipe, *, model_id: str, model_hash: str, backend: str, device: str, resolution: int,
                  defaults: dict[str, Any] | None = None):
@@ -95,6 +96,9 @@ class LatentDiffusionGenerator(LoadedGenerator):
         self._tokenizer_proto = copy.deepcopy(pipe.tokenizer)
         self._tokenizer_proto_lock = threading.Lock()
         self._tokenizers: queue.SimpleQueue = queue.SimpleQueue()
+
+    def resolved_params(self, params: GenerationParams | None) -> dict:
+        return {**{k: self.defaults[k] for k in ("sampler", "steps", "guidance")}, **super().resolved_params(params)}
 
     def _checkout_tokenizer(self):
         """A tokenizer that no other request is using.

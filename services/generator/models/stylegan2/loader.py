@@ -83,6 +83,10 @@ def seed_inputs(seed: int, z_dim: int, noise_dim: int) -> tuple[torch.Tensor, to
 
 class StyleGAN2Generator(LoadedGenerator):
     family = "stylegan2"
+    uses_params = frozenset({"truncation", "resolution"})
+
+    def resolved_params(self, params: GenerationParams | None) -> dict:
+        return {"truncation": self.default_truncation, **super().resolved_params(params)}
 
     def __init__(self, G: Generator, model_id: str, model_hash: str, backend: str = "auto", device: str = "cpu",
                  default_truncation: float = 1.0, truncation_center: str = "condition", cache_dir=None,

@@ -25,7 +25,7 @@ from services.generator.base import GenerationParams
 from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
 from synthrad.v1 import metrics_pb2_grpc
 
-from . import metrics as m
+from . import prometheus as m
 from .auth import ApiKeyAuth
 from .core import Platform
 from .errors import ApiError, InvalidArgument, api_error
