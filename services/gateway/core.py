@@ -56,6 +56,10 @@ class GenPlan:
     #: ``params`` as the model applies them, its defaults filled in (recorded in batch manifests)
     resolved_params: dict | None = None
 
+    def recorded_params(self) -> dict:
+        """What provenance and manifests record: the resolved params when known, else those sent."""
+        return dict(self.resolved_params) if self.resolved_params is not None else self.params.model_dump(exclude_none=True)
+
     @property
     def count(self) -> int:
         return len(self.seeds)
@@ -216,8 +220,7 @@ class Platform:
         if fmt not in STORED_FORMATS:
             raise InvalidArgument(f"unknown format {fmt!r}; use one of {', '.join(STORED_FORMATS)}")
         request = {**plan.request_dict(), "format": fmt}
-        params = (dict(plan.resolved_params) if plan.resolved_params is not None
-                  else plan.params.model_dump(exclude_none=True))
+        params = plan.recorded_params()
 
         async def run(handle) -> dict:
             writer = await asyncio.to_thread(

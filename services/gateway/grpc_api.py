@@ -161,7 +161,7 @@ class GrpcApi:
     def _image_pb(self, plan, index: int, img: np.ndarray, encoding: int) -> common_pb2.GeneratedImage:
         prov = Provenance(model_id=plan.model_id, model_hash=str(plan.info.get("model_hash", "")),
                           seed=int(plan.seeds[index]), condition=plan.conditions[index], prompt=plan.prompt,
-                          backend=str(plan.info.get("backend", "")), params=plan.params.model_dump(exclude_none=True))
+                          backend=str(plan.info.get("backend", "")), params=plan.recorded_params())
         enc, data = encode_pb_image(img, encoding, prov)
         return common_pb2.GeneratedImage(
             index=index, seed=plan.seeds[index], condition=condition_to_pb(plan.conditions[index]),

@@ -267,7 +267,7 @@ def _provenance(plan, i: int) -> Provenance:
     return Provenance(
         model_id=plan.model_id, model_hash=str(plan.info.get("model_hash", "")), seed=int(plan.seeds[i]),
         condition=plan.conditions[i], prompt=plan.prompt, backend=str(plan.info.get("backend", "")),
-        params=plan.params.model_dump(exclude_none=True),
+        params=plan.recorded_params(),
     )
 
 
