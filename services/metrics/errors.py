@@ -1,0 +1,7 @@
+"""Errors of the metrics core. Every user-facing failure is a ``MetricsError`` with a clear message."""
+
+from __future__ import annotations
+
+
+class MetricsError(ValueError):
+    """Invalid scoring request: missing weights, too few images, unreadable image, unknown reference…"""
