@@ -2,8 +2,11 @@
 
 real:      a folder of images, a registered reference name (default ``nih-cxr64``, shipped), a reference
            ``.npz``, or a ``.npy`` feature file (n × d).
-synthetic: a folder of images, a batch id in the BatchStore at ``get_settings().resolved_store_url``, or a
-           ``.npy`` feature file. Both may also be an :class:`~services.metrics.sources.ImageSource`.
+synthetic: a folder of images, a stored batch's folder (one holding ``manifest.json``, any batch format —
+           read through ``BatchStore(parent).iter_images``), a batch id in the BatchStore at
+           ``get_settings().resolved_store_url``, or a ``.npy`` feature file. Both may also be an
+           :class:`~services.metrics.sources.ImageSource`. Every image to be read is decoded and checked
+           (both sets) before any feature extraction starts, so a corrupt file fails at once, named.
 metrics:   any of ``fid`` (Fréchet distance; named FID only for the ``inception`` extractor, else
            ``FD_<extractor>``), ``kid``, ``ipr`` (improved precision/recall, k=3), ``prdc`` (density/coverage,
            k=5), ``spatial`` (interpretable features, real-vs-synthetic table), ``svm`` (separability F1),
@@ -25,7 +28,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from services.metrics.cache import FeatureCache
 from services.metrics.errors import MetricsError
 from services.metrics.extractors import get_extractor, score_name
-from services.metrics.sets import SetData, features_set, load_set
+from services.metrics.sets import SetData, features_set, load_set, needs_read, preread
 from services.metrics.sources import ArraySource, BatchSource, FolderSource, ImageSource, load_feature_file
 
 ALL_METRICS = ("fid", "kid", "ipr", "prdc", "spatial", "svm", "variety")
@@ -68,6 +71,8 @@ class ScoreResult(BaseModel):
     stamps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="extractor stamps by name")
     scores: list[Score] = Field(default_factory=list)
     spatial: list[dict[str, Any]] | None = None
+    spatial_omitted: dict[str, str] | None = Field(
+        None, description="spatial features left out of the comparison (undefined for these sets) → reason")
     separability: dict[str, Any] | None = None
     variety: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
@@ -118,6 +123,8 @@ def _resolve(spec: Any, side: str, store_url: str | None, cache: FeatureCache):
             raise MetricsError(f"{side} feature file {s} not found")
         return "features", load_feature_file(p)
     if p.is_dir():
+        if (p / "manifest.json").is_file():  # a stored batch (e.g. the folder `synthrad generate` prints)
+            return "source", BatchSource.from_folder(p)
         return "source", FolderSource(p)
     if p.is_file() and p.suffix.lower() == ".npz":
         return "reference", references.load_reference_file(p)
@@ -136,6 +143,23 @@ def _resolve(spec: Any, side: str, store_url: str | None, cache: FeatureCache):
         raise MetricsError(f"synthetic set {s!r} not found: no such folder or .npy file, and no stored batch with that id")
     known = ", ".join(references.list_references(cache)) or "none"
     raise MetricsError(f"real set {s!r} not found: no such folder or file, and no registered reference by that name (known: {known})")
+
+
+def undefined_spatial_rows(real: np.ndarray, synthetic: np.ndarray, names: Sequence[str]) -> dict[str, str]:
+    """Spatial features with no meaning for these two sets → reason (left out of tables and reports).
+
+    * ``colourfulness`` when both sets are greyscale (it is 0 for every greyscale image: a constant row, p = 1).
+    * any feature that is one identical constant in both sets (no distribution to compare)."""
+    out: dict[str, str] = {}
+    for j, name in enumerate(names):
+        a, b = np.asarray(real)[:, j], np.asarray(synthetic)[:, j]
+        if not (len(a) and len(b)):
+            continue
+        if name == "colourfulness" and not a.any() and not b.any():
+            out[name] = "both sets are greyscale (colourfulness is 0 for greyscale images)"
+        elif np.all(a == a[0]) and np.all(b == a[0]):
+            out[name] = f"constant {float(a[0]):.4g} in both sets"
+    return out
 
 
 def score(
@@ -163,6 +187,7 @@ def score(
     """Score ``synthetic`` against ``real``. See the module docstring. Returns a JSON-able :class:`ScoreResult`."""
     from services.metrics import references
     from services.metrics.measures import fid as fidm
+    from services.metrics.measures.kid import choose_subset_size
     from services.metrics.measures.kid import kid as kid_fn
     from services.metrics.measures.prdc import bootstrap_precision_recall, density_coverage, improved_precision_recall
     from services.metrics.measures.separability import svm_separability
@@ -203,6 +228,17 @@ def score(
             timings["load_extractor"] = time.perf_counter() - t
         return ex
 
+    # decode and check every image to be read (both sets) before any extractor runs: a corrupt file fails
+    # at once, named, instead of after minutes of feature extraction
+    t = time.perf_counter()
+    items: dict[str, list | None] = {}
+    for side, kind, obj in (("real", kind_r, obj_r), ("synthetic", kind_s, obj_s)):
+        if kind == "source":
+            exs = [extractor_obj()] if need_feats else []
+            if needs_read(obj, exs, spatial=need_images, variety="variety" in mlist, cache=fcache):
+                items[side] = preread(obj, progress, side)
+    timings["read_check"] = time.perf_counter() - t
+
     def load(kind: str, obj: Any, side: str) -> SetData:
         if kind == "features":
             if need_images:
@@ -220,7 +256,7 @@ def score(
             return ref.data
         exs = [extractor_obj()] if need_feats else []
         return load_set(obj, exs, spatial=need_images, variety="variety" in mlist, cache=fcache, progress=progress,
-                        batch_size=batch_size, label=side)
+                        batch_size=batch_size, label=side, items=items.get(side), checked=side in items)
 
     t = time.perf_counter()
     rd = load(kind_r, obj_r, "real")
@@ -271,6 +307,7 @@ def score(
             else:
                 r_st, s_st = rd.stats[extractor], sd.stats[extractor]
                 val = fidm.frechet_distance(r_st.mean, r_st.cov, s_st.mean, s_st.cov)
+        val = max(val, 0.0)  # a distance: only round-off makes it negative (identical sets)
         sc = {"metric": "fid", "name": score_name(extractor), "value": val, **common,
               "params": {"n_real": len(fr), "n_synthetic": len(fs), "dims": dims}}
         if bootstrap > 0:
@@ -281,12 +318,13 @@ def score(
         timings["fid"] = time.perf_counter() - t
     if "kid" in mlist:
         t = time.perf_counter()
-        m = min(kid_subset_size, len(fr), len(fs))
-        if m == min(len(fr), len(fs)) and m >= 4:
-            # subsets as large as the smaller set are all the same set: the std over subsets would be 0
-            m = m // 2
-            warn.append(f"KID: subset size lowered to {m} (half the smaller set) so its std over subsets is informative")
-        mean, std = kid_fn(fs, fr, subsets=kid_subsets, subset_size=m, seed=seed)
+        # a subset as large as the smaller set is that set every time (std 0): lowered, with a warning
+        m, kid_msg = choose_subset_size(len(fs), len(fr), kid_subset_size)
+        if kid_msg:
+            warn.append(kid_msg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mean, std = kid_fn(fs, fr, subsets=kid_subsets, subset_size=m, seed=seed)
         name = "KID" if extractor == "inception" else f"KID_{extractor}"
         if m < 100:
             warn.append(f"KID subsets of {m} images are small; the std ({std:.2g}) shows how noisy it is")
@@ -296,7 +334,8 @@ def score(
     if "ipr" in mlist:
         t = time.perf_counter()
         p, r = improved_precision_recall(fr, fs, k=k_ipr)
-        ci = bootstrap_precision_recall(fr, fs, k=k_ipr, n_boot=bootstrap, seed=seed, level=level) if bootstrap > 0 else None
+        ci = (bootstrap_precision_recall(fr, fs, k=k_ipr, n_boot=bootstrap, seed=seed, level=level, point=(p, r))
+              if bootstrap > 0 else None)
         for nm, v in (("precision", p), ("recall", r)):
             extra = {"ci_low": ci[nm][0], "ci_high": ci[nm][1], "ci_level": level} if ci else {}
             result_scores.append(Score(metric="ipr", name=nm, value=v, **common, **extra,
@@ -311,6 +350,7 @@ def score(
         timings["prdc"] = time.perf_counter() - t
 
     spatial_rows = separability = variety_out = None
+    spatial_omitted: dict[str, str] = {}
     if need_images:
         if rd.image_shape and sd.image_shape and tuple(rd.image_shape) != tuple(sd.image_shape):
             warn.append(
@@ -320,6 +360,8 @@ def score(
     if "spatial" in mlist:
         t = time.perf_counter()
         spatial_rows = compare_spatial(rd.spatial, sd.spatial, SPATIAL_FEATURES)
+        spatial_omitted = undefined_spatial_rows(rd.spatial, sd.spatial, SPATIAL_FEATURES)
+        spatial_rows = [row for row in spatial_rows if row["feature"] not in spatial_omitted]
         timings["spatial"] = time.perf_counter() - t
     if "svm" in mlist:
         t = time.perf_counter()
@@ -354,6 +396,7 @@ def score(
         stamps=stamps,
         scores=result_scores,
         spatial=spatial_rows,
+        spatial_omitted=spatial_omitted or None,
         separability=separability,
         variety=variety_out,
         warnings=list(dict.fromkeys(warn)),
@@ -363,4 +406,5 @@ def score(
     return res
 
 
-__all__ = ["ALL_METRICS", "MetricsError", "Score", "ScoreResult", "SetInfo", "parse_metrics", "score"]
+__all__ = ["ALL_METRICS", "MetricsError", "Score", "ScoreResult", "SetInfo", "parse_metrics", "score",
+           "undefined_spatial_rows"]

@@ -79,29 +79,32 @@ def _grid(samples: np.ndarray, title: str) -> str:
     return _img(_png(fig), title)
 
 
-def _spatial_plots(real: np.ndarray, synth: np.ndarray, names: list[str]) -> str:
+def _spatial_plots(real: np.ndarray, synth: np.ndarray, names: list[str], show: list[str] | None = None) -> str:
+    """Histograms real vs synthetic of the features in ``show`` (default: all ``names``, the array columns)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    cols = [(n, names.index(n)) for n in (show if show is not None else names) if n in names]
     fig, axes = plt.subplots(2, 4, figsize=(13, 5.2))
-    for j, ax in enumerate(axes.ravel()):
-        if j >= len(names):
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(cols):
             ax.axis("off")
             continue
+        name, j = cols[i]
         a, b = real[:, j], synth[:, j]
         lo, hi = np.percentile(np.concatenate([a, b]), [0.5, 99.5])
         if hi <= lo:  # constant feature (e.g. colourfulness of greyscale images)
             ax.text(0.5, 0.5, f"constant: {lo:.4g}", ha="center", va="center", transform=ax.transAxes, fontsize=9)
-            ax.set_title(names[j], fontsize=9)
+            ax.set_title(name, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
             continue
         bins = np.linspace(lo, hi, 30)
         ax.hist(a, bins=bins, alpha=0.55, density=True, label="real", color="#1f77b4")
         ax.hist(b, bins=bins, alpha=0.55, density=True, label="synthetic", color="#d62728")
-        ax.set_title(names[j], fontsize=9)
+        ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
     axes.ravel()[0].legend(fontsize=8)
     fig.tight_layout()
@@ -159,9 +162,13 @@ def render_html(result: ScoreResult) -> str:
     if result.spatial:
         parts.append("<h2>Spatial features (real vs synthetic)</h2>")
         if rd is not None and sd is not None and rd.spatial is not None and sd.spatial is not None:
-            parts.append(_spatial_plots(rd.spatial, sd.spatial, list(SPATIAL_FEATURES)))
+            parts.append(_spatial_plots(rd.spatial, sd.spatial, list(SPATIAL_FEATURES),
+                                        show=[r["feature"] for r in result.spatial]))
         parts.append(_table(result.spatial, ["feature", "real_mean", "real_std", "synthetic_mean", "synthetic_std",
                                              "smd", "ks_statistic", "ks_pvalue"]))
+        if result.spatial_omitted:
+            parts.append("<p>Not shown (undefined for these sets): " + "; ".join(
+                f"<code>{html.escape(k)}</code>: {html.escape(v)}" for k, v in result.spatial_omitted.items()) + "</p>")
     if result.separability:
         sep = result.separability
         parts.append("<h2>Separability (SVM on spatial features)</h2>")

@@ -81,6 +81,70 @@ def _apply_blob(sd: SetData, blob: dict[str, np.ndarray]) -> None:
     sd.image_shape = tuple(int(v) for v in blob["image_shape"])
 
 
+PREREAD_BYTES = 256 * 2**20  # decoded images kept from the checking pass (beyond this they are decoded again)
+
+
+def _checked(img: np.ndarray, name: str, source: ImageSource) -> np.ndarray:
+    try:
+        img = as_float_image(img)
+    except ValueError as e:
+        raise MetricsError(f"image {name} in {source.description}: {e}") from e
+    if not np.isfinite(img).all():
+        raise MetricsError(f"image {name} in {source.description} contains NaN/inf")
+    return img
+
+
+def needs_read(source: ImageSource, extractors: Sequence[FeatureExtractor] = (), spatial: bool = False,
+               variety: bool = False, cache: FeatureCache | None = None) -> bool:
+    """Whether :func:`load_set` would have to read ``source`` (something is missing from the cache)."""
+    cache = cache or FeatureCache(enabled=False)
+    n = len(source)
+    if n == 0:
+        return False
+    chash = source.content_hash()
+    for ex in extractors:
+        hit = cache.get_features(ex.stamp.key(), chash)
+        if hit is None or len(hit[0]) != n:
+            return True
+    if spatial or variety:
+        blob = cache.get_set(chash)
+        return blob is None or len(blob["labels"]) != n
+    return False
+
+
+def preread(source: ImageSource, progress: Progress | None = None, label: str = "set") -> list | None:
+    """Decode and check every image now (see ``_preread``); pass the result to ``load_set(items=…)``."""
+    n = len(source)
+    if n == 0:
+        raise MetricsError(f"no images found in {source.description}")
+    return _preread(source, n, progress, label)
+
+
+def _preread(source: ImageSource, n: int, progress: Progress | None, label: str) -> list | None:
+    """Decode and check every image of ``source`` (fails on the first unreadable one, naming it).
+
+    Returns the decoded ``(name, image, label)`` items while they fit in ``PREREAD_BYTES`` (the main pass then
+    reuses them), else ``None`` (the main pass decodes again; decoding is cheap next to feature extraction)."""
+    kept: list | None = []
+    size = 0
+    count = 0
+    stage = f"{label}: reading"
+    for name, img, lab in source:
+        img = _checked(img, name, source)
+        count += 1
+        if kept is not None:
+            size += img.nbytes
+            if size <= PREREAD_BYTES:
+                kept.append((name, img, lab))
+            else:
+                kept = None
+        if progress is not None:
+            progress(stage, 1, n)
+    if count != n:
+        raise MetricsError(f"{source.description}: expected {n} images, read {count}")
+    return kept
+
+
 def load_set(
     source: ImageSource,
     extractors: Sequence[FeatureExtractor] = (),
@@ -90,7 +154,11 @@ def load_set(
     progress: Progress | None = None,
     batch_size: int | None = None,
     label: str = "set",
+    items: list | None = None,
+    checked: bool = False,
 ) -> SetData:
+    """``items``: the decoded images from :func:`preread`; ``checked``: :func:`preread` already ran (its result
+    may be ``None`` for sets too large to keep) — either skips this function's own checking pass."""
     n = len(source)
     if n == 0:
         raise MetricsError(f"no images found in {source.description}")
@@ -113,6 +181,12 @@ def load_set(
     if not todo and not need_blob:
         return sd
 
+    # decode and check every image before any extractor starts: a corrupt file fails at once, named -----------
+    if items is not None and len(items) != n:
+        items, checked = None, False
+    if items is None and not checked:
+        items = _preread(source, n, progress, label)
+
     # one streaming pass ---------------------------------------------------------------------------------
     bs = {ex.name: batch_size or ex.default_batch_size for ex in todo}
     pending: dict[str, list[np.ndarray]] = {ex.name: [] for ex in todo}
@@ -131,10 +205,9 @@ def load_set(
             pending[ex.name] = []
 
     count = 0
-    for name, img, lab in source:
-        img = as_float_image(img)
-        if not np.isfinite(img).all():
-            raise MetricsError(f"image {name} in {source.description} contains NaN/inf")
+    for name, img, lab in (items if items is not None else source):
+        if items is None:
+            img = _checked(img, name, source)
         for ex in todo:
             pending[ex.name].append(img)
             if len(pending[ex.name]) >= bs[ex.name]:

@@ -17,40 +17,78 @@ import numpy as np
 
 from services.metrics.errors import MetricsError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".dcm"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".dcm", ".dicom", ".npz"}
+# raster types the shared codec does not dispatch on: decoded with PIL, converted by the codec's ``pil_to_unit``
+_PIL_ONLY = {".webp", ".pgm", ".ppm"}
+# raster types that may hold colour (RGB) pixels worth keeping for the colourfulness measure
+_COLOUR_RASTERS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def _strip_name(msg: str, label: str) -> str:
+    """The codec's messages start with the file name; avoid naming it twice."""
+    for prefix in (f"{label}: ", f"{Path(label).name}: "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
+def _colour_pixels(src) -> np.ndarray | None:
+    """(H, W, 3) float32 [0, 1] when ``src`` is an 8-bit colour raster whose channels differ, else None.
+
+    The shared codec defines every greyscale pixel (it converts colour to luminance); only genuinely colour
+    images keep their channels here, for the colourfulness measure and RGB extractors."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        if im.mode not in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"):
+            return None
+        im.load()
+        if im.mode in ("P", "PA") and not any(
+            r != g or g != b for r, g, b in zip(*[iter((im.getpalette() or [])[:768])] * 3)
+        ):
+            return None
+        a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    if np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 1], a[:, :, 2]):
+        return None
+    return a
 
 
 def read_image(path: str | os.PathLike | None = None, data: bytes | None = None, name: str | None = None) -> np.ndarray:
-    """Decode an image file → float32 [0, 1]; (H, W) if greyscale (also RGB files whose channels are equal)."""
-    label = name or str(path)
+    """Decode an image file → float32 [0, 1] through the shared codec (``services.common.codecs``).
+
+    Pixels are defined by ``read_image_file`` / ``decode_image`` — the same reader the store, the gateway and the
+    datasets use (DICOM modality/VOI LUTs and MONOCHROME1, 16-bit PNGs, NPZ, sniffed types). Returns (H, W);
+    an 8-bit colour raster whose channels differ is returned as (H, W, 3) (the codec's luminance would drop
+    the colour). Formats the codec does not dispatch on (.webp, .pgm, .ppm) go through PIL and the codec's
+    ``pil_to_unit``. Any failure is a :class:`MetricsError` naming the file.
+    """
+    from services.common.codecs import decode_image, read_image_file
+    from services.common.codecs.png import pil_to_unit
+
+    label = str(name or path)
+    suffix = Path(str(name or path or "")).suffix.lower()
     try:
-        if str(path or name or "").lower().endswith(".dcm"):
-            import pydicom
+        if data is None and path is None:
+            raise MetricsError("read_image needs a path or data")
+        if suffix in _PIL_ONLY:
+            from PIL import Image
 
-            ds = pydicom.dcmread(io.BytesIO(data) if data is not None else str(path))
-            a = ds.pixel_array.astype(np.float32)
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-            if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-                a = 1.0 - a
-            return a
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data) if data is not None else path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float32)
-                return a / (65535.0 if a.max() > 255 else 255.0)
-            if mode in ("L", "P", "1", "LA"):
-                return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-            a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
+                im.load()
+                a = pil_to_unit(im)
+        elif data is not None:
+            a, _ = decode_image(data, label)
+        else:
+            a = read_image_file(path)
+        a = np.asarray(a, dtype=np.float32)
+        if suffix in _COLOUR_RASTERS:
+            colour = _colour_pixels(io.BytesIO(data) if data is not None else path)
+            if colour is not None:
+                return colour
     except MetricsError:
         raise
-    except Exception as e:  # noqa: BLE001
-        raise MetricsError(f"cannot read image {label}: {e}") from e
-    if np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 1], a[:, :, 2]):
-        return np.ascontiguousarray(a[:, :, 0])
+    except Exception as e:  # noqa: BLE001  (CorruptImageError, OSError, PIL's many types)
+        raise MetricsError(f"cannot read image {label}: {_strip_name(str(e), label)}") from e
     return a
 
 
@@ -175,8 +213,32 @@ class BatchSource(ImageSource):
             self.n = sum(1 for _ in self.store.iter_images(self.batch_id))
         return self.n
 
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "BatchSource":
+        """A stored batch given as its folder (``<store>/<batch_id>/`` holding ``manifest.json``), any format."""
+        folder = Path(folder).expanduser().resolve()
+        if not (folder / "manifest.json").is_file():
+            raise MetricsError(f"{folder} is not a stored batch (no manifest.json)")
+        try:
+            return cls(folder.name, str(folder.parent))
+        except MetricsError:
+            raise
+        except Exception as e:  # noqa: BLE001  (InvalidBatchId, BatchNotFound, a manifest that does not parse)
+            raise MetricsError(f"cannot open stored batch {folder}: {e}") from e
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, str]]:
-        for rec, img in self.store.iter_images(self.batch_id):
+        records = list(getattr(self.manifest, "images", None) or [])
+        it = self.store.iter_images(self.batch_id)
+        i = 0
+        while True:
+            try:
+                rec, img = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001  (CorruptImageError, missing files, broken shards)
+                where = _record_name(records[i]) if i < len(records) else f"image {i}"
+                raise MetricsError(f"cannot read image {where} of batch {self.batch_id} ({self.store.url}): {e}") from e
+            i += 1
             yield _record_name(rec), np.asarray(img, dtype=np.float32), _record_label(rec)
 
     def content_hash(self) -> str:
@@ -204,7 +266,7 @@ def _manifest_count(m: object) -> int | None:
 
 
 def _record_name(rec: object) -> str:
-    for attr in ("name", "file", "filename", "path"):
+    for attr in ("member", "name", "file", "filename", "path"):
         v = getattr(rec, attr, None)
         if v:
             return str(v)

@@ -12,7 +12,8 @@ import click
               help="Real set: folder of images, registered reference name (shipped: nih-cxr64, nih-cxr64-train), "
                    "reference .npz, or .npy features (n×d).")
 @click.option("--synthetic", "synthetic", required=True,
-              help="Synthetic set: folder of images, batch id in the batch store, or .npy features (n×d).")
+              help="Synthetic set: folder of images, a stored batch's folder (holds manifest.json, as printed by "
+                   "`synthrad generate`; any format), batch id in the batch store, or .npy features (n×d).")
 @click.option("--metrics", default="fid,kid,ipr", show_default=True,
               help="Comma list of fid,kid,ipr,prdc,spatial,svm,variety (or 'all').")
 @click.option("--extractor", default="inception", show_default=True,
@@ -105,6 +106,8 @@ def command(real, synthetic, metrics, extractor, weights, weights_sha256, device
         click.echo("  spatial features (real mean / synthetic mean, KS p):")
         for r in res.spatial:
             click.echo(f"    {r['feature']:<15} {r['real_mean']:12.4g} {r['synthetic_mean']:12.4g}  p={r['ks_pvalue']:.3g}")
+        for feat, why in (res.spatial_omitted or {}).items():
+            click.echo(f"    ({feat} omitted: {why})")
     for w in res.warnings:
         click.echo(f"warning: {w}", err=True)
     if json_out:

@@ -175,16 +175,35 @@ def bootstrap_fd(
             vals[b] = frechet_distance_features(x1[i1], x2[i2], warn=False, method="eig")
     if point is None:
         point = frechet_distance_features(x1, x2, warn=False)
-    lo, hi = centred_interval(point, vals, level)
+    lo, hi = centred_interval(point, vals, level, bounds=(0.0, None))  # a Fréchet distance is ≥ 0
     return lo, hi, vals
 
 
-def centred_interval(point: float, replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Centred percentile interval: θ̂ + quantiles of (θ*_b − mean θ*).
+def centred_interval(
+    point: float, replicates: np.ndarray, level: float = 0.95, bounds: tuple[float | None, float | None] = (None, None)
+) -> tuple[float, float]:
+    """Centred percentile interval: θ̂ + quantiles of (θ*_b − mean θ*), clipped to the measure's valid range.
 
     Resampling with replacement duplicates ~37 % of the points, which shifts biased estimators such as FID
     (upwards) and k-NN measures; the plain percentile interval can then miss the point estimate entirely.
-    Centring keeps the bootstrap's spread (sampling variability) around the estimate."""
+    Centring keeps the bootstrap's spread (sampling variability) around the estimate.
+
+    The centred (basic) interval can leave the valid range (FID < 0, recall > 1) and, with skewed replicates
+    (e.g. recall 0 in all but a few replicates, so the mean exceeds the upper quantile), can even exclude the
+    estimate. The result is therefore clipped to ``bounds`` (``None`` = unbounded) and widened to always
+    satisfy ``lo ≤ point ≤ hi``."""
     a = (1 - level) / 2
-    q = np.quantile(replicates - replicates.mean(), [a, 1 - a])
-    return float(point + q[0]), float(point + q[1])
+    reps = np.asarray(replicates, np.float64)
+    q = np.quantile(reps - reps.mean(), [a, 1 - a]) if len(reps) else np.zeros(2)
+    point = float(point)
+    lo_b, hi_b = bounds
+    if lo_b is not None:
+        point = max(point, lo_b)
+    if hi_b is not None:
+        point = min(point, hi_b)
+    lo, hi = min(point, point + float(q[0])), max(point, point + float(q[1]))
+    if lo_b is not None:
+        lo = max(lo, lo_b)
+    if hi_b is not None:
+        hi = min(hi, hi_b)
+    return float(lo), float(hi)

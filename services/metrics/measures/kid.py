@@ -4,13 +4,44 @@ k(x, y) = (xᵀy / d + 1)³, averaged over random subsets; the std over subsets 
 Subset sampling matches torch-fidelity / the MMD-GAN code: ``np.random.RandomState(seed)``, for each subset
 first ``choice(n_a, m, replace=False)`` from set A then from set B. With the same seed and order the numbers
 equal torch-fidelity's ``kid_features_to_metric(A, B)``.
+
+Subset size for small sets (``choose_subset_size``): subsets are drawn *without* replacement, so a subset as
+large as the smaller set is that whole set every time — all subsets identical (for equal-size sets) and a
+std of 0 that looks like certainty. torch-fidelity refuses a subset size above the set size and clean-fid
+silently clamps it to the set size; here a requested size ≥ the smaller set's n is lowered to ⌊n/2⌋ (so
+subsets differ and the std over subsets reflects sampling noise) and a warning says so. With fewer than 4
+images in a set no such size exists: the whole set is used, with a warning that the std is meaningless.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from services.metrics.errors import MetricsError
+
+
+class KIDSubsetWarning(UserWarning):
+    """The requested KID subset size was lowered (sets smaller than the subset size)."""
+
+
+def choose_subset_size(n_a: int, n_b: int, requested: int = 1000) -> tuple[int, str | None]:
+    """(subset size, warning or None): ``requested`` if both sets are larger, else ⌊min(n)/2⌋ (see module doc)."""
+    n = min(n_a, n_b)
+    if n < 2:
+        raise MetricsError(f"too few images for KID: {n_a} and {n_b} (need ≥ 2 in each set)")
+    if requested < 2:
+        raise MetricsError(f"KID subset size must be ≥ 2, got {requested}")
+    if requested < n:
+        return requested, None
+    if n < 4:
+        return n, (f"KID: only {n} images in the smaller set — every subset is the whole set, so the std over "
+                   "subsets (0) says nothing about its noise; use many more images")
+    m = n // 2
+    return m, (f"KID: subset size {requested} ≥ the smaller set ({n} images); using subsets of {m} (half the "
+               f"smaller set) so that subsets differ and the std over subsets shows the sampling noise "
+               f"(torch-fidelity would refuse, clean-fid would silently use {n} and report std 0)")
 
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:
@@ -38,15 +69,16 @@ def kid(
 ) -> tuple[float, float]:
     """(mean, std) of the unbiased MMD² over ``subsets`` random subsets of ``subset_size`` from each set.
 
-    ``subset_size`` is clipped to the smaller set (needs ≥ 2 per set).
+    A ``subset_size`` ≥ the smaller set is lowered by :func:`choose_subset_size` (``KIDSubsetWarning``);
+    needs ≥ 2 per set.
     """
     a = np.asarray(feats_a)
     b = np.asarray(feats_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise MetricsError(f"feature sets must be (n, d) with equal d; got {a.shape} and {b.shape}")
-    m = min(subset_size, len(a), len(b))
-    if m < 2:
-        raise MetricsError(f"too few images for KID: {len(a)} and {len(b)} (need ≥ 2 in each set)")
+    m, msg = choose_subset_size(len(a), len(b), subset_size)
+    if msg:
+        warnings.warn(msg, KIDSubsetWarning, stacklevel=2)
     rng = np.random.RandomState(seed)
     vals = np.zeros(subsets)
     for i in range(subsets):

@@ -90,13 +90,15 @@ def bootstrap_precision_recall(
     seed: int = 0,
     level: float = 0.95,
     max_n: int = 5000,
+    point: tuple[float, float] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Bootstrap CIs (centred percentile, clipped to [0, 1]) of improved precision and recall.
 
     Both sets are resampled with replacement; in each replicate the k-NN radii are recomputed on the
     resampled set with a point's own copies excluded (a duplicate is not a neighbour), so the manifolds
     carry their own sampling variability. Distances are computed once (float32 matrices; sets above
-    ``max_n`` are subsampled to ``max_n`` for the CI only).
+    ``max_n`` are subsampled to ``max_n`` for the CI only). ``point`` = the reported (precision, recall) the
+    intervals are centred on (default: computed here); every interval satisfies 0 ≤ lo ≤ point ≤ hi ≤ 1.
     """
     rng = np.random.default_rng(seed)
     r, f = _check(real, fake, k)
@@ -125,9 +127,8 @@ def bootstrap_precision_recall(
         rs[b] = (d <= rad_f[:, None]).any(0).mean()
     from services.metrics.measures.fid import centred_interval
 
-    p0, r0 = improved_precision_recall(r, f, k=k)
+    p0, r0 = improved_precision_recall(r, f, k=k) if point is None else point
     out = {}
-    for name, point, reps in (("precision", p0, ps), ("recall", r0, rs)):
-        lo, hi = centred_interval(point, reps, level)
-        out[name] = (max(0.0, lo), min(1.0, hi))
+    for name, est, reps in (("precision", p0, ps), ("recall", r0, rs)):
+        out[name] = centred_interval(est, reps, level, bounds=(0.0, 1.0))
     return out
