@@ -73,6 +73,20 @@ def test_dicom_round_trip_and_tags(img, prov):
         assert "SYNTHETIC" in ds[tag].value and "stylegan2-cxr64" in ds[tag].value
 
 
+def test_dicom_instance_number_and_view_position(img, prov):
+    ds = pydicom.dcmread(io.BytesIO(encode_dicom(img, prov)))
+    assert ds.InstanceNumber == 1
+    assert ds.get("ViewPosition", "") == ""  # synthetic images have no acquisition view
+    _, meta = decode_dicom(encode_dicom(img, prov))
+    assert meta["ViewPosition"] == ""
+    ds = pydicom.dcmread(io.BytesIO(encode_dicom(img, prov, instance_number=5)))
+    assert ds.InstanceNumber == 5
+    viewed = prov.model_copy(update={"params": {"view": "ap"}})
+    assert pydicom.dcmread(io.BytesIO(encode_dicom(img, viewed))).ViewPosition == "AP"
+    _, data = encode_image(img, "dicom", prov, instance_number=3)
+    assert pydicom.dcmread(io.BytesIO(data)).InstanceNumber == 3
+
+
 def test_dicom_uids_are_new_per_image_and_shared_per_batch(img, prov):
     a = pydicom.dcmread(io.BytesIO(encode_dicom(img, prov)))
     b = pydicom.dcmread(io.BytesIO(encode_dicom(img, prov)))

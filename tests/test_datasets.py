@@ -67,6 +67,13 @@ def test_nih_data_entry_layout(nih_root):
     assert len(load_records(nih_root, "nih", split="test")) == 1
 
 
+def test_unknown_split_is_named_with_the_known_ones(nih_root):
+    with pytest.raises(DatasetError, match=r"unknown split 'foo' \(known: test, train\)") as e:
+        load_records(nih_root, "nih", split="foo")
+    assert "views='all'" not in str(e.value)
+    assert len(load_records(nih_root, "nih", split="train")) == 2
+
+
 def test_nih_without_images_says_where_they_go(tmp_path, nih_root):
     for p in nih_root.rglob("*.png"):
         p.unlink()
@@ -147,6 +154,18 @@ def test_chexpert_views_and_consolidation(chexpert_root):
     assert dataset_summary(every)["views"] == {"AP": 1, "LATERAL": 1, "PA": 3}
     ap = load_records(chexpert_root, "chexpert", views="AP")
     assert ap[0].codes == (U, 1, 0, 0)  # Consolidation counts as lung opacity
+
+
+def test_data_summary_unknown_split_names_known_splits(chexpert_root):
+    from click.testing import CliRunner
+
+    from synthrad.cli import data_cmd
+
+    res = CliRunner().invoke(data_cmd.command, ["summary", str(chexpert_root), "--layout", "chexpert", "--split", "foo"])
+    assert res.exit_code == 1
+    assert "unknown split 'foo' (known: train, valid)" in res.output and "views='all'" not in res.output
+    ok = CliRunner().invoke(data_cmd.command, ["summary", str(chexpert_root), "--layout", "chexpert", "--split", "valid"])
+    assert ok.exit_code == 0, ok.output
 
 
 def test_chexpert_bad_policy_and_wrong_folder(chexpert_root, tmp_path):

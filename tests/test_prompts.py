@@ -84,3 +84,88 @@ def test_normal_with_present_finding_is_contradictory():
 def test_otherwise_normal_makes_unnamed_findings_absent():
     got = states("Small left effusion, otherwise normal.")
     assert got == {"atelectasis": A, "lung_opacity": A, "pleural_effusion": P, "enlarged_cardiac_silhouette": A}
+
+
+# ---- findings outside the vocabulary ----------------------------------------------------
+@pytest.mark.parametrize("text, name", [
+    ("effusion and pneumothorax", "pneumothorax"),
+    ("Right upper lobe nodule. No effusion.", "nodule"),
+    ("mediastinal mass", "mass"),
+    ("pulmonary edema with cardiomegaly", "edema"),
+    ("emphysema", "emphysema"),
+    ("pulmonary fibrosis", "fibrosis"),
+    ("left rib fracture", "fracture"),
+    ("hiatal hernia", "hernia"),
+    ("pleural thickening", "pleural thickening"),
+    ("pneumoperitoneum", "pneumoperitoneum"),
+    ("support devices in place, atelectasis", "support devices"),
+])
+def test_unsupported_present_finding_is_refused(text, name):
+    with pytest.raises(PromptError) as e:
+        parse_prompt(text)
+    msg = str(e.value)
+    assert name in msg and "unsupported" in msg
+    assert "Supported findings: atelectasis, lung opacity, pleural effusion, enlarged cardiac silhouette" in msg
+
+
+def test_several_unsupported_findings_are_all_named():
+    with pytest.raises(PromptError, match="pneumothorax, nodule"):
+        parse_prompt("pneumothorax and a nodule")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("No pneumothorax. Small left effusion.", {"pleural_effusion": P}),
+    ("effusion without pneumothorax", {"pleural_effusion": P}),
+    ("no pneumothorax or effusion", {"pleural_effusion": A}),
+    ("Pneumothorax has resolved. Cardiomegaly.", {"enlarged_cardiac_silhouette": P}),
+    ("No acute cardiopulmonary process. No pneumothorax.", {f: A for f in ("atelectasis", "lung_opacity",
+                                                                         "pleural_effusion", "enlarged_cardiac_silhouette")}),
+])
+def test_negated_unsupported_finding_is_ignored(text, expected):
+    got = states(text)
+    assert got == {f: expected.get(f, U) for f in got}
+
+
+# ---- hedged (uncertain) mentions ----------------------------------------------------------
+@pytest.mark.parametrize("text, name", [
+    ("possible effusion", "pleural effusion"),
+    ("probable atelectasis", "atelectasis"),
+    ("cannot exclude cardiomegaly", "enlarged cardiac silhouette"),
+    ("cannot rule out pneumonia", "lung opacity"),
+    ("effusion?", "pleural effusion"),
+    ("?effusion", "pleural effusion"),
+    ("questionable opacity", "lung opacity"),
+    ("effusion cannot be excluded", "pleural effusion"),
+    ("effusion is not excluded", "pleural effusion"),
+    ("consolidation is likely", "lung opacity"),
+    ("No cardiomegaly. Possible small effusion.", "pleural effusion"),
+])
+def test_hedged_mention_is_refused_as_uncertain(text, name):
+    with pytest.raises(PromptError) as e:
+        parse_prompt(text)
+    msg = str(e.value)
+    assert "uncertain" in msg and name in msg and "present or absent" in msg
+
+
+def test_hedge_applies_only_to_its_own_finding():
+    with pytest.raises(PromptError) as e:
+        parse_prompt("effusion and possible atelectasis")
+    assert "atelectasis (from" in str(e.value) and "pleural effusion (from" not in str(e.value).split("known terms")[0]
+    assert any("pleural effusion present" in u for u in e.value.understood)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("no effusion", {"pleural_effusion": A}),
+    ("without cardiomegaly", {"enlarged_cardiac_silhouette": A}),
+    ("Is the effusion resolved. Effusion has resolved", {"pleural_effusion": A}),
+])
+def test_negation_is_unchanged_by_hedge_handling(text, expected):
+    got = states(text)
+    assert got == {f: expected.get(f, U) for f in got}
+
+
+def test_vocabulary_mentions_hedges_and_unsupported_findings():
+    from services.common.prompts import vocabulary
+
+    v = vocabulary()
+    assert "cannot exclude" in v and "pneumothorax" in v

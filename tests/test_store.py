@@ -49,6 +49,20 @@ def test_every_png_carries_provenance(tmp_path):
     assert "SYNTHETIC" in meta["Description"]
 
 
+def test_dicom_batch_numbers_instances_and_leaves_view_empty(tmp_path):
+    import io
+
+    import pydicom
+
+    store = BatchStore(tmp_path)
+    m = _write(store, "dicom")
+    for i in range(3):
+        _, data = store.image_bytes(m.batch_id, i)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        assert ds.InstanceNumber == i + 1
+        assert ds.get("ViewPosition", "") == ""
+
+
 def test_crash_before_manifest_leaves_no_batch(tmp_path, monkeypatch):
     store = BatchStore(tmp_path)
     real_write = BatchWriter._write

@@ -4,6 +4,10 @@ Text is split into sentences (``. ; ! ? newline``) and clauses (commas and terms
 "but", "however"). A negation cue ("no", "without", "negative for", "free of", "clear of",
 "resolved", ...) negates every finding after it in its clause; a trailing cue ("... has
 resolved", "... is absent") negates the findings before it. "no X, Y or Z" negates all three.
+
+Hedged mentions ("possible X", "probable X", "cannot exclude X", "X?", "X is not excluded") are uncertain
+and refused: the prompt must say present or absent. Known radiology findings outside our vocabulary
+(pneumothorax, nodule, ...) are refused when mentioned as present, and ignored when negated.
 """
 
 from __future__ import annotations
@@ -26,6 +30,21 @@ class PromptError(ConditionError):
 _P, _A = FindingState.PRESENT, FindingState.ABSENT
 _OTHERWISE = "otherwise_normal"
 _HEART = r"(?:heart|cardiac silhouette|cardiomediastinal silhouette|cardiac size|heart size|cardiac shadow)"
+_UNSUPPORTED = "unsupported:"  # prefix of findings we recognise but do not model
+_UNSUPPORTED_TERMS: list[tuple[str, str]] = [
+    (r"pneumothora(?:x|ces)", "pneumothorax"),
+    (r"(?:pulmonary |lung )?nodules?", "nodule"),
+    (r"(?:lung |pulmonary |mediastinal |hilar )?mass(?:es)?", "mass"),
+    (r"(?:pulmonary |interstitial |alveolar )?o?edema", "edema"),
+    (r"emphysema|emphysematous(?: changes?)?", "emphysema"),
+    (r"(?:pulmonary |interstitial )?fibrosis|fibrotic changes?", "fibrosis"),
+    (r"(?:rib |clavicular |vertebral )?fractures?", "fracture"),
+    (r"(?:hiatal |hiatus |diaphragmatic )?hernias?", "hernia"),
+    (r"pleural thickening", "pleural thickening"),
+    (r"pneumoperitoneum|free (?:intraperitoneal |subdiaphragmatic |sub diaphragmatic )?air", "pneumoperitoneum"),
+    (r"support devices?|(?:endotracheal|et|nasogastric|ng|chest|feeding) tubes?|central (?:venous )?(?:lines?|catheters?)"
+     r"|picc(?: lines?)?|pacemakers?", "support devices"),
+]
 _TERMS: list[tuple[str, str | None, FindingState | None]] = [
     # "X, otherwise normal": findings not named are absent
     (r"otherwise (?:normal|unremarkable|clear|negative)", _OTHERWISE, _P),
@@ -57,7 +76,22 @@ _TERMS: list[tuple[str, str | None, FindingState | None]] = [
     (r"air ?space (?:disease|process)|consolidat(?:ion|ions|ive(?: changes?)?)|infiltrat(?:e|es|ion|ions)|pneumonias?|ground glass",
      "lung_opacity", None),
 ]
+_TERMS += [(p, _UNSUPPORTED + name, None) for p, name in _UNSUPPORTED_TERMS]
 _TERM_RES = [(re.compile(rf"\b(?:{p})\b"), f, s) for p, f, s in _TERMS]
+
+# Hedges make a mention uncertain (neither present nor absent). They are matched, and blanked out, before
+# the negation cues, so "cannot rule out" / "not excluded" are hedges rather than negations.
+_HEDGE_WORDS = r"possible|possibly|probable|probably|likely|unlikely|questionable|suspected|equivocal|presumed"
+_PRE_HEDGES = re.compile(  # hedge the findings after them in the clause
+    rf"\b(?:{_HEDGE_WORDS}|question of|suspicious for|suspicion of|concern(?:ing)? for|"
+    r"may (?:be|represent|reflect|indicate)|might (?:be|represent)|could (?:be|represent)|"
+    r"(?:cannot|can't|can not) (?:exclude|rule out)|differential (?:includes|diagnosis)|versus|vs)\b"
+)
+_POST_HEDGES = re.compile(  # hedge the findings before them in the clause
+    rf"\b(?:(?:is|are|remains?|seems?|appears?)(?: to be)? (?:{_HEDGE_WORDS})|(?:{_HEDGE_WORDS})\s*\??\s*$|(?:{_HEDGE_WORDS}) (?:present|seen|identified)|"
+    r"(?:is |are )?not (?:be )?(?:excluded|ruled out)|(?:cannot|can't|can not) be (?:excluded|ruled out)|"
+    r"may be present|versus|vs)\b|\?"
+)
 
 _PRE_CUES = re.compile(
     r"\b(?:no|not|without|negative for|free of|clear of|resolved|resolution of|absence of|absent|"
@@ -67,7 +101,7 @@ _POST_CUES = re.compile(
     r"\b(?:(?:has |have )?resolved|(?:is |are )?absent|(?:is |are )?(?:not|no longer) (?:seen|present|identified|visuali[sz]ed|evident)|"
     r"(?:is |are |was |were )?ruled out|(?:has |have )?cleared|gone)\b"
 )
-_SENTENCES = re.compile(r"[.;!?\n]+")
+_SENTENCES = re.compile(r"[.;!\n]+|(?<=\?)")  # a "?" stays with its sentence (it hedges what precedes it)
 _CLAUSE_BREAK = re.compile(r",|\b(?:but|however|although|though|yet|except|apart from|aside from|whereas|while)\b")
 _OR = re.compile(r"\b(?:or|nor)\b")
 
@@ -77,10 +111,12 @@ class _Hit:
     finding: str
     state: FindingState
     text: str
+    uncertain: bool = False
 
 
 def _normalise(text: str) -> str:
     text = text.lower().replace("_", " ").replace("-", " ")
+    text = re.sub(r"(?:(?<=\s)|^)\?(?=\w)", "questionable ", text)  # "?effusion": radiology shorthand for a query
     return re.sub(r"[ \t]+", " ", text)
 
 
@@ -105,6 +141,10 @@ def _find_terms(clause: str) -> tuple[list[tuple[int, int, str | None, FindingSt
 def _parse_clause(clause: str, inherited_negation: bool) -> tuple[list[_Hit], bool]:
     """Hits in one clause, and whether the clause opened with a forward negation cue."""
     terms, masked = _find_terms(clause)
+    pre_hedges, post_hedges = list(_PRE_HEDGES.finditer(masked)), list(_POST_HEDGES.finditer(masked))
+    hedge_pre, hedge_post = [m.end() for m in pre_hedges], [m.start() for m in post_hedges]
+    for m in pre_hedges + post_hedges:  # hedges are not negations ("cannot rule out", "not excluded")
+        masked = masked[:m.start()] + "~" * (m.end() - m.start()) + masked[m.end():]
     pre = [m.end() for m in _PRE_CUES.finditer(masked)]
     post = [m.start() for m in _POST_CUES.finditer(masked)]
     hits = []
@@ -116,7 +156,8 @@ def _parse_clause(clause: str, inherited_negation: bool) -> tuple[list[_Hit], bo
         else:
             negated = inherited_negation or any(p <= start for p in pre) or any(p >= end for p in post)
             state = _A if negated else _P
-        hits.append(_Hit(finding, state, clause.strip()))
+        uncertain = any(p <= start for p in hedge_pre) or any(p >= end for p in hedge_post)
+        hits.append(_Hit(finding, state, clause.strip(), uncertain))
     opens_negated = bool(pre) and bool(terms) and min(pre) <= terms[0][0]
     return hits, opens_negated
 
@@ -150,6 +191,9 @@ def vocabulary() -> str:
         "infiltrate, pneumonia); pleural effusion (effusion, pleural fluid); enlarged cardiac silhouette "
         "(cardiomegaly, enlarged heart); no finding (normal chest radiograph, no acute cardiopulmonary process). "
         "Negation: no, not, without, negative for, free of, clear of, resolved. "
+        "Say whether each finding is present or absent: hedged mentions (possible, probable, likely, "
+        "questionable, cannot exclude, '?') are refused as uncertain. Other findings (pneumothorax, nodule, "
+        "mass, edema, ...) are not supported, except negated ('no pneumothorax'). "
         "Example: 'Large right pleural effusion. No cardiomegaly.'"
     )
 
@@ -170,6 +214,28 @@ def parse_prompt(text: str) -> Condition:
     hits: list[_Hit] = []
     for sentence in _SENTENCES.split(_normalise(text)):
         hits += _parse_sentence(sentence)
+    unsupported = [h for h in hits if h.finding.startswith(_UNSUPPORTED)]
+    hits = [h for h in hits if not h.finding.startswith(_UNSUPPORTED)]
+    named = list(dict.fromkeys(h.finding[len(_UNSUPPORTED):] for h in unsupported if h.state == _P or h.uncertain))
+    if named:
+        raise PromptError(
+            f"unsupported finding{'s' if len(named) > 1 else ''} in {text!r}: {', '.join(named)} "
+            f"(from {'; '.join(dict.fromkeys(repr(h.text) for h in unsupported if h.state == _P or h.uncertain))}). "
+            f"Supported findings: {', '.join(HUMAN_NAMES[f] for f in FINDINGS)} (or a normal study); remove "
+            f"{'them' if len(named) > 1 else 'it'} or state {'them' if len(named) > 1 else 'it'} as absent "
+            f"(e.g. 'no {named[0]}'); known terms — {vocabulary()}",
+            _describe(hits),
+        )
+    uncertain = [h for h in hits if h.uncertain]
+    if uncertain:
+        names = {NO_FINDING: "a normal study", _OTHERWISE: "the rest being normal"}
+        what = list(dict.fromkeys(f"{names.get(h.finding, HUMAN_NAMES.get(h.finding))} (from {h.text!r})" for h in uncertain))
+        raise PromptError(
+            f"uncertain mention in {text!r}: {'; '.join(what)} is hedged (possible / probable / cannot exclude / '?'). "
+            "The generator needs each finding stated as present or absent: drop the hedge ('pleural effusion') "
+            f"or negate it ('no pleural effusion'); known terms — {vocabulary()}",
+            _describe([h for h in hits if not h.uncertain]),
+        )
     understood = _describe(hits)
     if not hits:
         raise PromptError(f"no finding recognised in {text!r} (understood: nothing); known terms — {vocabulary()}")

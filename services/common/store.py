@@ -261,7 +261,7 @@ class BatchWriter(AbstractContextManager):
             rec = ImageRecord(index=index, file=self._shard_name, member=member, seed=int(seed), condition=condition,
                               prompt=prompt, sha256=hashlib.sha256(data).hexdigest())
         else:
-            ext, data = encode_image(image, self.fmt, prov)
+            ext, data = encode_image(image, self.fmt, prov, instance_number=index + 1)
             name = f"{index:06d}-s{int(seed)}{EXTENSIONS[self.fmt]}"
             self._write(name, data)
             rec = ImageRecord(index=index, file=name, seed=int(seed), condition=condition, prompt=prompt,

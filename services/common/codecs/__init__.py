@@ -17,8 +17,10 @@ IMAGE_FORMATS = ("png", "png16", "dicom", "npz")
 EXTENSIONS = {"png": ".png", "png16": ".png", "dicom": ".dcm", "npz": ".npz"}
 
 
-def encode_image(img: np.ndarray, fmt: str, provenance: Provenance | None) -> tuple[str, bytes]:
-    """Encode one image; returns (file extension, bytes)."""
+def encode_image(img: np.ndarray, fmt: str, provenance: Provenance | None,
+                 instance_number: int = 1) -> tuple[str, bytes]:
+    """Encode one image; returns (file extension, bytes). ``instance_number`` (1-based position in the
+    batch) is written by formats that record one (DICOM InstanceNumber)."""
     if fmt in ("png", "png16"):
         from .png import encode_png
 
@@ -26,7 +28,7 @@ def encode_image(img: np.ndarray, fmt: str, provenance: Provenance | None) -> tu
     if fmt == "dicom":
         from .dicom import encode_dicom
 
-        return ".dcm", encode_dicom(img, provenance)
+        return ".dcm", encode_dicom(img, provenance, instance_number=instance_number)
     if fmt == "npz":
         from .npz import encode_npz
 

@@ -24,8 +24,13 @@ SOP_CLASSES = {"DX": "1.2.840.10008.5.1.4.1.1.1.1", "CR": "1.2.840.10008.5.1.4.1
 _PROV_IN_COMMENTS = re.compile(r"provenance: (\{.*\})\s*$", re.S)
 
 
-def encode_dicom(img: np.ndarray, provenance: Provenance | None = None, modality: str = "DX") -> bytes:
-    """float [0, 1] HxW -> DICOM bytes (Explicit VR Little Endian)."""
+def encode_dicom(img: np.ndarray, provenance: Provenance | None = None, modality: str = "DX",
+                 instance_number: int = 1) -> bytes:
+    """float [0, 1] HxW -> DICOM bytes (Explicit VR Little Endian).
+
+    ``instance_number``: the image's 1-based position in its batch. ViewPosition stays empty: a synthetic
+    image has no acquisition view, unless ``provenance.params`` records one under ``"view"``.
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
@@ -58,7 +63,8 @@ def encode_dicom(img: np.ndarray, provenance: Provenance | None = None, modality
     ds.SeriesDescription = notice
     ds.StudyDescription = "SYNTHETIC chest radiograph"
     ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
+    view = (provenance.params or {}).get("view") if provenance is not None else None
+    ds.ViewPosition = str(view).strip().upper() if view else ""
     ds.PatientName = "SYNTHETIC^SYNTHRAD"
     ds.PatientID = "SYNTHETIC"
     ds.PatientBirthDate = ""
@@ -71,7 +77,7 @@ def encode_dicom(img: np.ndarray, provenance: Provenance | None = None, modality
     ds.ReferringPhysicianName = ""
     ds.StudyID = ""
     ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
+    ds.InstanceNumber = int(instance_number)
     comments = notice + " (not a real patient)"
     if provenance is not None:
         comments += f"; provenance: {provenance.to_json()}"

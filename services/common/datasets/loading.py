@@ -75,6 +75,11 @@ def load_records(path: str | Path, layout: str, views: Iterable[str] | str | Non
     if wanted is not None:
         recs = [r for r in recs if r.view in wanted]
     if split is not None:
+        known = sorted({r.split for r in everything if r.split})
+        if everything and normalise_split(split) not in known:
+            raise DatasetError(
+                f"unknown split {split!r} (known: {', '.join(known) if known else 'none; this dataset records no splits'})"
+            )
         recs = [r for r in recs if r.split == normalise_split(split)]
     if everything and not recs:
         def counts(attr: str) -> str:
