@@ -13,28 +13,11 @@ from PIL import Image
 from services.metrics.cache import FeatureCache
 from services.metrics.errors import MetricsError
 from services.metrics.extractors import register_extractor, unregister_extractor
-from services.metrics.extractors.base import ExtractorStamp, FeatureExtractor
+from metrics_fakes import counting_extractor_class
+from services.metrics.extractors.base import ExtractorStamp
 
 
-class CountingExtractor(FeatureExtractor):
-    """16-d features: 4×4 block means of the greyscale image. Counts images it processes."""
-
-    name = "counting"
-    dims = 16
-    default_batch_size = 8
-    calls = 0
-
-    def __init__(self, **_):
-        self.stamp = ExtractorStamp("counting", "4x4 block means", 16, None, "counting-v1", "test", {"size": 4}, "float32")
-
-    def extract_batch(self, images):
-        type(self).calls += len(images)
-        out = []
-        for im in images:
-            g = im.mean(2) if im.ndim == 3 else im
-            h, w = (g.shape[0] // 4) * 4, (g.shape[1] // 4) * 4
-            out.append(g[:h, :w].reshape(4, h // 4, 4, w // 4).mean((1, 3)).ravel())
-        return np.stack(out).astype(np.float32)
+CountingExtractor = counting_extractor_class("counting", batch_size=8)
 
 
 @pytest.fixture(autouse=True)
