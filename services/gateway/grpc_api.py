@@ -301,6 +301,14 @@ METHODS = {
 }
 
 
+def _classify(e: BaseException) -> tuple[str, ApiError | None]:
+    """(status code name for the request counter, ApiError to send) — no ApiError for a cancelled call."""
+    if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED", None
+    err = api_error(e)
+    return err.grpc_code.name, err
+
+
 async def call_unary(api: GrpcApi, name: str, request, metadata, on_error) -> Any:
     """Run one unary RPC: auth, call, count, map errors (``on_error(ApiError)`` must raise)."""
     code = "OK"
@@ -308,11 +316,9 @@ async def call_unary(api: GrpcApi, name: str, request, metadata, on_error) -> An
         api.authenticate(metadata)
         return await getattr(api, name)(request, metadata)
     except BaseException as e:  # noqa: BLE001
-        if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
-            code = "CANCELLED"
+        code, err = _classify(e)
+        if err is None:
             raise
-        err = api_error(e)
-        code = err.grpc_code.name
         return await on_error(err)
     finally:
         m.REQUESTS.labels("grpc", name, code).inc()
@@ -325,11 +331,9 @@ async def call_stream(api: GrpcApi, name: str, request, metadata, on_error) -> A
         async for item in getattr(api, name)(request, metadata):
             yield item
     except BaseException as e:  # noqa: BLE001
-        if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
-            code = "CANCELLED"
+        code, err = _classify(e)
+        if err is None:
             raise
-        err = api_error(e)
-        code = err.grpc_code.name
         await on_error(err)
     finally:
         m.REQUESTS.labels("grpc", name, code).inc()

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import click
 
-from synthrad.cli.data_cmd import LAYOUT_NAMES
+from synthrad.cli.train_cmd import prepare_run, run_options
 
 
 @click.command(name="diffusion")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset folder.")
-@click.option("--layout", type=click.Choice(list(LAYOUT_NAMES)), default="nih", show_default=True,
-              help="Dataset layout.")
-@click.option("--views", default="all", show_default=True,
-              help="Comma-separated view positions to keep (e.g. PA,AP), or 'all'.")
-@click.option("--split", default="train", show_default=True, help="Dataset split to train on ('all' for every image).")
+@run_options(default_views="all")
 @click.option("--resolution", type=int, default=64, show_default=True,
               help="Training resolution in pixels (divisible by the UNet's downsampling, e.g. 32, 64, 128).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint, grids, export).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt when it exists.")
-@click.option("--overwrite", is_flag=True,
-              help="Start a new run even though OUT/checkpoint.pt exists (that checkpoint is replaced).")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; stops in time to export the EMA weights.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (total, across resumes).")
 @click.option("--batch", default=64, show_default=True, type=int)
@@ -52,7 +43,6 @@ def command(ctx, data, layout, views, split, resolution, out, resume, overwrite,
     import torch
 
     from services.generator.models.ddpm.model import unet_config
-    from services.generator.train.common import check_run_folder, describe_views, parse_views
     from services.generator.train.diffusion import DiffusionTrainConfig, train
 
     if threads:
@@ -60,18 +50,10 @@ def command(ctx, data, layout, views, split, resolution, out, resume, overwrite,
     if max_steps is None and max_minutes is None:
         raise click.UsageError("give --max-steps or --max-minutes (training has no natural end)")
     try:
-        check_run_folder(out, resume=resume, overwrite=overwrite)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from e
-    try:
         unet_config(preset, resolution)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--resolution' / '--preset'") from e
-    view_list = parse_views(views)
-    default = ctx.get_parameter_source("views") == click.core.ParameterSource.DEFAULT
-    click.echo(f"training on views: {describe_views(view_list)}"
-               + ("; the diffusion default, choose others with --views (e.g. PA or PA,AP)" if default else ""),
-               err=True)
+    view_list = prepare_run(ctx, "diffusion", out, resume, overwrite, views, "PA or PA,AP")
     cfg = DiffusionTrainConfig(
         out=out, data=data, layout=layout, views=",".join(view_list) if view_list else "all",
         split=None if split == "all" else split, overwrite=overwrite,

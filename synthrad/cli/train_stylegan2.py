@@ -6,7 +6,7 @@ import json
 
 import click
 
-from synthrad.cli.data_cmd import LAYOUT_NAMES
+from synthrad.cli.train_cmd import prepare_run, run_options
 
 RESOLUTIONS = (64, 128, 256)
 
@@ -18,18 +18,9 @@ def _resolution(ctx: click.Context, param: click.Parameter, value: int) -> int:
 
 
 @click.command(name="stylegan2")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset root folder.")
-@click.option("--layout", type=click.Choice(list(LAYOUT_NAMES)), default="nih", show_default=True,
-              help="Dataset layout.")
-@click.option("--views", default="PA", show_default=True,
-              help="Comma-separated view positions to keep (e.g. PA,AP), or 'all'.")
-@click.option("--split", default="train", show_default=True, help="Dataset split to train on ('all' for every split).")
+@run_options(default_views="PA")
 @click.option("--resolution", type=int, default=64, show_default=True, callback=_resolution,
               help="Training resolution in pixels: 64, 128 or 256.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoint, grids, export).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt when it exists.")
-@click.option("--overwrite", is_flag=True,
-              help="Start a new run even though OUT/checkpoint.pt exists (that checkpoint is replaced).")
 @click.option("--kimg", type=float, default=1000.0, show_default=True, help="Total training length in 1000s of real images shown.")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; a final checkpoint and export are written when it runs out.")
 @click.option("--max-steps", type=int, default=None, hidden=True)
@@ -62,18 +53,9 @@ def command(ctx, data, layout, views, split, resolution, out, resume, overwrite,
     Re-run with --resume to continue from runs/sg2/checkpoint.pt (an existing checkpoint is never replaced
     without --resume or --overwrite).
     """
-    from services.generator.train.common import check_run_folder, describe_views, parse_views
     from services.generator.train.stylegan2 import TrainConfig, train
 
-    try:
-        check_run_folder(out, resume=resume, overwrite=overwrite)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from e
-    view_list = parse_views(views)
-    default = ctx.get_parameter_source("views") == click.core.ParameterSource.DEFAULT
-    click.echo(f"training on views: {describe_views(view_list)}"
-               + ("; the stylegan2 default, choose others with --views (e.g. PA,AP or all)" if default else ""),
-               err=True)
+    view_list = prepare_run(ctx, "stylegan2", out, resume, overwrite, views, "PA,AP or all")
     cfg = TrainConfig(
         out=out, data=data, layout=layout, views=view_list, split=None if split == "all" else split,
         resolution=resolution, resume=resume, overwrite=overwrite, kimg=kimg, max_minutes=max_minutes,

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.datasets.nih import NIH_MAP
 from services.metrics.extractors.cxr import KERMANY_CLASSES, NIH_LABELS, SIZE, WEIGHTS_FILE, CXREncoder
 from services.metrics.sources import read_image
 
-OPACITY = {"Infiltration", "Consolidation", "Pneumonia"}
+OPACITY = NIH_MAP["lung_opacity"]  # the one NIH lung-opacity stand-in (docs/datasets.md)
 
 
 def _to64(im: np.ndarray) -> np.ndarray:
