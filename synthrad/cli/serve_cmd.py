@@ -11,10 +11,13 @@ def print_urls(lp, echo=click.echo) -> None:
     echo(f"  metrics   {lp.metrics_url}   (Prometheus; Ray's own: {lp.ray_metrics_url or 'on the Ray cluster'})")
     echo(f"  models    {', '.join(lp.models)}")
     echo(f"  batches   {lp.store_url}")
+    token_file = getattr(lp, "ray_token_file", None)
+    if token_file:
+        echo(f"  ray       127.0.0.1 only, token auth on (RAY_AUTH_TOKEN_PATH={token_file} ray status)")
 
 
 @click.command(name="serve")
-@click.option("--host", default=None, help="HTTP bind address (default SYNTHRAD_SERVE__HOST = 127.0.0.1).")
+@click.option("--host", default=None, help="REST/gRPC bind address (default SYNTHRAD_SERVE__HOST = 127.0.0.1).")
 @click.option("--http-port", type=int, default=None, help="REST port (default 8000; 0 = any free port).")
 @click.option("--grpc-port", type=int, default=None, help="gRPC port (default 9000; 0 = any free port).")
 @click.option("--models", default=None, help="Comma-separated model ids to serve (default: every registered model).")
@@ -23,12 +26,15 @@ def print_urls(lp, echo=click.echo) -> None:
 @click.option("--no-metrics-service", is_flag=True, help="Do not deploy the scoring (metrics) deployment.")
 @click.option("--ray-metrics-port", type=int, default=None, help="Port of Ray's own Prometheus metrics (default: free).")
 def command(host, http_port, grpc_port, models, backend, device, no_metrics_service, ray_metrics_port) -> None:
-    """Start Ray (dashboard off, usage stats off) and the synthrad Serve application on this machine.
+    """Start a private Ray and the synthrad Serve application on this machine.
 
     \b
-    Local mode: HTTP binds to 127.0.0.1 by default and Ray's token auth is off (it is a private Ray bound to
-    127.0.0.1; SYNTHRAD_SERVE__RAY_TOKEN_AUTH=true keeps it on). Set SYNTHRAD_API_KEYS='["..."]' to require
-    API keys (then gRPC is accepted from other hosts too). Ctrl-C stops everything cleanly.
+    Local mode: every Ray socket (GCS, raylet, workers, dashboard agent, ...) listens on 127.0.0.1 only, the
+    dashboard is off, and Ray's token auth is on with a fresh random token per start, so other users of this
+    machine cannot submit Ray jobs or drive Ray (SYNTHRAD_SERVE__RAY_TOKEN_AUTH=false turns the token off;
+    SYNTHRAD_SERVE__RAY_AUTH_TOKEN_FILE pins one). REST and gRPC bind --host (127.0.0.1 by default; gRPC binds
+    every interface only for 0.0.0.0 / ::). Set SYNTHRAD_API_KEYS='["..."]' to require API keys (then gRPC is
+    accepted from other hosts too). Ctrl-C stops everything cleanly.
     """
     import signal
     import threading
@@ -43,6 +49,9 @@ def command(host, http_port, grpc_port, models, backend, device, no_metrics_serv
     if settings.serve.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         click.echo(f"warning: REST binds {settings.serve.host} with no API key configured: anyone who can reach "
                    "this port can use the API (set SYNTHRAD_API_KEYS='[\"...\"]')", err=True)
+    if not settings.serve.ray_token_auth:
+        click.echo("warning: Ray token auth is off (SYNTHRAD_SERVE__RAY_TOKEN_AUTH=false): any user of this machine "
+                   "can run commands through Ray's job API on 127.0.0.1", err=True)
 
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
     click.echo("starting Ray + Serve (first start takes ~10 s) ...", err=True)
