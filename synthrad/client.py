@@ -12,20 +12,30 @@
 Images travel as stored (PNG / DICOM / NPZ / WebDataset shards, all carrying the synthetic provenance) in one
 streamed tar download, decoded as they arrive. Errors of the API raise :class:`SynthradError` with the
 server's message (``.status``: HTTP status).
+
+Every download is checked against the batch's manifest: each file's sha256 (and each WebDataset member's),
+no file missing, none unexpected or twice, and the archive's own ``manifest.json`` the same as the API's.
+A short stream (the server stops it when a stored file turns out missing or damaged; a dropped
+connection), a missing, extra or mismatching file raises :class:`BatchIntegrityError`: ``download`` then
+keeps nothing, and the image iterators stop with it (images already yielded were checked before decoding).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import tarfile
 import time
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import numpy as np
 
-__all__ = ["SynthradClient", "SynthradError", "JobFailed"]
+__all__ = ["SynthradClient", "SynthradError", "JobFailed", "BatchIntegrityError"]
 
 
 class SynthradError(RuntimeError):
@@ -38,6 +48,151 @@ class JobFailed(SynthradError):
     def __init__(self, job: dict):
         super().__init__(f"job {job.get('job_id')} failed: {job.get('error')}")
         self.job = job
+
+
+class BatchIntegrityError(SynthradError):
+    """A downloaded batch that does not match its manifest.
+
+    The stream ended early (the server aborts it when a stored file is missing or damaged; or the connection
+    dropped), a file or WebDataset member is missing, an unexpected or duplicate one arrived, or bytes differ
+    from the manifest's sha256. ``batch_id`` and ``file`` (when one is to blame) say where."""
+
+    def __init__(self, batch_id: str, message: str, file: str | None = None):
+        super().__init__(f"batch {batch_id}: {message}")
+        self.batch_id, self.file = batch_id, file
+
+
+_MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+class _ArchiveCheck:
+    """Checks the files of one batch archive against the batch's manifest (as the API returned it)."""
+
+    def __init__(self, man: dict):
+        self.man, self.bid = man, man["batch_id"]
+        table = man.get("files") or {}
+        self.digest: dict[str, str | None] = {}  # file -> sha256 (None: a schema-1 shard, members checked)
+        self.records: dict[str, list[dict]] = {}
+        for rec in man["images"]:
+            self.records.setdefault(rec["file"], []).append(rec)
+            self.digest.setdefault(rec["file"], table.get(rec["file"]) or (None if rec.get("member") else rec["sha256"]))
+        for name, d in table.items():
+            self.digest.setdefault(name, d)
+        self.seen: set[str] = set()
+
+    def fail(self, message: str, file: str | None = None) -> "BatchIntegrityError":
+        return BatchIntegrityError(self.bid, message, file)
+
+    def name_of(self, raw: str, is_file: bool) -> str:
+        prefix, _, name = raw.partition("/")
+        if prefix != self.bid or not is_file or (name not in self.digest and name != _MANIFEST):
+            raise self.fail(f"unexpected archive member {raw!r} (not a file of the batch's manifest)", raw)
+        if name in self.seen:
+            raise self.fail(f"{name} arrived twice", name)
+        return name
+
+    def needs_bytes(self, name: str) -> bool:
+        return name == _MANIFEST or self.digest.get(name) is None
+
+    def accept(self, name: str, sha256: str, data: bytes | None) -> None:
+        """One complete file: its digest (or, for the manifest, its content) must match."""
+        if name == _MANIFEST:
+            self._check_manifest(data)
+        else:
+            want = self.digest[name]
+            if want is not None and sha256 != want:
+                raise self.fail(f"{name}: sha256 mismatch", name)
+            if want is None:
+                self.shard_members(name, data)
+        self.seen.add(name)
+
+    def shard_members(self, name: str, data: bytes) -> dict[str, bytes]:
+        """{member: bytes} of a WebDataset shard, each member checked against its image record."""
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as shard:
+                members = {m.name: shard.extractfile(m).read() for m in shard.getmembers() if m.isfile()}
+        except tarfile.TarError as e:
+            raise self.fail(f"{name}: unreadable shard ({e})", name) from None
+        for rec in self.records.get(name, []):
+            got = members.get(rec["member"])
+            if got is None:
+                raise self.fail(f"{name}/{rec['member']}: missing from the shard", name)
+            if hashlib.sha256(got).hexdigest() != rec["sha256"]:
+                raise self.fail(f"{name}/{rec['member']}: sha256 mismatch", name)
+        return members
+
+    def _check_manifest(self, data: bytes) -> None:
+        try:
+            got = json.loads(data)
+            same = got["batch_id"] == self.bid and got["count"] == self.man["count"] and [
+                (r["file"], r.get("member"), r["sha256"]) for r in got["images"]
+            ] == [(r["file"], r.get("member"), r["sha256"]) for r in self.man["images"]]
+            same = same and (got.get("files") or {}) == (self.man.get("files") or {})
+        except (ValueError, KeyError, TypeError):
+            same = False
+        if not same:
+            raise self.fail("the archive's manifest.json differs from the batch's manifest", _MANIFEST)
+
+    def finish(self) -> None:
+        missing = [n for n in [*self.digest, _MANIFEST] if n not in self.seen]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise self.fail(f"the download ended without {', '.join(missing[:3])}{more} (incomplete archive)",
+                            missing[0])
+
+    # ---- readers ---------------------------------------------------------------------------------------
+    def tar_files(self, chunks: Iterator[bytes], keep: bool) -> Iterator[tuple[str, bytes | None]]:
+        """(name, bytes or None) of each checked file of a streamed tar; ``finish`` once the stream ends."""
+        try:
+            with tarfile.open(fileobj=_StreamReader(chunks), mode="r|") as tar:
+                for member in tar:
+                    name = self.name_of(member.name, member.isfile())
+                    sha, data = _hash_read(tar.extractfile(member), keep or self.needs_bytes(name))
+                    self.accept(name, sha, data)
+                    yield name, data
+        except tarfile.TarError as e:
+            raise self.fail(f"the download is not a complete tar archive ({e}){self._progress()}", self._next()) from None
+        except BatchIntegrityError as e:
+            if e.file is not None:
+                raise
+            raise self.fail(f"{str(e).split(': ', 1)[-1]}{self._progress()}", self._next()) from e
+        self.finish()
+
+    def _next(self) -> str | None:
+        return next((n for n in [*self.digest, _MANIFEST] if n not in self.seen), None)
+
+    def _progress(self) -> str:
+        return f"; {len(self.seen)} of {len(self.digest) + 1} files arrived intact, {self._next()} did not"
+
+    def zip_file(self, path: Path) -> None:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    name = self.name_of(info.filename, not info.is_dir())
+                    with zf.open(info) as fh:
+                        sha, data = _hash_read(fh, self.needs_bytes(name))
+                    self.accept(name, sha, data)
+        except (zipfile.BadZipFile, EOFError) as e:
+            raise self.fail(f"the download is not a complete zip archive ({e})") from None
+        self.finish()
+
+
+def _hash_read(fh, keep: bool) -> tuple[str, bytes | None]:
+    h, parts = hashlib.sha256(), []
+    while chunk := fh.read(_CHUNK):
+        h.update(chunk)
+        if keep:
+            parts.append(chunk)
+    return h.hexdigest(), b"".join(parts) if keep else None
+
+
+def _guarded(chunks: Iterator[bytes], batch_id: str) -> Iterator[bytes]:
+    """The response body; a connection that ends early (no terminating chunk) is a BatchIntegrityError."""
+    try:
+        yield from chunks
+    except httpx.TransportError as e:
+        raise BatchIntegrityError(batch_id, f"the download ended early ({type(e).__name__}: {e})") from e
 
 
 class _StreamReader(io.RawIOBase):
@@ -173,52 +328,68 @@ class SynthradClient:
     def delete(self, batch: str | dict) -> None:
         self._check(self.http.delete(f"/v1/batches/{_batch_id(batch)}"))
 
+    @contextmanager
+    def _archive(self, batch_id: str, archive: str) -> Iterator[Iterator[bytes]]:
+        with self.http.stream("GET", f"/v1/batches/{batch_id}/download", params={"archive": archive}) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            yield _guarded(r.iter_bytes(), batch_id)
+
     def download(self, batch: str | dict, dest: str | Path, archive: str = "tar") -> Path:
-        """Stream the batch archive to ``dest`` (a folder, or a file path ending in .tar/.zip)."""
-        bid = _batch_id(batch)
+        """Stream the batch archive to ``dest`` (a folder, or a file path ending in .tar/.zip).
+
+        Every file is checked against the manifest; on any problem nothing is left at ``dest`` and
+        :class:`BatchIntegrityError` is raised."""
+        man = self.batch(batch)
+        bid = man["batch_id"]
+        check = _ArchiveCheck(man)
         dest = Path(dest)
         if dest.suffix not in (".tar", ".zip"):
             dest.mkdir(parents=True, exist_ok=True)
             dest = dest / f"{bid}.{archive}"
         tmp = dest.with_name(dest.name + ".part")
-        with self.http.stream("GET", f"/v1/batches/{bid}/download", params={"archive": archive}) as r:
-            if r.status_code >= 400:
-                r.read()
-                self._check(r)
-            with open(tmp, "wb") as fh:
-                for chunk in r.iter_bytes():
-                    fh.write(chunk)
+        try:
+            with self._archive(bid, archive) as chunks, open(tmp, "wb") as fh:
+                def tee() -> Iterator[bytes]:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                        yield chunk
+
+                body = tee()
+                if archive == "tar":
+                    for _ in check.tar_files(body, keep=False):
+                        pass
+                for _ in body:  # the rest (zip: everything; tar: what follows the last member)
+                    pass
+            if archive == "zip":
+                check.zip_file(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(dest)
         return dest
 
     def iter_arrays(self, batch: str | dict) -> Iterator[tuple[np.ndarray, dict]]:
-        """Yield ``(float32 (H, W) in [0, 1], image record)`` in batch order, decoded from one streamed tar."""
+        """Yield ``(float32 (H, W) in [0, 1], image record)`` in batch order, decoded from one streamed tar.
+
+        Each file is checked against the manifest before it is decoded; a short, incomplete or mismatching
+        download raises :class:`BatchIntegrityError` (after the images that arrived intact)."""
         from services.common.codecs import decode_image
 
         man = self.batch(batch)
-        bid = man["batch_id"]
-        by_file: dict[str, list[dict]] = {}
-        for rec in man["images"]:
-            by_file.setdefault(rec["file"], []).append(rec)
-        with self.http.stream("GET", f"/v1/batches/{bid}/download", params={"archive": "tar"}) as r:
-            if r.status_code >= 400:
-                r.read()
-                self._check(r)
-            with tarfile.open(fileobj=_StreamReader(r.iter_bytes()), mode="r|") as tar:
-                for member in tar:
-                    name = member.name.split("/", 1)[-1]
-                    if name not in by_file or not member.isfile():
-                        continue
-                    data = tar.extractfile(member).read()
-                    recs = by_file[name]
-                    if recs[0].get("member"):  # a webdataset shard: several images inside
-                        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as shard:
-                            for rec in recs:
-                                img, _ = decode_image(shard.extractfile(rec["member"]).read(), rec["member"])
-                                yield img, rec
-                    else:
-                        img, _ = decode_image(data, name)
-                        yield img, recs[0]
+        check = _ArchiveCheck(man)
+        with self._archive(man["batch_id"], "tar") as chunks:
+            for name, data in check.tar_files(chunks, keep=True):
+                recs = check.records.get(name, [])
+                if recs and recs[0].get("member"):  # a webdataset shard: several images inside
+                    members = check.shard_members(name, data)
+                    for rec in recs:
+                        img, _ = decode_image(members[rec["member"]], rec["member"])
+                        yield img, rec
+                elif recs:
+                    img, _ = decode_image(data, name)
+                    yield img, recs[0]
 
     def iter_images(self, batch: str | dict) -> Iterator[tuple[Any, dict]]:
         """Yield ``(torch.FloatTensor (1, H, W) in [0, 1], image record)`` — ready for a training loop."""

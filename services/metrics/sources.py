@@ -203,7 +203,9 @@ class BatchSource(ImageSource):
             store_url = get_settings().resolved_store_url
         self.store = BatchStore(store_url)
         self.batch_id = batch_id
-        self.manifest = self.store.get(batch_id)  # raises BatchNotFound / InvalidBatchId
+        # every stored file checked against the manifest's sha256 before anything is read for scoring:
+        # raises BatchNotFound / InvalidBatchId, and BatchDamaged for a missing, corrupt or swapped file
+        self.manifest = self.store.verify(batch_id)
         self.n = _manifest_count(self.manifest)
         self.description = f"batch {batch_id} ({self.n if self.n is not None else '?'} images) in {store_url}"
         self._hash: str | None = None
