@@ -2,36 +2,75 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from services.common.findings import Condition
+from services.common.findings import FINDING_ALIASES, FINDINGS, NO_FINDING, Condition, FindingState
 from services.generator.base import GenerationParams, ModelInfo
+from services.metrics.api import ALL_METRICS
+from services.metrics.extractors import available_extractors
 
 from .jobs import JobRecord
 
 MAX_PROMPT_CHARS = 2000
+MAX_MODEL_ID_CHARS = 128
+
+#: Id formats (the store's and the job manager's validators are the authority; tests check they agree).
+BATCH_ID_PATTERN = r"^[0-9]{8}t[0-9]{6}-[0-9a-f]{12}$"
+BATCH_ID_EXAMPLE = "20261127t015959-1a2b3c4d5e6f"
+JOB_ID_PATTERN = r"^job-[0-9a-f]{16}$"
+JOB_ID_EXAMPLE = "job-0123456789abcdef"
+FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 _CONDITION_DOC = (
     "Per-finding states: {finding: present|absent|unspecified}. Findings: atelectasis, lung_opacity, "
-    "pleural_effusion, enlarged_cardiac_silhouette (alias cardiomegaly); {\"no_finding\": true} = all absent. "
-    "Omit for an unconditional request."
+    "pleural_effusion, enlarged_cardiac_silhouette (aliases: " + ", ".join(sorted(FINDING_ALIASES)) + "); "
+    "{\"no_finding\": true} = all absent (contradicts any present finding). Omit for an unconditional request."
 )
+_STATE_SCHEMA = {"type": "string", "enum": [s.value for s in FindingState]}
+#: The condition as clients write it (aliases and ``no_finding`` included), not the canonical model's fields.
+_CONDITION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": _CONDITION_DOC,
+    "properties": {**{f: _STATE_SCHEMA for f in (*FINDINGS, *sorted(FINDING_ALIASES))},
+                   NO_FINDING: {"type": "boolean"}},
+    "additionalProperties": False,
+    "examples": [{"pleural_effusion": "present", "cardiomegaly": "absent"}],
+}
+RequestCondition = Annotated[Condition, WithJsonSchema(_CONDITION_SCHEMA)]
+
+
+def _text_ok(v: str | None, what: str) -> str | None:
+    """Strings must be encodable text: JSON can carry lone surrogates (``"\\ud800"``) that no PNG, log or
+    response can hold."""
+    if v is not None:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what} is not valid Unicode text (lone surrogate at position {e.start}); "
+                             "send UTF-8 text") from None
+    return v
 
 
 class _GenBase(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str | None = Field(None, description="Model id (GET /v1/models); default: the platform's default model.",
+    model: str | None = Field(None, max_length=MAX_MODEL_ID_CHARS,
+                              description="Model id (GET /v1/models); default: the platform's default model.",
                               examples=["stylegan2-cxr64"])
-    condition: Condition | None = Field(None, description=_CONDITION_DOC,
-                                        examples=[{"pleural_effusion": "present", "cardiomegaly": "absent"}])
+    condition: RequestCondition | None = Field(None, description=_CONDITION_DOC)
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS,
                                description="Free-text findings instead of a condition, e.g. 'Large right pleural "
                                            "effusion. No cardiomegaly.'")
-    seed: int = Field(0, ge=0, lt=2**63, description="Image i gets seed + i (recorded with every image).")
+    seed: int = Field(0, ge=0, lt=2**63, description="Image i gets seed + i (recorded with every image); "
+                                                      "seed + count must stay below 2**63.")
     params: GenerationParams = Field(default_factory=GenerationParams)
+
+    @field_validator("model", "prompt")
+    @classmethod
+    def _valid_text(cls, v, info):
+        return _text_ok(v, info.field_name)
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -55,16 +94,33 @@ class BatchRequest(_GenBase):
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_id: str = Field(..., max_length=64)
-    reference: str = Field("nih-cxr64", max_length=128, description="A registered real reference set.")
-    metrics: list[str] = Field(default_factory=lambda: ["fid"], max_length=16,
-                               description="fid, kid, ipr, prdc, spatial, svm, variety")
+    batch_id: str = Field(..., max_length=64, pattern=BATCH_ID_PATTERN,
+                          description=f"A stored batch (GET /v1/batches), e.g. {BATCH_ID_EXAMPLE}.",
+                          examples=[BATCH_ID_EXAMPLE])
+    reference: str = Field("nih-cxr64", max_length=128, description="A registered real reference set "
+                                                                    "(GET /v1/references).")
+    metrics: list[str] = Field(default_factory=lambda: ["fid"], min_length=1, max_length=16,
+                               description=f"One or more of: {', '.join(ALL_METRICS)}, or 'all'.",
+                               examples=[["fid", "kid"]])
     extractor: str = Field("inception", max_length=64,
-                           description="Feature extractor; only 'inception' scores are called FID.")
+                           description=f"Feature extractor: {', '.join(available_extractors())}; only 'inception' "
+                                       "Fréchet distances are called FID.")
+
+    @field_validator("batch_id", "reference", "extractor")
+    @classmethod
+    def _valid_text(cls, v, info):
+        return _text_ok(v, info.field_name)
+
+    @field_validator("metrics")
+    @classmethod
+    def _valid_metrics(cls, v):
+        for m in v:
+            _text_ok(m, "metric name")
+        return v
 
 
 class JobView(BaseModel):
-    job_id: str
+    job_id: str = Field(..., pattern=JOB_ID_PATTERN, examples=[JOB_ID_EXAMPLE])
     kind: str
     state: str
     done: int
@@ -102,6 +158,8 @@ class ModelView(ModelInfo):
     backend: str | None = None
     device: str | None = None
     is_default: bool = False
+    resolutions: str | None = Field(None, description="Output sizes it makes, e.g. '64 (native) or a resize to "
+                                                      "16..256' (params.resolution).")
 
 
 class BatchSummary(BaseModel):
@@ -116,6 +174,29 @@ class BatchSummary(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
 
 
+class Readiness(BaseModel):
+    ready: bool
+    components: dict[str, str] = Field(..., description="component -> 'ok' or why it is not ready")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(..., description="where: e.g. ['body', 'params', 'steps'] or ['path', 'batch_id']")
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
-    error: str
-    detail: str
+    """Every error response of the API (4xx and 5xx) has this JSON body."""
+
+    error: str = Field(..., description="machine-readable kind: invalid_argument, bad_id, bad_request, not_found, "
+                                        "method_not_allowed, not_ready, too_large, unsupported_media_type, "
+                                        "unauthenticated, forbidden, rate_limited, too_many_jobs, unavailable, "
+                                        "internal",
+                       examples=["invalid_argument"])
+    detail: str = Field(..., description="what is wrong and what to do about it",
+                        examples=["seed: Input should be a finite number"])
+    errors: list[FieldError] | None = Field(None, description="request validation (422): one entry per problem")
+    error_id: str | None = Field(None, description="server errors (500): the id the server logged the details "
+                                                   "under; quote it when reporting the problem")
+    retry_after_s: float | None = Field(None, description="rate limits (429): seconds until a retry can succeed "
+                                                          "(also the Retry-After header)")

@@ -32,9 +32,13 @@ class GenerationParams(BaseModel):
 
     steps: int | None = Field(None, ge=1, le=1000, description="Sampler steps (diffusion).")
     sampler: Literal["ddpm", "ddim", "dpmpp"] | None = Field(None, description="ddpm | ddim | dpmpp (diffusion).")
-    guidance: float | None = Field(None, ge=0.0, le=50.0, description="Classifier-free guidance scale (diffusion).")
-    truncation: float | None = Field(None, ge=0.0, le=2.0, description="Truncation psi (StyleGAN2).")
-    resolution: int | None = Field(None, ge=16, le=1024, description="Output size; must match the model or be a supported resize.")
+    guidance: float | None = Field(None, ge=0.0, le=50.0, allow_inf_nan=False,
+                                   description="Classifier-free guidance scale (diffusion).")
+    truncation: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False,
+                                     description="Truncation psi (StyleGAN2).")
+    resolution: int | None = Field(None, ge=16, le=1024,
+                                   description="Output size in px; the model's native resolution (GET /v1/models) or "
+                                               "a resize it supports (refused with 422 naming the sizes otherwise).")
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -65,7 +69,22 @@ ALL_PARAMS: frozenset[str] = frozenset(GenerationParams.model_fields)
 
 
 class GeneratorError(ValueError):
-    """Invalid generation request for this model (maps to 4xx / INVALID_ARGUMENT)."""
+    """Invalid generation request for this model (maps to 4xx / INVALID_ARGUMENT).
+
+    Generator errors are raised inside Ray replicas and rebuilt in the gateway, so every subclass must survive
+    pickling whatever its ``__init__`` takes: :meth:`__reduce__` rebuilds from ``args`` and ``__dict__``
+    without calling ``__init__`` (a subclass with extra constructor arguments, like :class:`UnusedParam`,
+    otherwise arrives as Ray's ``UnserializableException`` — an HTTP 500)."""
+
+    def __reduce__(self):
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type, args: tuple, state: dict) -> BaseException:
+    exc = cls.__new__(cls)
+    BaseException.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
 
 
 class UnusedParam(GeneratorError):
@@ -74,6 +93,15 @@ class UnusedParam(GeneratorError):
     def __init__(self, message: str, param: str):
         super().__init__(message)
         self.param = param
+
+
+class UnsupportedResolution(GeneratorError):
+    """A ``resolution`` the model cannot make (``resolution`` / ``native`` say which)."""
+
+    def __init__(self, message: str, resolution: int, native: int):
+        super().__init__(message)
+        self.resolution = resolution
+        self.native = native
 
 
 class LoadedGenerator(ABC):
@@ -88,6 +116,13 @@ class LoadedGenerator(ABC):
     text_conditioned: bool = False
     #: The :class:`GenerationParams` fields this family reads; :meth:`check_params` refuses the others.
     uses_params: frozenset[str] = ALL_PARAMS
+    #: Output sizes besides the native ``resolution`` (families that read ``resolution`` resize their native
+    #: output): from ``min_resolution`` px up to ``max_resize_factor`` x native, multiples of
+    #: ``resolution_multiple``. A family that can only make its native size sets ``max_resize_factor = 1``;
+    #: one with other rules overrides :meth:`check_resolution`.
+    min_resolution: int = 16
+    max_resize_factor: float = 4.0
+    resolution_multiple: int = 1
 
     @abstractmethod
     def generate(
@@ -118,6 +153,38 @@ class LoadedGenerator(ABC):
                 takes = ", ".join(sorted(self.uses_params)) or "none"
                 raise UnusedParam(f"model {self.model_id!r} ({self.family}) does not use {name!r}; "
                                   f"its parameters: {takes}", name)
+        if params.resolution is not None:
+            self.check_resolution(int(params.resolution))
+
+    def resolution_range(self) -> tuple[int, int, int]:
+        """``(smallest, largest, multiple)`` output size in px this model makes (native size included)."""
+        native = int(self.resolution)
+        if "resolution" not in self.uses_params or self.max_resize_factor <= 1:
+            return native, native, 1
+        step = max(1, int(self.resolution_multiple))
+        lo = min(native, -(-int(self.min_resolution) // step) * step)
+        hi = max(native, int(native * self.max_resize_factor) // step * step)
+        return lo, hi, step
+
+    def describe_resolutions(self) -> str:
+        lo, hi, step = self.resolution_range()
+        if lo == hi:
+            return f"{lo} only"
+        multiple = f" in multiples of {step}" if step > 1 else ""
+        return f"{self.resolution} (native) or a resize to {lo}..{hi}{multiple}"
+
+    def check_resolution(self, resolution: int) -> None:
+        """Raise :class:`UnsupportedResolution` unless this model can make ``resolution`` px images.
+
+        Called by :meth:`check_params`, which the gateway asks before it accepts a request (inline or batch),
+        so a size the model cannot make is refused at submission, never by a failed job."""
+        if resolution == int(self.resolution):
+            return
+        lo, hi, step = self.resolution_range()
+        if not (lo <= resolution <= hi and resolution % step == 0):
+            raise UnsupportedResolution(
+                f"model {self.model_id!r} makes {self.resolution} px images and cannot make {resolution} px; "
+                f"resolution: {self.describe_resolutions()}", resolution, int(self.resolution))
 
     def resolved_params(self, params: GenerationParams | None) -> dict:
         """The parameters a generation with ``params`` actually uses, model defaults filled in (recorded in

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,21 @@ class ChunkResult:
 
     images: np.ndarray
     stats: dict
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives the pickle round trip Ray puts it through on its way to the gateway, else a plain
+    stand-in with the same message (a :class:`GeneratorError` stays one, so it still maps to 4xx).
+
+    An exception class whose ``__init__`` takes other arguments than its ``args`` cannot be rebuilt by Ray: the
+    caller would get ``UnserializableException`` (an HTTP 500 with a remote traceback) instead of the error."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any failure to round-trip
+        if isinstance(exc, GeneratorError):
+            return GeneratorError(str(exc))
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def chunk_images(chunks: Sequence[GenChunk]) -> int:
@@ -142,7 +158,8 @@ class GeneratorReplica:
         except GeneratorError:  # a generator built in process (tests) has no descriptor
             info = self.gen.info().model_dump()
         info.update(backend=self.gen.backend, device=str(self.gen.device), replica=self.replica_id,
-                    model_hash=self.gen.model_hash, resolution=self.gen.resolution)
+                    model_hash=self.gen.model_hash, resolution=self.gen.resolution,
+                    resolutions=self.gen.describe_resolutions())
         return info
 
     def resolve_params(self, params: GenerationParams | None) -> dict:
@@ -247,7 +264,10 @@ class GeneratorDeployment:
 
     async def resolve_params(self, params: GenerationParams | None) -> dict:
         """Validate ``params`` for this model and fill in its defaults (the gateway asks before queueing)."""
-        return self.core.resolve_params(params)
+        try:
+            return self.core.resolve_params(params)
+        except Exception as e:  # noqa: BLE001 - re-raised in a form Ray can hand to the gateway
+            raise portable_error(e) from None
 
     async def generate(self, chunk: GenChunk) -> ChunkResult:
         """Batched generation (the normal path)."""
@@ -256,13 +276,16 @@ class GeneratorDeployment:
         chunk.submitted = time.time()
         res = await self._batched(chunk)
         if isinstance(res, BaseException):  # this chunk's group failed; other groups were unaffected
-            raise res
+            raise portable_error(res)
         return res
 
     async def generate_unbatched(self, chunk: GenChunk) -> ChunkResult:
         """One request, one forward pass, no waiting for others (benchmark baseline)."""
         chunk.submitted = time.time()
-        return await asyncio.to_thread(self.core.generate_now, chunk)
+        try:
+            return await asyncio.to_thread(self.core.generate_now, chunk)
+        except Exception as e:  # noqa: BLE001
+            raise portable_error(e) from None
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S,
                  batch_size_fn=chunk_images)

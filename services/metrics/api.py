@@ -100,10 +100,27 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
         return list(ALL_METRICS)
     bad = [m for m in items if m not in ALL_METRICS]
     if bad:
-        raise MetricsError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(ALL_METRICS)} or 'all'")
+        named = ", ".join(repr(m) if len(m) <= 40 else repr(m[:36]) + "…" for m in bad[:5])
+        raise MetricsError(f"unknown metric(s) {named}{' …' if len(bad) > 5 else ''}; "
+                           f"choose from {', '.join(ALL_METRICS)} or 'all'")
     if not items:
-        raise MetricsError("no metrics requested")
+        raise MetricsError(f"no metrics requested; choose from {', '.join(ALL_METRICS)} or 'all'")
     return list(dict.fromkeys(items))
+
+
+def check_request(metrics: str | Sequence[str], extractor: str) -> tuple[list[str], str]:
+    """``(metrics, extractor)`` as :func:`score` will use them, or :class:`MetricsError` naming an unknown metric,
+    an empty metric list or an unknown extractor (with the valid names) — checked without loading anything, so
+    the serving layer refuses a bad scoring request at submission instead of queueing a job that fails."""
+    from services.metrics.extractors import available_extractors
+
+    mlist = parse_metrics(metrics)
+    name = str(extractor or "").strip()
+    known = available_extractors()
+    if name not in known:
+        shown = repr(name) if len(name) <= 40 else repr(name[:36]) + "…"
+        raise MetricsError(f"unknown extractor {shown}; available: {', '.join(known)}")
+    return mlist, name
 
 
 def _resolve(spec: Any, side: str, store_url: str | None, cache: FeatureCache):
@@ -406,5 +423,5 @@ def score(
     return res
 
 
-__all__ = ["ALL_METRICS", "MetricsError", "Score", "ScoreResult", "SetInfo", "parse_metrics", "score",
+__all__ = ["ALL_METRICS", "MetricsError", "Score", "ScoreResult", "SetInfo", "check_request", "parse_metrics", "score",
            "undefined_spatial_rows"]

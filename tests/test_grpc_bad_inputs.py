@@ -1,0 +1,278 @@
+"""Every bad gRPC input is INVALID_ARGUMENT (or NOT_FOUND) naming the problem, never INTERNAL (no Ray).
+
+The real servicer on a plain ``grpc.aio`` server on 127.0.0.1, tiny test generators, the in-process Platform.
+Every field of every RPC gets out-of-range values: zero / huge counts, huge seeds, unknown enum values, empty and
+malformed ids, contradictory conditions, unknown metrics and extractors, NaN params.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import pytest
+
+from serving_fakes import FakeScorer, GanLikeGenerator, TinyGenerator
+from services.common.config import Settings
+from services.common.store import BatchStore
+from services.gateway.clients import LocalGenerators, LocalScorer
+from services.gateway.core import Platform
+from services.gateway.grpc_api import GrpcApi, add_to_server
+from services.generator.deployment import GeneratorReplica
+from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
+from synthrad.v1 import metrics_pb2_grpc
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+P = common_pb2.FINDING_STATE_PRESENT
+
+
+class NativeOnly(TinyGenerator):
+    max_resize_factor = 1  # like its generate(): 32 px only
+
+
+class NativeOnlyGan(GanLikeGenerator):
+    max_resize_factor = 1
+
+
+class Env:
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+
+    async def __aenter__(self):
+        settings = Settings(home=self.tmp_path / "home")
+        self.store = BatchStore(settings.resolved_store_url)
+        self.tiny, self.gan = NativeOnly("tiny"), NativeOnlyGan("gan")
+        self.platform = Platform(
+            LocalGenerators({g.model_id: GeneratorReplica(g.model_id, generator=g) for g in (self.tiny, self.gan)}),
+            LocalScorer(FakeScorer(self.store)), self.store, settings, jobs_dir=settings.home / "jobs",
+            default_model="tiny")
+        self.server = grpc.aio.server()
+        add_to_server(GrpcApi(self.platform), self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.gen = generator_pb2_grpc.GeneratorServiceStub(self.channel)
+        self.batch = batch_pb2_grpc.BatchServiceStub(self.channel)
+        self.metrics = metrics_pb2_grpc.MetricsServiceStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.channel.close()
+        await self.server.stop(None)
+
+    async def stored_batch(self) -> str:
+        job = await self.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=2))
+        async for j in self.batch.WatchJob(common_pb2.GetJobRequest(job_id=job.job_id)):
+            last = j
+        assert last.state == common_pb2.JOB_STATE_SUCCEEDED, last
+        return last.batch_id
+
+
+async def expect(call, code: grpc.StatusCode, *needles: str) -> str:
+    """Await a unary call (or drain a stream) and check it fails with ``code`` naming every needle."""
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        res = call
+        if hasattr(res, "__aiter__"):
+            async for _ in res:
+                pass
+        else:
+            await res
+    err = ei.value
+    assert err.code() == code, (err.code(), err.details())
+    details = err.details() or ""
+    for n in needles:
+        assert n.lower() in details.lower(), (n, details)
+    assert "Traceback" not in details and len(details) <= 2100
+    return details
+
+
+def cond(**kw) -> common_pb2.Condition:
+    by_name = kw.pop("by_name", {})
+    c = common_pb2.Condition(**kw)
+    for k, v in by_name.items():
+        c.by_name[k] = v
+    return c
+
+
+def gp(**kw) -> common_pb2.GenerationParams:
+    return common_pb2.GenerationParams(**kw)
+
+
+GENERATE_CASES = [
+    # condition: contradictions, unknown names, enum values outside FindingState
+    (dict(condition=cond(no_finding=True, pleural_effusion=P)), ("no_finding", "pleural_effusion")),
+    (dict(condition=cond(no_finding=True, by_name={"cardiomegaly": P})), ("no_finding", "enlarged_cardiac_silhouette")),
+    (dict(condition=cond(by_name={"no_finding": P, "effusion": P})), ("no_finding", "pleural_effusion")),
+    (dict(condition=cond(atelectasis=P, by_name={"atelectasis": common_pb2.FINDING_STATE_ABSENT})),
+     ("atelectasis", "twice")),
+    (dict(condition=cond(by_name={"pneumothorax": P})), ("pneumothorax", "known findings")),
+    (dict(condition=cond(by_name={"": P})), ("unknown finding",)),
+    (dict(condition=cond(atelectasis=7)), ("invalid state 7", "atelectasis", "FINDING_STATE_PRESENT")),
+    (dict(condition=cond(by_name={"opacity": 99})), ("invalid state 99", "opacity")),
+    # counts, seeds
+    (dict(count=0), ("count",)),
+    (dict(count=2**32 - 1), ("count", "limit")),
+    (dict(seed=2**64 - 1), ("seed",)),
+    (dict(seed=2**63 - 1, count=2), ("seed",)),
+    # params: bounds, NaN, unknown sampler, unused by the family, sizes the model cannot make
+    (dict(params=gp(steps=0)), ("params.steps",)),
+    (dict(params=gp(steps=2**32 - 1)), ("params.steps",)),
+    (dict(params=gp(guidance=math.nan)), ("params.guidance", "finite")),
+    (dict(params=gp(guidance=math.inf)), ("params.guidance",)),
+    (dict(params=gp(truncation=-1.0)), ("params.truncation",)),
+    (dict(params=gp(sampler="bogus")), ("params.sampler",)),
+    (dict(params=gp(resolution=0)), ("params.resolution",)),
+    (dict(params=gp(resolution=2**32 - 1)), ("resolution",)),
+    (dict(params=gp(resolution=64)), ("64", "32 only")),
+    (dict(model_id="gan", params=gp(sampler="ddim")), ("sampler", "gan")),
+    # model, prompt, encoding
+    (dict(model_id="nope"), ("nope", "tiny")),
+    (dict(model_id="x" * 100_000), ("unknown model",)),
+    (dict(prompt="p" * 3000), ("prompt", "2000")),
+    (dict(prompt="zebra crossing"), ("understood",)),
+    (dict(prompt="effusion", condition=cond(atelectasis=P)), ("either",)),
+    (dict(encoding=99), ("encoding 99", "IMAGE_ENCODING_PNG16")),
+]
+
+
+@pytest.mark.parametrize("fields, needles", GENERATE_CASES, ids=[str(i) for i in range(len(GENERATE_CASES))])
+def test_generate_and_stream_refuse_bad_fields(tmp_path, fields, needles):
+    async def go():
+        async with Env(tmp_path) as env:
+            req = generator_pb2.GenerateRequest(**{"count": 1, **fields})
+            await expect(env.gen.Generate(req), INVALID, *needles)
+            await expect(env.gen.StreamGenerate(req), INVALID, *needles)
+            breq = batch_pb2.CreateBatchRequest(**{k: v for k, v in {"count": 1, **fields}.items() if k != "encoding"})
+            if "encoding" not in fields:
+                await expect(env.batch.CreateBatch(breq), INVALID, *needles)
+            jobs = await env.batch.ListJobs(common_pb2.ListJobsRequest())
+            assert list(jobs.jobs) == [] and env.tiny.calls == [] and env.gan.calls == []  # refused up front
+
+    asyncio.run(go())
+
+
+def test_create_batch_refuses_unknown_format_and_oversized_counts(tmp_path):
+    async def go():
+        async with Env(tmp_path) as env:
+            await expect(env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=1, format=42)), INVALID,
+                         "format 42", "BATCH_FORMAT_WEBDATASET")
+            await expect(env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=10_001)), INVALID, "10001")
+            await expect(env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=0)), INVALID, "count")
+            ok = await env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=1, params=gp(resolution=32)))
+            assert ok.state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING,
+                                common_pb2.JOB_STATE_SUCCEEDED)
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("job_id, code, needle", [
+    ("", INVALID, "invalid job id"),
+    ("job-xyz", INVALID, "invalid job id"),
+    ("../../etc/passwd", INVALID, "invalid job id"),
+    ("job-0123456789ABCDEF", INVALID, "invalid job id"),
+    ("j" * 10_000, INVALID, "invalid job id"),
+    ("job-0123456789abcdef", NOT_FOUND, "not found"),
+])
+def test_job_ids(tmp_path, job_id, code, needle):
+    async def go():
+        async with Env(tmp_path) as env:
+            req = common_pb2.GetJobRequest(job_id=job_id)
+            await expect(env.batch.GetJob(req), code, needle)
+            await expect(env.batch.WatchJob(req), code, needle)
+            await expect(env.metrics.GetScore(req), code, needle)
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("batch_id, code, needle", [
+    ("", INVALID, "invalid batch id"),
+    ("not-a-batch", INVALID, "invalid batch id"),
+    ("../../etc", INVALID, "invalid batch id"),
+    ("20261127T015959-0123456789ab", INVALID, "invalid batch id"),
+    ("b" * 10_000, INVALID, "invalid batch id"),
+    ("20261127t015959-0123456789ab", NOT_FOUND, "not found"),
+])
+def test_batch_ids(tmp_path, batch_id, code, needle):
+    async def go():
+        async with Env(tmp_path) as env:
+            req = batch_pb2.GetBatchRequest(batch_id=batch_id)
+            details = await expect(env.batch.GetBatch(req), code, needle)
+            assert str(tmp_path) not in details  # the store's location is not the client's business
+            await expect(env.batch.DeleteBatch(req), code, needle)
+            await expect(env.batch.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=batch_id)), code,
+                         needle)
+            await expect(env.metrics.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=batch_id)), code, needle)
+
+    asyncio.run(go())
+
+
+def test_stream_batch_images_refuses_an_unknown_encoding(tmp_path):
+    async def go():
+        async with Env(tmp_path) as env:
+            bid = await env.stored_batch()
+            await expect(env.batch.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=bid, encoding=5)),
+                         INVALID, "encoding 5")
+            got = [m async for m in env.batch.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=bid))]
+            assert len(got) == 2
+
+    asyncio.run(go())
+
+
+def test_list_jobs_kind(tmp_path):
+    async def go():
+        async with Env(tmp_path) as env:
+            await expect(env.batch.ListJobs(common_pb2.ListJobsRequest(kind="everything")), INVALID, "everything",
+                         "batch or score")
+
+    asyncio.run(go())
+
+
+def test_create_score_checks_metrics_extractor_and_reference_at_submission(tmp_path):
+    from services.metrics.api import ALL_METRICS
+    from services.metrics.extractors import available_extractors
+
+    async def go():
+        async with Env(tmp_path) as env:
+            bid = await env.stored_batch()
+
+            def req(**kw):
+                return metrics_pb2.CreateScoreRequest(batch_id=bid, reference="fake-ref", **kw)
+
+            details = await expect(env.metrics.CreateScore(req(metrics=["fid", "fidd"])), INVALID, "fidd")
+            assert all(m in details for m in ALL_METRICS)
+            details = await expect(env.metrics.CreateScore(req(extractor="resnet")), INVALID, "resnet")
+            assert all(x in details for x in available_extractors())
+            await expect(env.metrics.CreateScore(req(metrics=[""])), INVALID, "no metrics")
+            await expect(env.metrics.CreateScore(req(metrics=["x" * 100_000])), INVALID, "unknown metric")
+            await expect(env.metrics.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=bid, reference="nope")),
+                         INVALID, "nope", "fake-ref")
+            before = await env.batch.ListJobs(common_pb2.ListJobsRequest(kind="score"))
+            assert list(before.jobs) == []  # nothing was queued by the refused requests
+            job = await env.metrics.CreateScore(req())  # no metrics given = the default (fid)
+            assert '"metrics": ["fid"]' in job.request_json and job.kind == "score"
+            # a batch job is not a scoring job
+            batch_job = (await env.batch.ListJobs(common_pb2.ListJobsRequest(kind="batch"))).jobs[0]
+            await expect(env.metrics.GetScore(common_pb2.GetJobRequest(job_id=batch_job.job_id)), NOT_FOUND,
+                         "not a scoring job")
+
+    asyncio.run(go())
+
+
+def test_server_failure_is_internal_with_an_error_id_only(tmp_path, caplog):
+    async def go():
+        async with Env(tmp_path) as env:
+            async def broken():
+                raise RuntimeError("cannot reach 10.9.8.7:6379 from /opt/synthrad/secret.cfg (pid=31337)")
+
+            env.platform.model_infos = broken
+            details = await expect(env.gen.ListModels(generator_pb2.ListModelsRequest()), grpc.StatusCode.INTERNAL,
+                                   "internal error")
+            for secret in ("10.9.8.7", "/opt/synthrad", "31337", "RuntimeError"):
+                assert secret not in details
+            return details
+
+    details = asyncio.run(go())
+    error_id = details.split()[2].rstrip(":")
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
