@@ -17,7 +17,7 @@ from synthrad.client import JobFailed, SynthradClient, SynthradError
 @pytest.fixture
 def client(tmp_path):
     platform, store, gen = make_platform(tmp_path)
-    with TestClient(create_app(platform)) as http:
+    with TestClient(create_app(platform), base_url="http://localhost") as http:
         yield SynthradClient(http=http), gen
 
 
@@ -55,7 +55,7 @@ def test_write_webdataset_and_download(client, tmp_path):
 
 def test_errors_and_failed_jobs(tmp_path):
     platform, *_ = make_platform(tmp_path, gen=TinyGenerator("tiny", fail_seeds={4}))
-    with TestClient(create_app(platform)) as http:
+    with TestClient(create_app(platform), base_url="http://localhost") as http:
         c = SynthradClient(http=http)
         with pytest.raises(JobFailed, match="seed 4"):
             c.create_batch(count=10, progress=False)

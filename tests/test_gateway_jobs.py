@@ -116,7 +116,9 @@ def test_error_mapping_unwraps_remote_errors():
             self.cause = cause
 
     assert api_error(RemoteError(UnknownModel("unknown model 'x'"))).http_status == 422
-    assert api_error(RemoteError(RuntimeError("boom"))).message == "RuntimeError: boom"
+    internal = api_error(RemoteError(RuntimeError("boom /srv/secret/path")))
+    assert internal.http_status == 500 and "boom" not in internal.message  # nothing internal is sent
+    assert internal.summary.startswith("RuntimeError: boom") and "/srv/secret" not in internal.summary
     assert api_error(InvalidBatchId("bad")).http_status == 400
     assert api_error(BatchNotFound("gone")).http_status == 404
 

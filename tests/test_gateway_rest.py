@@ -21,7 +21,7 @@ from services.gateway.rest import create_app
 @pytest.fixture
 def env(tmp_path):
     platform, store, gen = make_platform(tmp_path)
-    with TestClient(create_app(platform)) as client:
+    with TestClient(create_app(platform), base_url="http://localhost") as client:
         yield client, store, gen, platform
 
 
@@ -148,7 +148,7 @@ def test_batch_formats(env, fmt, ext):
 def test_failing_job_is_reported_and_never_half_stored(tmp_path):
     gen = TinyGenerator("tiny", fail_seeds={45})
     platform, store, _ = make_platform(tmp_path, gen=gen)
-    with TestClient(create_app(platform)) as client:
+    with TestClient(create_app(platform), base_url="http://localhost") as client:
         r = client.post("/v1/batches", json={"count": 60, "seed": 0})
         job = wait_job(client, r.json()["job_id"])
         assert job["state"] == "failed" and "injected failure at seed 45" in job["error"]
@@ -180,7 +180,7 @@ def test_ids_are_validated_no_traversal(env):
 
 def test_body_size_limit(tmp_path):
     platform, *_ = make_platform(tmp_path, limits={"max_request_bytes": 2048})
-    with TestClient(create_app(platform)) as client:
+    with TestClient(create_app(platform), base_url="http://localhost") as client:
         r = client.post("/v1/generate", json={"prompt": "x" * 1900, "count": 1, "seed": 3, "model": "y" * 300})
         assert r.status_code == 413 and "2048" in r.json()["detail"]
         def chunked():  # no Content-Length: the limit must hold while the body streams in
@@ -195,7 +195,7 @@ def test_body_size_limit(tmp_path):
 
 def test_api_keys(tmp_path):
     platform, *_ = make_platform(tmp_path, api_keys=["s3cret"])
-    with TestClient(create_app(platform)) as client:
+    with TestClient(create_app(platform), base_url="http://localhost") as client:
         assert client.get("/v1/models").status_code == 401
         assert client.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
@@ -206,7 +206,7 @@ def test_api_keys(tmp_path):
 
 def test_concurrent_job_limit(tmp_path):
     platform, *_ = make_platform(tmp_path, limits={"max_concurrent_jobs": 1, "max_batch_images": 100})
-    with TestClient(create_app(platform)) as client:
+    with TestClient(create_app(platform), base_url="http://localhost") as client:
         first = client.post("/v1/batches", json={"count": 100})
         second = client.post("/v1/batches", json={"count": 1})
         assert first.status_code == 202
@@ -249,7 +249,7 @@ def test_metrics_after_requests(env):
 
 def test_params_the_model_does_not_use_are_refused_and_defaults_recorded(tmp_path):
     platform, store, gen = make_platform(tmp_path, gen=GanLikeGenerator("gan"))
-    with TestClient(create_app(platform)) as client:
+    with TestClient(create_app(platform), base_url="http://localhost") as client:
         r = client.post("/v1/generate", json={"params": {"sampler": "ddim"}})
         assert r.status_code == 422 and "sampler" in r.json()["detail"] and "gan" in r.json()["detail"], r.text
         r = client.post("/v1/batches", json={"count": 3, "params": {"steps": 10, "truncation": 0.5}})

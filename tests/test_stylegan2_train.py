@@ -250,3 +250,32 @@ def test_grid_conditions_one_order_full_labels(tmp_path):
         im = np.asarray(Image.open(p))
         label_col = im[:, :im.shape[1] - 2 * (h + 2) - 2]
         assert (label_col < 128).any()  # text drawn
+
+
+def test_resume_loads_only_safe_checkpoints(tmp_path):
+    """A checkpoint that pickles an object (here one whose unpickling would run a command) is refused, not
+    unpickled; synthrad's own checkpoints load with torch.load(weights_only=True)."""
+    import os
+
+    import torch
+
+    from services.generator.train.common import CHECKPOINT, UnsafeCheckpoint, load_checkpoint, save_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'owned'}",))
+
+    bad = tmp_path / "bad" / CHECKPOINT
+    bad.parent.mkdir()
+    torch.save({"step": 1, "x": Evil()}, bad)
+    with pytest.raises(UnsafeCheckpoint):
+        load_checkpoint(bad)
+    assert not (tmp_path / "owned").exists()
+    with pytest.raises(UnsafeCheckpoint):
+        StyleGAN2Trainer(cfg(tmp_path / "bad", resume=True), dataset=ToyData())
+    assert not (tmp_path / "owned").exists()
+    import numpy as np
+
+    good = save_checkpoint(tmp_path / "good" / CHECKPOINT, {"a": np.arange(3), "p": tmp_path, "t": torch.ones(2)})
+    st = load_checkpoint(good)
+    assert st["p"] == str(tmp_path) and st["a"].tolist() == [0, 1, 2]

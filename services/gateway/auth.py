@@ -1,44 +1,128 @@
-"""API-key authentication for REST and gRPC.
+"""Who is calling and what they may do: API keys with scopes, one operation table for REST and gRPC.
 
-Keys come from settings (``SYNTHRAD_API_KEYS='["key-1","key-2"]'``, a JSON list). With no key configured,
-authentication is disabled — the local default, where ``synthrad serve`` binds to 127.0.0.1 only. With
-keys configured every API call must carry one:
+Keys come from settings (``SYNTHRAD_API_KEYS``: a JSON list of :class:`~services.common.config.ApiKeySpec`
+objects or bare strings). With no key configured, authentication is disabled — the local default, where
+``synthrad serve`` binds to 127.0.0.1 only and the Host header must name this machine (DNS-rebinding guard).
+With keys configured every API call must carry one:
 
 * REST: header ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``;
 * gRPC: metadata ``x-api-key: <key>`` or ``authorization: Bearer <key>``.
 
-Liveness/readiness (``/v1/healthz``, ``/v1/readyz``), ``/metrics`` (Prometheus scrapers) and the OpenAPI
-docs stay open. Keys are compared in constant time; a missing or wrong key is 401 / UNAUTHENTICATED.
+Every operation has ONE name (the gRPC method name; REST routes map onto the same names in
+:data:`REST_OPERATIONS`) and ONE scope in :data:`OPERATION_SCOPES`. A key without the scope gets 403 /
+PERMISSION_DENIED. Liveness/readiness, ``/metrics`` (Prometheus scrapers) and the OpenAPI docs stay open;
+``/metrics?ray=1`` (Ray's own series) needs ``admin``.
+
+Keys are stored and compared as sha256 digests, in constant time over the whole key list. A missing or wrong
+key is 401 / UNAUTHENTICATED; a client that fails too often is locked out for a while (429, see
+``quotas.AuthFailureGuard``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from .errors import Unauthenticated
+from services.common.config import SCOPES, ApiKeySpec, SecuritySettings
+
+from .errors import BadRequest, Forbidden, Unauthenticated
+from .quotas import AuthFailureGuard, KeyLimiter
 
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
 
+#: operation -> scope it needs (None: open). Operation names are the gRPC method names.
+OPERATION_SCOPES: dict[str, str | None] = {
+    "Ready": None,
+    "ListModels": "read", "GetModel": "read", "ListReferences": "read",
+    "Generate": "generate", "StreamGenerate": "generate", "CreateBatch": "generate",
+    "ListJobs": "read", "GetJob": "read", "WatchJob": "read",
+    "ListBatches": "read", "GetBatch": "read", "StreamBatchImages": "read",
+    "DownloadBatch": "read", "GetImage": "read", "GetFile": "read",
+    "DeleteBatch": "delete",
+    "CreateScore": "score", "GetScore": "read",
+    "RayMetrics": "admin",
+}
+
+#: REST (method, route path) -> operation
+REST_OPERATIONS: dict[tuple[str, str], str] = {
+    ("GET", "/v1/models"): "ListModels",
+    ("GET", "/v1/models/{model_id}"): "GetModel",
+    ("POST", "/v1/generate"): "Generate",
+    ("POST", "/v1/batches"): "CreateBatch",
+    ("GET", "/v1/batches"): "ListBatches",
+    ("GET", "/v1/batches/{batch_id}"): "GetBatch",
+    ("DELETE", "/v1/batches/{batch_id}"): "DeleteBatch",
+    ("GET", "/v1/batches/{batch_id}/download"): "DownloadBatch",
+    ("GET", "/v1/batches/{batch_id}/images/{index}"): "GetImage",
+    ("GET", "/v1/batches/{batch_id}/files/{name}"): "GetFile",
+    ("GET", "/v1/jobs"): "ListJobs",
+    ("GET", "/v1/jobs/{job_id}"): "GetJob",
+    ("GET", "/v1/references"): "ListReferences",
+    ("POST", "/v1/scores"): "CreateScore",
+    ("GET", "/v1/scores/{job_id}"): "GetScore",
+}
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller of one request. ``key_id`` is None when authentication is disabled."""
+
+    key_id: str | None
+    scopes: frozenset[str]
+    peer: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def has(self, scope: str | None) -> bool:
+        return scope is None or self.is_admin or scope in self.scopes
+
+    def may_see(self, owner_key_id: str | None) -> bool:
+        """Batches and jobs are visible to the key that made them, to admin keys, and to everyone when
+        authentication is off."""
+        return self.key_id is None or self.is_admin or owner_key_id == self.key_id
+
+
+#: the caller when authentication is disabled (local use): everything is allowed and visible
+LOCAL = Caller(key_id=None, scopes=frozenset(SCOPES))
+
+
+def host_of(host_header: str) -> str:
+    """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``::1``."""
+    h = (host_header or "").strip().lower()
+    if h.startswith("["):
+        return h[1:].split("]", 1)[0]
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
 
 class ApiKeyAuth:
-    def __init__(self, keys: Iterable[str] | None):
-        self.keys = [k for k in (keys or []) if k]
+    def __init__(self, keys: Iterable[ApiKeySpec | str] | None, security: SecuritySettings | None = None):
+        specs = [k if isinstance(k, ApiKeySpec) else ApiKeySpec.from_plain(k) for k in (keys or []) if k]
+        self.specs = specs
+        self._digests = [(bytes.fromhex(k.digest), k) for k in specs]
+        self.security = security or SecuritySettings()
+        self.limiter = KeyLimiter(specs)
+        self.failures = AuthFailureGuard(self.security)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.keys)
+        return bool(self.specs)
 
-    def valid(self, key: str | None) -> bool:
-        if not self.enabled:
-            return True
+    # ---- who ------------------------------------------------------------------------------------
+    def lookup(self, key: str | None) -> ApiKeySpec | None:
         if not key:
-            return False
-        key_b = key.encode()
-        ok = False
-        for k in self.keys:  # no early exit: constant time over the key list
-            ok |= hmac.compare_digest(key_b, k.encode())
-        return ok
+            return None
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        found = None
+        for d, spec in self._digests:  # no early exit: constant time over the key list
+            if hmac.compare_digest(digest, d):
+                found = spec
+        return found
 
     @staticmethod
     def key_from(headers: Mapping[str, str]) -> str | None:
@@ -50,16 +134,75 @@ class ApiKeyAuth:
             return auth[7:].strip()
         return None
 
-    def check(self, headers: Mapping[str, str]) -> None:
-        if not self.valid(self.key_from(headers)):
-            raise Unauthenticated("missing or invalid API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
-
-    def check_grpc(self, metadata: Sequence[tuple[str, str]] | None) -> None:
+    def authenticate(self, headers: Mapping[str, str], peer: str = "") -> Caller:
+        """The caller for these headers (lower-case names); 401 for a missing/wrong key, 429 when locked out."""
         if not self.enabled:
+            return Caller(LOCAL.key_id, LOCAL.scopes, peer)
+        self.failures.check(peer)
+        key = self.key_from(headers)
+        spec = self.lookup(key)
+        if spec is None:
+            self.failures.failed(peer, "missing key" if not key else "invalid key")
+            raise Unauthenticated("missing or invalid API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
+        return Caller(spec.id, frozenset(spec.scopes), peer)
+
+    def authenticate_grpc(self, metadata: Sequence[tuple[str, object]] | None, peer: str = "") -> Caller:
+        return self.authenticate(grpc_headers(metadata), peer)
+
+    # ---- what -----------------------------------------------------------------------------------
+    def authorize(self, caller: Caller, operation: str) -> None:
+        """403 unless the caller has the operation's scope; then charge one request to the key's rate."""
+        if operation not in OPERATION_SCOPES:
+            raise Forbidden(f"operation {operation!r} is not open to API callers")
+        scope = OPERATION_SCOPES[operation]
+        if not caller.has(scope):
+            raise Forbidden(f"API key {caller.key_id!r} may not {operation} (needs scope {scope!r}; "
+                            f"it has {', '.join(sorted(caller.scopes)) or 'none'})")
+        if caller.key_id is not None:
+            self.limiter.request(caller.key_id)
+
+    def charge_images(self, caller: Caller, n: int) -> None:
+        self.limiter.images(caller.key_id, n)
+
+    def refund_images(self, caller: Caller, n: int) -> None:
+        self.limiter.refund(caller.key_id, n)
+
+    # ---- where ----------------------------------------------------------------------------------
+    def check_host(self, host_header: str | None) -> None:
+        """While no API key is configured, only Host headers naming this machine (or ``allowed_hosts``) are
+        served: a web page on another origin cannot reach a keyless local server through DNS rebinding."""
+        allowed = [h.lower() for h in self.security.allowed_hosts]
+        if self.enabled and not allowed:
             return
-        headers = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in (metadata or [])}
-        self.check(headers)
+        host = host_of(host_header or "")
+        if host in allowed or "*" in allowed:
+            return
+        if not self.enabled and (host in _LOCAL_HOSTS or host.startswith("127.")):
+            return
+        raise BadRequest("Host header not accepted: this server answers to localhost unless "
+                              "SYNTHRAD_SECURITY__ALLOWED_HOSTS lists the name (or API keys are configured)")
 
     @staticmethod
     def is_open_path(path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in OPEN_PATHS)
+
+
+def grpc_headers(metadata: Sequence[tuple[str, object]] | None) -> dict[str, str]:
+    """gRPC metadata -> lower-case header dict. Binary (``-bin``) values and bytes that are not UTF-8 are
+    dropped rather than decoded (a key is text), so odd metadata is an authentication failure, not a crash."""
+    out: dict[str, str] = {}
+    for k, v in metadata or []:
+        name = str(k).lower()
+        if name.endswith("-bin"):
+            continue
+        if isinstance(v, (bytes, bytearray)):
+            try:
+                v = bytes(v).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+        out[name] = str(v)
+    return out
+
+
+__all__ = ["ApiKeyAuth", "Caller", "LOCAL", "OPERATION_SCOPES", "REST_OPERATIONS", "OPEN_PATHS", "grpc_headers",
+           "host_of"]

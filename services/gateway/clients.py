@@ -26,6 +26,11 @@ class Generators(Protocol):
 
     async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult: ...
 
+    def is_transient(self, exc: BaseException) -> bool:
+        """True when ``exc`` says the replica died or was unavailable (worth retrying the same chunk), False for
+        errors of the model or the request (retrying would fail the same way)."""
+        ...
+
 
 class Scorer(Protocol):
     async def references(self) -> list[str]: ...
@@ -65,6 +70,9 @@ class LocalGenerators:
     async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult:
         return await asyncio.to_thread(self._get(model_id).generate_now, chunk)
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return False  # in process: no replica to lose
+
 
 class HandleGenerators:
     """Generator deployments reached through Serve deployment handles (``method`` picks batched or not)."""
@@ -89,6 +97,24 @@ class HandleGenerators:
 
     async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult:
         return await getattr(self._get(model_id), self.method).remote(chunk)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient_ray_error(exc)
+
+
+def is_transient_ray_error(exc: BaseException) -> bool:
+    """A Ray / Serve failure of the machinery, not of the model: the replica or its node died, the actor is
+    unavailable (restarting), the deployment is backed up or has no replica yet. ``RayTaskError`` (the
+    model raised) is not transient."""
+    import ray.exceptions as rex
+    from ray.serve import exceptions as sex
+
+    if isinstance(exc, rex.RayTaskError):
+        return False
+    transient = (rex.RayActorError, rex.WorkerCrashedError, rex.LocalRayletDiedError, rex.NodeDiedError,
+                 rex.ObjectLostError, rex.RaySystemError, sex.BackPressureError, sex.DeploymentUnavailableError)
+    transient += tuple(t for t in (getattr(sex, "ReplicaUnavailableError", None),) if t is not None)
+    return isinstance(exc, transient)
 
 
 class LocalScorer:

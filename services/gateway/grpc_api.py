@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Sequence
 
 import grpc
 import numpy as np
+from pydantic import ValidationError
 
 from services.common.findings import FINDINGS, NO_FINDING, Condition, ConditionError, FindingState, canonical_finding
 from services.common.provenance import Provenance
@@ -26,9 +27,9 @@ from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, ge
 from synthrad.v1 import metrics_pb2_grpc
 
 from . import prometheus as m
-from .auth import ApiKeyAuth
+from .auth import LOCAL, ApiKeyAuth, Caller
 from .core import Platform
-from .errors import ApiError, InvalidArgument, api_error
+from .errors import ApiError, Forbidden, InvalidArgument, TooLarge, api_error
 from .jobs import JobRecord, JobState
 
 SERVICER_FUNCTIONS = [
@@ -43,6 +44,8 @@ _STATE_TO_PB = {FindingState.UNSPECIFIED: common_pb2.FINDING_STATE_UNSPECIFIED,
 _PB_TO_STATE = {v: k for k, v in _STATE_TO_PB.items()}
 _JOB_STATE = {JobState.QUEUED: common_pb2.JOB_STATE_QUEUED, JobState.RUNNING: common_pb2.JOB_STATE_RUNNING,
               JobState.SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED, JobState.FAILED: common_pb2.JOB_STATE_FAILED}
+_STATE_NAMES = ", ".join(f"{common_pb2.FindingState.Name(v)} ({v})" for v in sorted(_PB_TO_STATE))
+_ENCODINGS = {v: common_pb2.ImageEncoding.Name(v) for v in common_pb2.ImageEncoding.values()}
 _FORMATS = {batch_pb2.BATCH_FORMAT_UNSPECIFIED: "png", batch_pb2.BATCH_FORMAT_PNG: "png",
             batch_pb2.BATCH_FORMAT_PNG16: "png16", batch_pb2.BATCH_FORMAT_DICOM: "dicom",
             batch_pb2.BATCH_FORMAT_NPZ: "npz", batch_pb2.BATCH_FORMAT_WEBDATASET: "webdataset"}
@@ -57,14 +60,14 @@ def condition_from_pb(pb: common_pb2.Condition | None) -> Condition | None:
     for f in FINDINGS:
         v = getattr(pb, f)
         if v not in _PB_TO_STATE:
-            raise ConditionError(f"invalid state {v} for finding {f!r}")
+            raise ConditionError(f"invalid state {v} for finding {f!r}; use {_STATE_NAMES}")
         if v != common_pb2.FINDING_STATE_UNSPECIFIED:
             states[f] = _PB_TO_STATE[v]
     no_finding = bool(pb.no_finding)
     for name, v in pb.by_name.items():
         key = canonical_finding(name)  # ConditionError names an unknown finding
         if v not in _PB_TO_STATE:
-            raise ConditionError(f"invalid state {v} for finding {name!r}")
+            raise ConditionError(f"invalid state {v} for finding {name!r} in by_name; use {_STATE_NAMES}")
         st = _PB_TO_STATE[v]
         if key == NO_FINDING:
             no_finding = no_finding or st == FindingState.PRESENT
@@ -77,7 +80,10 @@ def condition_from_pb(pb: common_pb2.Condition | None) -> Condition | None:
     data: dict[str, Any] = {k: s.value for k, s in states.items()}
     if no_finding:
         data[NO_FINDING] = True
-    return Condition(**data)
+    try:
+        return Condition(**data)
+    except ValidationError as e:  # the model's validator raised ConditionError (e.g. no_finding + a present finding)
+        raise ConditionError("invalid condition: " + _pydantic_message(e)) from None
 
 
 def condition_to_pb(c: Condition) -> common_pb2.Condition:
@@ -93,8 +99,29 @@ def params_from_pb(pb: common_pb2.GenerationParams | None) -> GenerationParams:
             kw[f] = getattr(pb, f)
     try:
         return GenerationParams(**kw)
-    except Exception as e:  # pydantic bounds
-        raise InvalidArgument(f"invalid generation params: {e}") from e
+    except ValidationError as e:  # pydantic bounds, unknown sampler, NaN
+        raise InvalidArgument("invalid generation params: " + _pydantic_message(e, "params")) from None
+
+
+def _pydantic_message(e: ValidationError, prefix: str = "") -> str:
+    """'params.steps: Input should be less than or equal to 1000; ...' (no input echo, no docs URL)."""
+    parts = []
+    for err in e.errors(include_url=False, include_input=False):
+        loc = ".".join(str(x) for x in (prefix, *err.get("loc", ())) if x != "")
+        msg = str(err.get("msg", "invalid"))
+        for p in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(p):
+                msg = msg[len(p):]
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid value"
+
+
+def check_encoding(encoding: int) -> int:
+    """The ImageEncoding of a request, or INVALID_ARGUMENT for a value the enum does not have."""
+    if encoding not in _ENCODINGS:
+        raise InvalidArgument(f"unknown image encoding {encoding}; use one of "
+                              + ", ".join(f"{n} ({v})" for v, n in sorted(_ENCODINGS.items())))
+    return encoding
 
 
 def encode_pb_image(img: np.ndarray, encoding: int, prov: Provenance | None) -> tuple[int, bytes]:
@@ -127,20 +154,33 @@ def job_to_pb(rec: JobRecord) -> common_pb2.Job:
 
 
 def _metadata_dict(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
-    return {k.lower(): (v.decode() if isinstance(v, bytes) else str(v)) for k, v in (metadata or [])}
+    """Metadata -> lower-case dict; binary values that are not UTF-8 are decoded with replacement (never raise)."""
+    return {str(k).lower(): (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+            for k, v in (metadata or [])}
 
 
 # ---- the API ----------------------------------------------------------------------------------
 class GrpcApi:
     def __init__(self, platform: Platform, auth: ApiKeyAuth | None = None):
         self.p = platform
-        self.auth = auth or ApiKeyAuth(platform.settings.api_keys)
+        self.auth = auth or platform.auth
 
-    def authenticate(self, metadata) -> None:
-        self.auth.check_grpc(metadata)
+    def authenticate(self, name: str, metadata, peer: str = "", request=None) -> Caller:
+        """The caller of RPC ``name``: API key -> Caller, then its scope and rate (auth.OPERATION_SCOPES); and
+        the request's size against ``limits.max_request_bytes`` (the REST body limit)."""
+        caller = self.auth.authenticate_grpc(metadata, peer)
+        try:
+            self.auth.authorize(caller, name)
+        except Forbidden:
+            self.p.audit.record("auth.denied", caller.key_id, "denied", peer, operation=name)
+            raise
+        limit = self.p.limits.max_request_bytes
+        if request is not None and request.ByteSize() > limit:
+            raise TooLarge(f"request message of {request.ByteSize()} bytes exceeds the limit of {limit} bytes")
+        return caller
 
     # GeneratorService
-    async def ListModels(self, request, metadata=None):
+    async def ListModels(self, request, caller: Caller = LOCAL):
         out = generator_pb2.ListModelsResponse()
         for info in await self.p.model_infos():
             out.models.append(generator_pb2.ModelInfo(
@@ -169,42 +209,45 @@ class GrpcApi:
             model_id=plan.model_id, backend=str(plan.info.get("backend", "")),
         )
 
-    async def Generate(self, request, metadata=None):
+    async def Generate(self, request, caller: Caller = LOCAL):
+        check_encoding(request.encoding)
         plan = await self._plan(request, self.p.limits.max_inline_images,
                                 "inline generation (use StreamGenerate or CreateBatch for more)")
-        images = await self.p.generate(plan)
+        images = await self.p.generate(plan, caller)
         return generator_pb2.GenerateResponse(
             images=[self._image_pb(plan, i, images[i], request.encoding) for i in range(len(images))])
 
-    async def StreamGenerate(self, request, metadata=None) -> AsyncIterator[common_pb2.GeneratedImage]:
+    async def StreamGenerate(self, request, caller: Caller = LOCAL) -> AsyncIterator[common_pb2.GeneratedImage]:
+        check_encoding(request.encoding)
         plan = await self._plan(request, self.p.limits.max_batch_images, "one streamed request")
-        async for first, chunk, res in self.p.stream(plan):
+        async for first, chunk, res in self.p.generate_stream(plan, caller):
             for j in range(len(chunk)):
                 yield self._image_pb(plan, first + j, res.images[j], request.encoding)
 
-    async def Ready(self, request, metadata=None):
+    async def Ready(self, request, caller: Caller = LOCAL):
         comps = await self.p.readiness()
         return generator_pb2.ReadyResponse(ready=all(v == "ok" for v in comps.values()), components=comps)
 
     # BatchService
-    async def CreateBatch(self, request, metadata=None):
+    async def CreateBatch(self, request, caller: Caller = LOCAL):
         fmt = _FORMATS.get(request.format)
         if fmt is None:
-            raise InvalidArgument(f"unknown batch format {request.format}")
+            raise InvalidArgument(f"unknown batch format {request.format}; use one of "
+                                  + ", ".join(f"{batch_pb2.BatchFormat.Name(v)} ({v})" for v in sorted(_FORMATS)))
         plan = await self._plan(request, self.p.limits.max_batch_images, "one batch")
-        return job_to_pb(self.p.create_batch_job(plan, fmt))
+        return job_to_pb(self.p.create_batch_job(plan, fmt, caller))
 
-    async def GetJob(self, request, metadata=None):
-        return job_to_pb(self.p.jobs.get(request.job_id))
+    async def GetJob(self, request, caller: Caller = LOCAL):
+        return job_to_pb(self.p.get_job(request.job_id, caller))
 
-    async def ListJobs(self, request, metadata=None):
+    async def ListJobs(self, request, caller: Caller = LOCAL):
         kind = request.kind or None
         if kind not in (None, "batch", "score"):
             raise InvalidArgument(f"unknown job kind {request.kind!r}; use batch or score")
-        return common_pb2.ListJobsResponse(jobs=[job_to_pb(j) for j in self.p.jobs.list(kind)])
+        return common_pb2.ListJobsResponse(jobs=[job_to_pb(j) for j in self.p.list_jobs(kind, caller)])
 
-    async def WatchJob(self, request, metadata=None) -> AsyncIterator[common_pb2.Job]:
-        async for rec in self.p.jobs.watch(request.job_id):
+    async def WatchJob(self, request, caller: Caller = LOCAL) -> AsyncIterator[common_pb2.Job]:
+        async for rec in self.p.watch_job(request.job_id, caller):
             yield job_to_pb(rec)
 
     @staticmethod
@@ -221,18 +264,19 @@ class GrpcApi:
                                                        sha256=r.sha256))
         return out
 
-    async def ListBatches(self, request, metadata=None):
-        return batch_pb2.ListBatchesResponse(batches=[self._batch_pb(b, False) for b in await self.p.list_batches()])
+    async def ListBatches(self, request, caller: Caller = LOCAL):
+        return batch_pb2.ListBatchesResponse(batches=[self._batch_pb(b, False) for b in await self.p.list_batches(caller)])
 
-    async def GetBatch(self, request, metadata=None):
-        return self._batch_pb(await self.p.get_batch(request.batch_id), True)
+    async def GetBatch(self, request, caller: Caller = LOCAL):
+        return self._batch_pb(await self.p.get_batch(request.batch_id, caller), True)
 
-    async def DeleteBatch(self, request, metadata=None):
-        await self.p.delete_batch(request.batch_id)
+    async def DeleteBatch(self, request, caller: Caller = LOCAL):
+        await self.p.delete_batch(request.batch_id, caller)
         return batch_pb2.DeleteBatchResponse(batch_id=request.batch_id, deleted=True)
 
-    async def StreamBatchImages(self, request, metadata=None) -> AsyncIterator[common_pb2.GeneratedImage]:
-        man = await self.p.get_batch(request.batch_id)
+    async def StreamBatchImages(self, request, caller: Caller = LOCAL) -> AsyncIterator[common_pb2.GeneratedImage]:
+        check_encoding(request.encoding)
+        man = await self.p.get_batch(request.batch_id, caller)
         it = self.p.iter_images(man.batch_id)
         done = object()
         while True:
@@ -248,16 +292,16 @@ class GrpcApi:
                                             encoding=enc, data=data, model_id=man.model_id, backend=man.backend)
 
     # MetricsService
-    async def ListReferences(self, request, metadata=None):
+    async def ListReferences(self, request, caller: Caller = LOCAL):
         return metrics_pb2.ListReferencesResponse(references=await self.p.references())
 
-    async def CreateScore(self, request, metadata=None):
+    async def CreateScore(self, request, caller: Caller = LOCAL):
         rec = await self.p.create_score_job(request.batch_id, request.reference or None, list(request.metrics) or None,
-                                            request.extractor or None)
+                                            request.extractor or None, caller)
         return job_to_pb(rec)
 
-    async def GetScore(self, request, metadata=None):
-        rec = self.p.score_result(request.job_id)
+    async def GetScore(self, request, caller: Caller = LOCAL):
+        rec = self.p.score_result(request.job_id, caller)
         if rec.state == JobState.FAILED:
             from .errors import NotReady
 
@@ -301,20 +345,31 @@ METHODS = {
 }
 
 
+#: Most UTF-8 bytes of a status message: grpc-message travels percent-encoded in trailing metadata, whose soft
+#: limit is 8 KiB; a longer one (a 100 kB id echoed back) reaches the client as RESOURCE_EXHAUSTED instead.
+MAX_DETAILS_BYTES = 1000
+
+
 def _classify(e: BaseException) -> tuple[str, ApiError | None]:
     """(status code name for the request counter, ApiError to send) — no ApiError for a cancelled call."""
     if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
         return "CANCELLED", None
     err = api_error(e)
+    raw = err.message.encode("utf-8", "backslashreplace")
+    if len(raw) > MAX_DETAILS_BYTES:
+        import copy
+
+        err = copy.copy(err)
+        err.message = raw[:MAX_DETAILS_BYTES - 3].decode("utf-8", "ignore") + "…"
     return err.grpc_code.name, err
 
 
-async def call_unary(api: GrpcApi, name: str, request, metadata, on_error) -> Any:
+async def call_unary(api: GrpcApi, name: str, request, metadata, on_error, peer: str = "") -> Any:
     """Run one unary RPC: auth, call, count, map errors (``on_error(ApiError)`` must raise)."""
     code = "OK"
     try:
-        api.authenticate(metadata)
-        return await getattr(api, name)(request, metadata)
+        caller = api.authenticate(name, metadata, peer, request)
+        return await getattr(api, name)(request, caller)
     except BaseException as e:  # noqa: BLE001
         code, err = _classify(e)
         if err is None:
@@ -324,11 +379,11 @@ async def call_unary(api: GrpcApi, name: str, request, metadata, on_error) -> An
         m.REQUESTS.labels("grpc", name, code).inc()
 
 
-async def call_stream(api: GrpcApi, name: str, request, metadata, on_error) -> AsyncIterator:
+async def call_stream(api: GrpcApi, name: str, request, metadata, on_error, peer: str = "") -> AsyncIterator:
     code = "OK"
     try:
-        api.authenticate(metadata)
-        async for item in getattr(api, name)(request, metadata):
+        caller = api.authenticate(name, metadata, peer, request)
+        async for item in getattr(api, name)(request, caller):
             yield item
     except BaseException as e:  # noqa: BLE001
         code, err = _classify(e)
@@ -347,7 +402,7 @@ def add_to_server(api: GrpcApi, server: grpc.aio.Server) -> None:
             async def abort(err: ApiError):
                 await context.abort(err.grpc_code, err.message)
 
-            return await call_unary(api, name, request, context.invocation_metadata(), abort)
+            return await call_unary(api, name, request, context.invocation_metadata(), abort, context.peer())
 
         return handler
 
@@ -356,7 +411,7 @@ def add_to_server(api: GrpcApi, server: grpc.aio.Server) -> None:
             async def abort(err: ApiError):
                 await context.abort(err.grpc_code, err.message)
 
-            async for item in call_stream(api, name, request, context.invocation_metadata(), abort):
+            async for item in call_stream(api, name, request, context.invocation_metadata(), abort, context.peer()):
                 yield item
 
         return handler

@@ -2,14 +2,22 @@
 
 A job is a :class:`JobRecord` (queued -> running -> succeeded | failed) persisted as JSON under
 ``<home>/jobs/<job_id>.json`` (atomic write: temp file + rename), so polling works from any gateway replica
-sharing that folder and a restarted gateway still answers for old jobs. Jobs that were queued or running
-when their process died are marked failed on the next start ("interrupted"); their batch was never
-committed, so nothing half-made is visible (the batch store publishes a batch only on commit).
+sharing that folder and a restarted gateway still answers for old jobs.
+
+Surviving faults: a running job refreshes its record every ``heartbeat_s``. When a gateway starts, a job
+left queued/running by a process that is gone (same host, dead pid) or whose record went stale (older than
+``lease_s``: another host's gateway died) is *orphaned*: the new gateway claims it (one claim file per
+attempt, created with ``O_EXCL``, so two replicas never both take it) and resumes it through the resumer
+registered for its kind — batch jobs continue from the images already written (same seeds, same pixels,
+one batch at the end); scoring jobs run again. A kind without a resumer is marked failed ("interrupted").
 
 The runner of a job is an ``async`` callable ``run(handle) -> dict``; it reports progress with
 ``handle.progress(done)`` and returns the job's result fields (e.g. ``{"batch_id": ...}``). An exception
-fails the job with its message; the runner is responsible for aborting its store writer (the batch runner
-uses the ``BatchWriter`` context manager, which aborts on exceptions).
+fails the job with its message; the runner is responsible for aborting its store writer.
+
+Finished records older than ``retention_hours`` are pruned (at start and then at most once a minute).
+A record that cannot be written (a full or read-only jobs folder) refuses new jobs with 503 and fails
+a running job with that reason instead of leaving it "running".
 """
 
 from __future__ import annotations
@@ -20,16 +28,18 @@ import re
 import secrets
 import socket
 import time
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 from pydantic import BaseModel, Field
 
+from services.common.config import JobSettings
 from services.common.logging import get_logger
 from services.common.provenance import utc_now
 
-from .errors import BadId, NotFound, TooManyJobs
+from .errors import BadId, NotFound, TooManyJobs, Unavailable
 
 log = get_logger(__name__)
 
@@ -61,7 +71,16 @@ class JobRecord(BaseModel):
     finished: str | None = None
     request: dict = Field(default_factory=dict)
     result: dict | None = None
+    #: the gateway process running the job ("host:pid")
     owner: str = ""
+    #: id of the API key that submitted the job (None when authentication is off); never the key
+    key_id: str | None = None
+    #: 1 for the first run, +1 each time a gateway resumes the job after its runner died
+    attempt: int = 1
+    #: the batch being written (batch jobs; set before the first image, so a resumed job finds it)
+    staging_batch_id: str | None = None
+    #: chunks retried after a generator replica died or was unavailable
+    retries: int = 0
 
     @property
     def progress(self) -> float:
@@ -75,7 +94,7 @@ def validate_job_id(job_id: str) -> str:
 
 
 class JobHandle:
-    """What a running job sees: report progress; the manager persists it (rate-limited)."""
+    """What a running job sees: report progress (persisted, rate-limited) and its own record."""
 
     def __init__(self, manager: "JobManager", record: JobRecord):
         self._m, self.record = manager, record
@@ -86,27 +105,52 @@ class JobHandle:
             self.record.total = int(total)
         self._m._touch(self.record, force=False)
 
+    def save(self) -> None:
+        """Persist the record now (e.g. after setting ``staging_batch_id``); raises if it cannot be written."""
+        self._m._touch(self.record, force=True, strict=True)
+
 
 Runner = Callable[[JobHandle], Awaitable[dict]]
+#: builds the runner that continues an orphaned job from its record
+Resumer = Callable[[JobRecord], Runner]
+
+
+def _parse_time(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return 0.0
 
 
 class JobManager:
     """Starts jobs as asyncio tasks in the current event loop and keeps their records."""
 
+    PRUNE_EVERY_S = 60.0
+
     def __init__(self, jobs_dir: str | Path | None, max_concurrent: int = 8,
-                 on_change: Callable[[JobRecord], None] | None = None, persist_every_s: float = 0.5):
+                 on_change: Callable[[JobRecord], None] | None = None, persist_every_s: float = 0.5,
+                 settings: JobSettings | None = None, resumers: dict[str, Resumer] | None = None):
         self.dir = Path(jobs_dir) if jobs_dir else None
         self.max_concurrent = max_concurrent
         self.on_change = on_change
         self.persist_every_s = persist_every_s
+        self.settings = settings or JobSettings()
+        self.resumers = dict(resumers or {})
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._jobs: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._last_persist: dict[str, float] = {}
+        self._pending: list[JobRecord] = []  # orphans claimed before an event loop was running
+        self._last_prune = 0.0
+        self._heartbeat: asyncio.Task | None = None
+        self._persist_warned = False
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._recover()
+            self.prune()
 
     # ---- persistence --------------------------------------------------------------------------
     def _path(self, job_id: str) -> Path:
@@ -118,29 +162,100 @@ class JobManager:
             return
         path = self._path(rec.job_id)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(rec.model_dump_json())
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(rec.model_dump_json())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _read(self, path: Path) -> JobRecord | None:
+        try:
+            return JobRecord.model_validate_json(path.read_text())
+        except Exception:  # a torn or foreign file: ignore it
+            return None
+
+    def _orphaned(self, rec: JobRecord) -> bool:
+        if rec.state.finished:
+            return False
+        host, _, pid = rec.owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            return int(pid) != os.getpid() and not _pid_alive(int(pid))
+        return time.time() - _parse_time(rec.updated) > self.settings.lease_s
+
+    def _claim(self, rec: JobRecord) -> bool:
+        """Take an orphaned job for this process; False when another process claimed it first."""
+        claim = self.dir / f".{rec.job_id}.claim-{rec.attempt + 1}"  # type: ignore[operator]
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False
+        os.write(fd, self.owner.encode())
+        os.close(fd)
+        return True
 
     def _recover(self) -> None:
-        """Load earlier jobs; ones left queued/running by a dead process become failed (interrupted)."""
-        for f in sorted(self.dir.glob("job-*.json")):
-            try:
-                rec = JobRecord.model_validate_json(f.read_text())
-            except Exception:  # a torn or foreign file: ignore it
+        """Load earlier jobs; orphans are resumed (or failed as interrupted when their kind can't resume)."""
+        for f in sorted(self.dir.glob("job-*.json")):  # type: ignore[union-attr]
+            rec = self._read(f)
+            if rec is None:
                 continue
-            if not rec.state.finished and not _owner_alive(rec.owner):
-                rec.state = JobState.FAILED
-                rec.error = "interrupted: the gateway that ran this job stopped before it finished; nothing was stored"
-                rec.updated = rec.finished = utc_now()
-                self._persist(rec)
+            if self._orphaned(rec) and self._claim(rec):
+                rec = self._adopt(rec)
             self._jobs[rec.job_id] = rec
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # pending orphans start with resume_pending() / the first submit, once a loop runs
+        self._start_pending()
+        self._ensure_beat()
 
-    def _touch(self, rec: JobRecord, force: bool = True) -> None:
+    def _adopt(self, rec: JobRecord) -> JobRecord:
+        rec.attempt += 1
+        rec.owner = self.owner
+        rec.updated = utc_now()
+        if rec.kind in self.resumers:
+            rec.state = JobState.QUEUED
+            log.warning("resuming interrupted job", extra={"job_id": rec.job_id, "kind": rec.kind,
+                                                           "attempt": rec.attempt, "done": rec.done})
+            self._pending.append(rec)
+        else:
+            rec.state = JobState.FAILED
+            rec.error = "interrupted: the gateway that ran this job stopped before it finished; nothing was stored"
+            rec.finished = rec.updated
+        try:
+            self._persist(rec)
+        except OSError as e:
+            log.error("could not record a recovered job", extra={"job_id": rec.job_id, "error": e.strerror})
+        return rec
+
+    def _start_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for rec in pending:
+            self._events[rec.job_id] = asyncio.Event()
+            self._start(rec, self.resumers[rec.kind](rec))
+
+    async def resume_pending(self) -> int:
+        """Start the orphans claimed while no event loop was running (and the heartbeat); returns how many."""
+        n = len(self._pending)
+        self._start_pending()
+        self._ensure_beat()
+        return n
+
+    def _touch(self, rec: JobRecord, force: bool = True, strict: bool = False) -> None:
         rec.updated = utc_now()
         now = time.monotonic()
         if force or now - self._last_persist.get(rec.job_id, 0.0) >= self.persist_every_s:
-            self._persist(rec)
-            self._last_persist[rec.job_id] = now
+            try:
+                self._persist(rec)
+            except OSError as e:
+                if strict:
+                    raise
+                if not self._persist_warned:  # keep going in memory; the final write decides
+                    self._persist_warned = True
+                    log.error("job record not writable", extra={"job_id": rec.job_id, "error": e.strerror})
+            else:
+                self._last_persist[rec.job_id] = now
         ev = self._events.get(rec.job_id)
         if ev is not None:
             ev.set()
@@ -150,6 +265,32 @@ class JobManager:
             except Exception:  # metrics must never break a job
                 pass
 
+    # ---- retention ----------------------------------------------------------------------------
+    def prune(self, now: float | None = None) -> int:
+        """Delete finished records older than ``retention_hours``; returns how many were removed."""
+        now = time.time() if now is None else now
+        self._last_prune = time.monotonic()
+        horizon = now - self.settings.retention_hours * 3600.0
+        removed = 0
+        for job_id, rec in list(self._jobs.items()):
+            if rec.state.finished and _parse_time(rec.finished or rec.updated) < horizon:
+                self._jobs.pop(job_id, None)
+                self._events.pop(job_id, None)
+                self._last_persist.pop(job_id, None)
+                if self.dir is not None:
+                    self._path(job_id).unlink(missing_ok=True)
+                    for claim in self.dir.glob(f".{job_id}.claim-*"):
+                        claim.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._last_prune >= self.PRUNE_EVERY_S:
+            try:
+                self.prune()
+            except OSError:
+                pass
+
     # ---- queries ------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
         validate_job_id(job_id)
@@ -157,10 +298,9 @@ class JobManager:
         if rec is None and self.dir is not None:  # written by another gateway replica sharing the folder
             path = self._path(job_id)
             if path.exists():
-                try:
-                    return JobRecord.model_validate_json(path.read_text())
-                except Exception:
-                    pass
+                other = self._read(path)
+                if other is not None:
+                    return other
         if rec is None:
             raise NotFound(f"job {job_id} not found")
         return rec
@@ -179,38 +319,94 @@ class JobManager:
         return out
 
     # ---- running ------------------------------------------------------------------------------
-    def submit(self, kind: str, request: dict, total: int, run: Runner) -> JobRecord:
+    def submit(self, kind: str, request: dict, total: int, run: Runner, key_id: str | None = None) -> JobRecord:
+        self._maybe_prune()
+        if self._pending:
+            self._start_pending()
+        self._ensure_beat()
         if self.active() >= self.max_concurrent:
             raise TooManyJobs(
                 f"{self.active()} jobs are already queued or running (limit {self.max_concurrent}); "
                 "wait for one to finish or raise SYNTHRAD_LIMITS__MAX_CONCURRENT_JOBS"
             )
         rec = JobRecord(job_id=f"job-{secrets.token_hex(8)}", kind=kind, total=int(total), request=request,
-                        owner=self.owner)
+                        owner=self.owner, key_id=key_id)
+        try:
+            self._persist(rec)
+        except OSError as e:
+            raise Unavailable(f"cannot record the job: the jobs folder is not writable ({e.strerror or 'I/O error'}); "
+                              "free space or fix its permissions, then retry") from None
         self._jobs[rec.job_id] = rec
         self._events[rec.job_id] = asyncio.Event()
         self._touch(rec)
-        self._tasks[rec.job_id] = asyncio.get_running_loop().create_task(self._run(rec, run))
+        self._start(rec, run)
         return rec
 
+    def _start(self, rec: JobRecord, run: Runner) -> None:
+        self._tasks[rec.job_id] = asyncio.get_running_loop().create_task(self._run(rec, run))
+        self._ensure_beat()
+
+    def _ensure_beat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        """Every ``heartbeat_s``: refresh the records of this process's running jobs (so others can tell they
+        are alive) and take over jobs whose gateway died meanwhile (another replica, or a process of an
+        earlier serve that outlived its start-up here)."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            for job_id in list(self._tasks):
+                rec = self._jobs.get(job_id)
+                if rec is not None and not rec.state.finished:
+                    self._touch(rec, force=True)
+            try:
+                self.sweep()
+            except OSError as e:
+                log.warning("could not scan job records", extra={"error": e.strerror})
+
+    def sweep(self) -> int:
+        """Claim and start (or fail) orphaned jobs found in the jobs folder; returns how many were taken."""
+        if self.dir is None:
+            return 0
+        taken = 0
+        for f in self.dir.glob("job-*.json"):
+            job_id = f.name[:-5]
+            known = self._jobs.get(job_id)
+            if job_id in self._tasks or (known is not None and known.state.finished):
+                continue
+            rec = self._read(f)
+            if rec is None:
+                continue
+            if self._orphaned(rec) and self._claim(rec):
+                rec = self._adopt(rec)
+                taken += 1
+            self._jobs[rec.job_id] = rec
+        if self._pending:
+            self._start_pending()
+        return taken
+
     async def _run(self, rec: JobRecord, run: Runner) -> None:
-        rec.state, rec.started = JobState.RUNNING, utc_now()
-        self._touch(rec)
         try:
+            rec.state, rec.started = JobState.RUNNING, rec.started or utc_now()
+            self._touch(rec)
             result = await run(JobHandle(self, rec))
         except asyncio.CancelledError:
-            rec.state, rec.error = JobState.FAILED, "cancelled (gateway shutting down); nothing was stored"
-            rec.finished = utc_now()
-            self._touch(rec)
+            if rec.kind in self.resumers:  # the next gateway to start resumes it (this pid is gone by then)
+                rec.state = JobState.QUEUED
+            else:
+                rec.state, rec.error = JobState.FAILED, "cancelled (gateway shutting down); nothing was stored"
+                rec.finished = utc_now()
+            self._finish(rec)
             raise
         except BaseException as e:  # noqa: BLE001 - every failure is reported on the job
             from .errors import api_error
 
             rec.state = JobState.FAILED
-            rec.error = api_error(e).message
+            rec.error = api_error(e).summary
             rec.finished = utc_now()
             log.warning("job failed", extra={"job_id": rec.job_id, "kind": rec.kind, "error": rec.error})
-            self._touch(rec)
+            self._finish(rec)
         else:
             result = dict(result or {})
             if "batch_id" in result:
@@ -219,9 +415,16 @@ class JobManager:
             rec.state, rec.finished = JobState.SUCCEEDED, utc_now()
             if rec.total:
                 rec.done = rec.total
-            self._touch(rec)
+            self._finish(rec)
         finally:
             self._tasks.pop(rec.job_id, None)
+
+    def _finish(self, rec: JobRecord) -> None:
+        try:
+            self._touch(rec, force=True, strict=True)
+        except OSError as e:  # the state is right in memory; other replicas will see the job as orphaned
+            log.error("final job record not writable", extra={"job_id": rec.job_id, "error": e.strerror})
+            self._touch(rec, force=False)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         task = self._tasks.get(validate_job_id(job_id))
@@ -234,11 +437,12 @@ class JobManager:
         rec = self.get(job_id)
         last = None
         while True:
-            snap = (rec.state, rec.done, rec.total)
+            copy = rec.model_copy()  # judged and yielded as one snapshot: the live record may change meanwhile
+            snap = (copy.state, copy.done, copy.total)
             if snap != last:
-                yield rec.model_copy()
+                yield copy
                 last = snap
-            if rec.state.finished:
+            if copy.state.finished:
                 return
             ev = self._events.get(job_id)
             if ev is None:  # another replica's job: poll its file
@@ -259,14 +463,13 @@ class JobManager:
                 await task
             except BaseException:
                 pass
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
 
 
-def _owner_alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # can't tell for another host: leave it alone
+def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -10,6 +10,7 @@ metrics port (``synthrad serve`` prints it) and are appended to ``/metrics?ray=1
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Iterable, Mapping
@@ -62,6 +63,11 @@ REQUESTS = Counter(
     "synthrad_requests_total",
     "API requests handled by the gateway, by protocol, operation and outcome code.",
     ["protocol", "operation", "code"], registry=REGISTRY,
+)
+CHUNK_RETRIES = Counter(
+    "synthrad_generation_chunk_retries_total",
+    "Generation chunks sent again because the generator replica died or was unavailable (Serve restarts it).",
+    ["model"], registry=REGISTRY,
 )
 JOBS = Gauge(
     "synthrad_jobs",
@@ -172,8 +178,28 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+#: labels of Ray's series that name machines or processes: dropped from ``/metrics?ray=1``
+_RAY_PRIVATE_LABELS = ("SessionName", "NodeAddress", "ip", "pid", "Pid", "WorkerId", "ActorId", "JobId", "NodeId",
+                       "instance", "host", "hostname", "node_ip", "ReplicaId", "replica")
+_LABEL_RE = re.compile(r'(?:^|,)\s*(%s)="(?:[^"\\]|\\.)*"' % "|".join(_RAY_PRIVATE_LABELS))
+
+
+def redact_ray_metrics(text: str) -> str:
+    """Ray's exposition text without the labels that give away node IPs, session names or PIDs."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            out.append(line)
+            continue
+        name, rest = line.split("{", 1)
+        labels, _, value = rest.rpartition("}")
+        labels = _LABEL_RE.sub("", labels).lstrip(",").strip()
+        out.append(f"{name}{{{labels}}}{value}" if labels else f"{name}{value}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def ray_metrics_text(timeout_s: float = 2.0) -> str:
-    """Ray's own metrics (``ray_serve_*`` ...) from this node's metrics agent, or '' when unreachable."""
+    """Ray's own metrics (``ray_serve_*`` ...) from this node's metrics agent, redacted; '' when unreachable."""
     try:
         import ray
         import urllib.request
@@ -182,13 +208,14 @@ def ray_metrics_text(timeout_s: float = 2.0) -> str:
         port = node.metrics_export_port
         host = node.node_ip_address
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as r:  # noqa: S310
-            return r.read().decode("utf-8", "replace")
+            return redact_ray_metrics(r.read().decode("utf-8", "replace"))
     except Exception:
         return ""
 
 
 __all__ = [
     "REGISTRY", "IMAGES_GENERATED", "GENERATION_LATENCY", "GENERATION_QUEUE", "GENERATION_COMPUTE", "BATCH_SIZE",
-    "QUEUE_DEPTH", "REQUESTS", "JOBS", "JOBS_FINISHED", "SCORING_LATENCY", "GPU_MEMORY", "GPU_MEMORY_TOTAL",
+    "QUEUE_DEPTH", "CHUNK_RETRIES", "REQUESTS", "JOBS", "JOBS_FINISHED", "SCORING_LATENCY", "GPU_MEMORY", "GPU_MEMORY_TOTAL",
     "GPU_UTIL", "finding_label", "record_chunk", "set_job_counts", "init_labels", "exposition", "ray_metrics_text",
+    "redact_ray_metrics",
 ]

@@ -6,29 +6,190 @@ See docs/api.md for the walkthrough. Every route delegates to :class:`~services.
 from __future__ import annotations
 
 import io
-import json
+import math
 import zipfile
 from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.provenance import Provenance
 
 from . import prometheus as m
-from .auth import ApiKeyAuth
+from .auth import LOCAL, ApiKeyAuth, Caller
 from .core import Platform
-from .errors import ApiError, api_error
+from .errors import (MAX_DETAIL_CHARS, ApiError, BadId, BadRequest, InvalidArgument, MethodNotAllowed, NotFound,
+                     UnsupportedMediaType, api_error, internal_error, quoted, scrub)
+from .access import AccessControl
 from .limits import BodySizeLimit
-from .schemas import BatchRequest, BatchSummary, ErrorBody, GenerateRequest, JobView, ModelView, ScoreRequest
+from .schemas import (BATCH_ID_EXAMPLE, BATCH_ID_PATTERN, FILE_NAME_PATTERN, JOB_ID_EXAMPLE, JOB_ID_PATTERN,
+                      BatchRequest, BatchSummary, ErrorBody, GenerateRequest, JobView, ModelView, Readiness,
+                      ScoreRequest)
 
 API_VERSION = "v1"
 _MEDIA = {".png": "image/png", ".dcm": "application/dicom", ".npz": "application/x-npz", ".tar": "application/x-tar",
           ".json": "application/json"}
-_ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody},
-           422: {"model": ErrorBody}, 429: {"model": ErrorBody}}
+#: Every error response the API documents; each has the ErrorBody JSON body. Routes pick theirs with _errors().
+_ERRORS: dict[int, dict] = {code: {"model": ErrorBody, "description": text} for code, text in {
+    400: "Malformed id (batch, job or file name: never looked up) or an unreadable body (not UTF-8 JSON text).",
+    401: "Missing or invalid API key (when API keys are configured).",
+    403: "The API key lacks the scope this operation needs.",
+    404: "No such model, batch, job, image or file.",
+    409: "The scoring job has not finished yet: poll again.",
+    413: "Request body larger than limits.max_request_bytes.",
+    415: "Request body not sent as JSON (Content-Type: application/json).",
+    422: "Invalid argument: `detail` names each problem, `errors` lists them one per field.",
+    429: "Too many jobs in flight, or the API key's rate or image quota is used up (Retry-After says when to retry).",
+    500: "Server-side failure: `error_id` names the server's log entry with the details.",
+    503: "A component this operation needs (a generator, the metrics deployment) is not available.",
+}.items()}
+#: What every authenticated route can answer: key, scope, Host header check (422), rate limit, server failure.
+_API = (401, 403, 422, 429, 500)
+_BODY = (400, 413, 415)  # routes with a JSON body
+
+
+def _errors(*codes: int) -> dict[int, dict]:
+    return {c: _ERRORS[c] for c in sorted(set(codes))}
+
+
+_BATCH_ID = Path(..., pattern=BATCH_ID_PATTERN, max_length=64, examples=[BATCH_ID_EXAMPLE],
+                 description=f"A batch id as issued by the store, e.g. {BATCH_ID_EXAMPLE} (UTC creation time "
+                             "yyyymmddThhmmss, lower-case 't', then 12 hex digits); anything else is refused with 400.")
+_JOB_ID = Path(..., pattern=JOB_ID_PATTERN, max_length=64, examples=[JOB_ID_EXAMPLE],
+               description=f"A job id as issued by the gateway, e.g. {JOB_ID_EXAMPLE} ('job-' and 16 hex digits); "
+                           "anything else is refused with 400.")
+_ID_HINTS = {
+    "batch_id": f"ids look like {BATCH_ID_EXAMPLE} (issued by the store)",
+    "job_id": f"ids look like {JOB_ID_EXAMPLE} (issued by the gateway)",
+    "name": "plain file names only (letters, digits, '.', '_', '-'; no paths), as listed in the batch manifest",
+}
+_JSON = "application/json"
+_JSON_TYPES = (_JSON,)
+
+
+def _is_json(content_type: str | None) -> bool:
+    base = (content_type or "").split(";", 1)[0].strip().lower()
+    return base in _JSON_TYPES or (base.startswith("application/") and base.endswith("+json"))
+
+
+def _clean(x):
+    """A JSON-safe copy of an error body: text as valid UTF-8 (no lone surrogates), no NaN/Infinity."""
+    if isinstance(x, str):
+        return x.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(x, dict):
+        return {_clean(str(k)): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict]:
+    """pydantic's errors without the input values they echo (which can be NaN, surrogates or megabytes)."""
+    out = []
+    for e in exc.errors():
+        loc = [x if isinstance(x, int) else scrub(str(x), 200) for x in e.get("loc", ())]
+        msg = str(e.get("msg", "invalid value"))
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):]
+        etype = str(e.get("type", ""))
+        if etype == "extra_forbidden" and loc:
+            msg = f"unknown field {quoted(loc[-1])}: not part of this request (see /openapi.json)"
+        elif loc == ["body"] and etype in ("model_attributes_type", "model_type", "dict_type"):
+            msg = "the request body must be a JSON object (see /openapi.json), e.g. {\"count\": 1}"
+        elif etype == "json_invalid":
+            ctx = e.get("ctx") or {}
+            pos = loc[1] if len(loc) > 1 else "?"
+            msg = f"request body is not valid UTF-8 JSON: {ctx.get('error', 'decode error')} at character {pos}"
+            loc = ["body"]
+        out.append({"loc": loc, "msg": scrub(msg, 500), "type": etype})
+    return out
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> ApiError:
+    """The ApiError for a request FastAPI could not validate: 400 for malformed ids and unreadable bodies, 415 for
+    a body that is not JSON, else 422 naming every problem."""
+    items = _field_errors(exc)
+    raw = exc.errors()
+    ctype = request.headers.get("content-type")
+    if any(i["type"] == "json_invalid" for i in items):
+        err: ApiError = BadRequest(next(i["msg"] for i in items if i["type"] == "json_invalid")
+                                   + "; send a JSON object with Content-Type: application/json")
+        err.errors = items
+        return err
+    if any(i["loc"] == ["body"] and i["type"] == "missing" for i in items):
+        err = InvalidArgument("the request body is missing: send a JSON object with Content-Type: application/json "
+                              "(its schema is in /openapi.json)")
+        err.errors = items
+        return err
+    if any(i["loc"][:1] == ["body"] for i in items) and not _is_json(ctype):
+        err = UnsupportedMediaType(f"the request body must be JSON sent with Content-Type: application/json "
+                                   f"(got {quoted(ctype) if ctype else 'no Content-Type'})")
+        err.errors = items
+        return err
+    ids = [(i, r) for i, r in zip(items, raw)
+           if len(i["loc"]) == 2 and i["loc"][1] in _ID_HINTS and i["loc"][0] in ("path", "body")
+           and i["type"] in ("string_pattern_mismatch", "string_too_long")]
+    if ids and len(ids) == len(items):
+        i, r = ids[0]
+        what = {"batch_id": "batch id", "job_id": "job id", "name": "file name"}[i["loc"][1]]
+        err = BadId(scrub(f"invalid {what} {quoted(r.get('input'))}: {_ID_HINTS[i['loc'][1]]}"))
+        err.errors = items
+        return err
+    detail = "; ".join(f"{'.'.join(str(x) for x in i['loc'] if x != 'body')}: {i['msg']}" if
+                       [x for x in i["loc"] if x != "body"] else i["msg"] for i in items)
+    err = InvalidArgument(scrub(detail or "invalid request"))
+    err.errors = items
+    return err
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> ApiError:
+    """Starlette/FastAPI's own HTTP errors (unknown route, wrong method, unparseable body) in the API's shape."""
+    method, path = request.method, scrub(request.url.path, 200)
+    if exc.status_code == 404:
+        return NotFound(f"no such route: {method} {path} (the API is described at /docs and /openapi.json)")
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow") or ""
+        return MethodNotAllowed(f"{method} is not allowed on {path}" + (f"; allowed: {allow}" if allow else ""))
+    if exc.status_code == 400:
+        return BadRequest("the request body could not be read: send UTF-8 encoded JSON with "
+                          "Content-Type: application/json")
+    err = ApiError(scrub(str(exc.detail)))
+    err.http_status, err.kind = exc.status_code, "http_error"
+    return err
+
+
+class _CatchAll:
+    """Innermost app-level safety net (pure ASGI): an exception no handler took becomes a JSON 500 with an error
+    id (logged with its traceback), so the request counter and the client see a normal response. Once a
+    response has started (a streamed download), it can only be logged and the connection cut."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the point of this middleware
+            err = internal_error(exc, f"{scope.get('method')} {scope.get('path')}")
+            if started:
+                raise
+            await error_response(err)(scope, receive, send)
 
 
 def _batch_summary(man) -> BatchSummary:
@@ -40,14 +201,25 @@ def _batch_summary(man) -> BatchSummary:
     )
 
 
-def _operation(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+def caller_of(request: Request) -> Caller:
+    return getattr(request.state, "caller", LOCAL)
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    """The one JSON error body of the REST API (``ApiError.body``/``headers``: Retry-After on 429), with
+    WWW-Authenticate on 401."""
+    headers = dict(err.headers())
+    if err.http_status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    body = _clean(err.body())
+    if len(body["detail"]) > MAX_DETAIL_CHARS:  # an echoed 1 MB id is not a useful error message
+        body["detail"] = body["detail"][:MAX_DETAIL_CHARS - 1] + "…"
+    return JSONResponse(body, status_code=err.http_status, headers=headers)
 
 
 def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
     settings = platform.settings
-    auth = auth or ApiKeyAuth(settings.api_keys)
+    auth = auth or platform.auth
     app = FastAPI(
         title="synthrad",
         version="1.0",
@@ -71,50 +243,45 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
     app.state.platform = platform
 
     # ---- errors ---------------------------------------------------------------------------------
+    # Every error is JSON (ErrorBody): ours, FastAPI's validation errors, Starlette's 404/405/400, and anything
+    # unexpected (500 with an error id; the traceback stays in the server log).
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": exc.kind, "detail": exc.message}, status_code=exc.http_status)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        errs = exc.errors()
-        msgs = []
-        for e in errs:
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-            msgs.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return JSONResponse({"error": "invalid_argument", "detail": "; ".join(msgs),
-                             "errors": json.loads(json.dumps(errs, default=str))}, status_code=422)
+        return error_response(_validation_error(request, exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(_http_error(request, exc))
+
+    @app.exception_handler(Exception)  # errors outside the routes (middleware); ServerErrorMiddleware calls it
+    async def _unexpected(request: Request, exc: Exception):
+        return error_response(internal_error(exc, f"{request.method} {request.url.path}"))
+
+    app.add_middleware(_CatchAll)  # added before the middleware below, so it sits inside it (counted)
 
     # ---- middleware: request counting + auth (body size limit wraps everything, added last) ------
-    @app.middleware("http")
-    async def _auth_and_count(request: Request, call_next):
-        path = request.url.path
-        if auth.enabled and not ApiKeyAuth.is_open_path(path):
-            try:
-                auth.check({k.lower(): v for k, v in request.headers.items()})
-            except ApiError as e:
-                m.REQUESTS.labels("rest", "unauthenticated", str(e.http_status)).inc()
-                return JSONResponse({"error": e.kind, "detail": e.message}, status_code=e.http_status,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        response = await call_next(request)
-        if path != "/metrics":
-            m.REQUESTS.labels("rest", f"{request.method} {_operation(request)}", str(response.status_code)).inc()
-        return response
+    app.add_middleware(AccessControl, fastapi_app=app, auth=auth, audit=platform.audit, render=error_response)
 
     # ---- health -------------------------------------------------------------------------------
-    @app.get("/v1/healthz", tags=["health"], summary="Liveness: the gateway answers.")
+    @app.get("/v1/healthz", tags=["health"], summary="Liveness: the gateway answers.", responses=_errors(422, 500))
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/readyz", tags=["health"], summary="Readiness: every deployment answers.",
-             responses={503: {"description": "some component is not ready"}})
+    @app.get("/v1/readyz", tags=["health"], summary="Readiness: every deployment answers.", response_model=Readiness,
+             responses={**_errors(422, 500), 503: {"model": Readiness, "description": "some component is not ready"}})
     async def readyz():
         comps = await platform.readiness()
         ready = all(v == "ok" for v in comps.values())
         return JSONResponse({"ready": ready, "components": comps}, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text exposition format).",
-             response_class=Response)
+             response_class=Response, responses={
+                 **_errors(*_API), 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                         "description": "Prometheus text format (?ray=1 needs an admin key)"}})
     async def metrics(ray: bool = Query(False, description="Append Ray's own metrics (ray_serve_*) when reachable.")):
         body, ctype = m.exposition()
         if ray:
@@ -122,28 +289,31 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
         return Response(body, media_type=ctype)
 
     # ---- models -------------------------------------------------------------------------------
-    @app.get("/v1/models", tags=["models"], response_model=list[ModelView], summary="Served models with cards.")
+    @app.get("/v1/models", tags=["models"], response_model=list[ModelView], summary="Served models with cards.",
+             responses=_errors(*_API))
     async def list_models():
         return await platform.model_infos()
 
-    @app.get("/v1/models/{model_id}", tags=["models"], response_model=ModelView, responses=_ERRORS)
+    @app.get("/v1/models/{model_id}", tags=["models"], response_model=ModelView, responses=_errors(*_API, 404))
     async def get_model(model_id: str):
         return await platform.model_info(model_id)
 
     # ---- inline generation --------------------------------------------------------------------
     @app.post(
         "/v1/generate", tags=["generate"], responses={
-            **_ERRORS,
-            200: {"content": {"image/png": {}, "application/zip": {}, "application/x-npz": {}},
+            **_errors(*_API, *_BODY, 503),
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                              "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                              "application/x-npz": {"schema": {"type": "string", "format": "binary"}}},
                   "description": "PNG (one image), ZIP of PNGs (several) or NPZ"},
         },
         summary="Generate up to limits.max_inline_images images and return them in the response.",
         response_class=Response,
     )
-    async def generate(body: GenerateRequest):
+    async def generate(body: GenerateRequest, request: Request):
         plan = await platform.plan(body.model, body.condition, body.prompt, body.count, body.seed, body.params,
                                    platform.limits.max_inline_images, "inline generation (use /v1/batches for more)")
-        images = await platform.generate(plan)
+        images = await platform.generate(plan, caller_of(request))
         headers = {
             "X-Synthrad-Model": plan.model_id, "X-Synthrad-Backend": str(plan.info.get("backend", "")),
             "X-Synthrad-Seeds": ",".join(str(s) for s in plan.seeds), "X-Synthrad-Condition": plan.condition.key(),
@@ -171,97 +341,160 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
             **headers, "Content-Disposition": 'attachment; filename="synthrad.zip"'})
 
     # ---- batches ------------------------------------------------------------------------------
-    @app.post("/v1/batches", tags=["batches"], status_code=202, response_model=JobView, responses=_ERRORS,
+    @app.post("/v1/batches", tags=["batches"], status_code=202, response_model=JobView,
+              responses=_errors(*_API, *_BODY, 503),
               summary="Start a job that generates and stores a batch; poll GET /v1/jobs/{job_id}.")
-    async def create_batch(body: BatchRequest):
+    async def create_batch(body: BatchRequest, request: Request):
         plan = await platform.plan(body.model, body.condition, body.prompt, body.count, body.seed, body.params,
                                    platform.limits.max_batch_images, "one batch")
-        rec = platform.create_batch_job(plan, body.format)
+        rec = platform.create_batch_job(plan, body.format, caller_of(request))
         return JSONResponse(JobView.of(rec).model_dump(), status_code=202,
                             headers={"Location": f"/v1/jobs/{rec.job_id}"})
 
-    @app.get("/v1/batches", tags=["batches"], response_model=list[BatchSummary], summary="Stored batches, newest first.")
-    async def list_batches():
-        return [_batch_summary(b) for b in await platform.list_batches()]
+    @app.get("/v1/batches", tags=["batches"], response_model=list[BatchSummary],
+             summary="Stored batches, newest first.", responses=_errors(*_API))
+    async def list_batches(request: Request):
+        return [_batch_summary(b) for b in await platform.list_batches(caller_of(request))]
 
-    @app.get("/v1/batches/{batch_id}", tags=["batches"], responses=_ERRORS,
+    @app.get("/v1/batches/{batch_id}", tags=["batches"], responses=_errors(*_API, 400, 404),
              summary="A batch's manifest (model, hash, backend, per-image seed and condition).")
-    async def get_batch(batch_id: str):
-        man = await platform.get_batch(batch_id)
+    async def get_batch(request: Request, batch_id: str = _BATCH_ID):
+        man = await platform.get_batch(batch_id, caller_of(request))
         return {**man.model_dump(mode="json"), "links": _batch_summary(man).links}
 
-    @app.delete("/v1/batches/{batch_id}", tags=["batches"], responses=_ERRORS)
-    async def delete_batch(batch_id: str):
-        await platform.delete_batch(batch_id)
+    @app.delete("/v1/batches/{batch_id}", tags=["batches"], responses=_errors(*_API, 400, 404, 409),
+                summary="Delete a stored batch.")
+    async def delete_batch(request: Request, batch_id: str = _BATCH_ID):
+        await platform.delete_batch(batch_id, caller_of(request))
         return {"batch_id": batch_id, "deleted": True}
 
-    @app.get("/v1/batches/{batch_id}/download", tags=["batches"], responses=_ERRORS, response_class=StreamingResponse,
+    @app.get("/v1/batches/{batch_id}/download", tags=["batches"], response_class=StreamingResponse,
+             responses={**_errors(*_API, 400, 404), 200: {"description": "tar or zip archive of the batch", "content": {
+                 "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                 "application/zip": {"schema": {"type": "string", "format": "binary"}}}}},
              summary="The whole batch as a streamed tar (default) or zip archive.")
-    async def download_batch(batch_id: str, archive: Literal["tar", "zip"] = "tar"):
-        man = await platform.get_batch(batch_id)
+    async def download_batch(request: Request, batch_id: str = _BATCH_ID, archive: Literal["tar", "zip"] = "tar"):
+        man = await platform.get_batch(batch_id, caller_of(request))
         return StreamingResponse(
             platform.archive(man, archive), media_type="application/x-tar" if archive == "tar" else "application/zip",
             headers={"Content-Disposition": f'attachment; filename="{man.batch_id}.{archive}"'},
         )
 
-    @app.get("/v1/batches/{batch_id}/images/{index}", tags=["batches"], responses=_ERRORS, response_class=Response,
+    @app.get("/v1/batches/{batch_id}/images/{index}", tags=["batches"], response_class=Response,
+             responses={**_errors(*_API, 400, 404), 200: {"description": "the image file as stored", "content": {
+                 t: {"schema": {"type": "string", "format": "binary"}} for t in (
+                     "image/png", "application/dicom", "application/x-npz", "application/octet-stream")}}},
              summary="One image of a batch, as stored (webdataset batches: the PNG member).")
-    async def get_image(batch_id: str, index: int):
-        name, data = await platform.image_bytes(batch_id, index)
+    async def get_image(request: Request, batch_id: str = _BATCH_ID,
+                        index: int = Path(..., ge=0, lt=2**31,
+                                          description="0-based image index (< the batch's count)")):
+        name, data = await platform.image_bytes(batch_id, index, caller_of(request))
         ext = "." + name.rsplit(".", 1)[-1].lower()
         return Response(data, media_type=_MEDIA.get(ext, "application/octet-stream"),
                         headers={"Content-Disposition": f'inline; filename="{name}"'})
 
-    @app.get("/v1/batches/{batch_id}/files/{name}", tags=["batches"], responses=_ERRORS, response_class=Response,
+    @app.get("/v1/batches/{batch_id}/files/{name}", tags=["batches"], response_class=Response,
+             responses={**_errors(*_API, 400, 404), 200: {"description": "the stored file", "content": {
+                 **{t: {"schema": {"type": "string", "format": "binary"}} for t in _MEDIA.values() if t != _JSON},
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                 _JSON: {"schema": {"type": "object", "description": "manifest.json: the batch manifest"}}}}},
              summary="One stored file by name (images, shards, manifest.json).")
-    async def get_file(batch_id: str, name: str):
-        data = await platform.read_file(batch_id, name)
+    async def get_file(request: Request, batch_id: str = _BATCH_ID,
+                       name: str = Path(..., pattern=FILE_NAME_PATTERN, max_length=128, examples=["manifest.json"],
+                                        description="A file name from the batch manifest (no paths).")):
+        data = await platform.read_file(batch_id, name, caller_of(request))
         ext = "." + name.rsplit(".", 1)[-1].lower()
         return Response(data, media_type=_MEDIA.get(ext, "application/octet-stream"),
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     # ---- jobs ---------------------------------------------------------------------------------
-    @app.get("/v1/jobs", tags=["jobs"], response_model=list[JobView])
-    async def list_jobs(kind: Literal["batch", "score"] | None = None):
-        return [JobView.of(j) for j in platform.jobs.list(kind)]
+    @app.get("/v1/jobs", tags=["jobs"], response_model=list[JobView], responses=_errors(*_API),
+             summary="Batch and scoring jobs, newest first.")
+    async def list_jobs(request: Request, kind: Literal["batch", "score"] | None = None):
+        return [JobView.of(j) for j in platform.list_jobs(kind, caller_of(request))]
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_ERRORS,
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_errors(*_API, 400, 404),
              summary="A job's state and progress (done/total); batch_id once a batch job succeeded.")
-    async def get_job(job_id: str):
-        return JobView.of(platform.jobs.get(job_id))
+    async def get_job(request: Request, job_id: str = _JOB_ID):
+        return JobView.of(platform.get_job(job_id, caller_of(request)))
 
     # ---- scores -------------------------------------------------------------------------------
-    @app.get("/v1/references", tags=["scores"], summary="Registered real reference sets.")
+    @app.get("/v1/references", tags=["scores"], summary="Registered real reference sets.",
+             responses=_errors(*_API, 503))
     async def references() -> list[str]:
         return await platform.references()
 
-    @app.post("/v1/scores", tags=["scores"], status_code=202, response_model=JobView, responses=_ERRORS,
+    @app.post("/v1/scores", tags=["scores"], status_code=202, response_model=JobView,
+              responses=_errors(*_API, *_BODY, 404, 503),
               summary="Start scoring a stored batch against a registered reference; poll GET /v1/scores/{job_id}.")
-    async def create_score(body: ScoreRequest):
-        rec = await platform.create_score_job(body.batch_id, body.reference, body.metrics, body.extractor)
+    async def create_score(body: ScoreRequest, request: Request):
+        rec = await platform.create_score_job(body.batch_id, body.reference, body.metrics, body.extractor,
+                                              caller_of(request))
         return JSONResponse(JobView.of(rec).model_dump(), status_code=202,
                             headers={"Location": f"/v1/scores/{rec.job_id}"})
 
-    @app.get("/v1/scores/{job_id}", tags=["scores"], responses={**_ERRORS, 409: {"model": ErrorBody}},
+    @app.get("/v1/scores/{job_id}", tags=["scores"], response_model=JobView, responses=_errors(*_API, 400, 404, 409),
              summary="The scores of a finished scoring job (409 while it runs).")
-    async def get_score(job_id: str):
-        rec = platform.score_result(job_id)
+    async def get_score(request: Request, job_id: str = _JOB_ID):
+        rec = platform.score_result(job_id, caller_of(request))
         return JobView.of(rec)
 
     from services.common.findings import ConditionError
     from services.common.store import StoreError
     from services.generator.base import GeneratorError
+    from services.metrics.errors import MetricsError
 
     async def _shared_error(request: Request, exc: Exception):
-        err = api_error(exc)
-        return JSONResponse({"error": err.kind, "detail": err.message}, status_code=err.http_status)
+        return error_response(api_error(exc))
 
-    for exc_type in (ConditionError, GeneratorError, StoreError):
+    for exc_type in (ConditionError, GeneratorError, StoreError, MetricsError):
         app.add_exception_handler(exc_type, _shared_error)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
+    _document_links(app)
     return app
 
+
+#: OpenAPI links: which response field feeds which operation's parameter (clients, and schemathesis' stateful
+#: phase, follow a created job to its batch, its files and images).
+_LINKS = [
+    # (from method, from path, status, link name, to method, to path, {param: runtime expression or constant})
+    ("POST", "/v1/batches", "202", "GetJob", "GET", "/v1/jobs/{job_id}", {"job_id": "$response.body#/job_id"}),
+    ("POST", "/v1/scores", "202", "GetScore", "GET", "/v1/scores/{job_id}", {"job_id": "$response.body#/job_id"}),
+    ("GET", "/v1/jobs/{job_id}", "200", "GetBatch", "GET", "/v1/batches/{batch_id}",
+     {"batch_id": "$response.body#/batch_id"}),
+    ("GET", "/v1/batches", "200", "GetBatch", "GET", "/v1/batches/{batch_id}",
+     {"batch_id": "$response.body#/0/batch_id"}),
+    ("GET", "/v1/batches/{batch_id}", "200", "DownloadBatch", "GET", "/v1/batches/{batch_id}/download",
+     {"batch_id": "$response.body#/batch_id"}),
+    ("GET", "/v1/batches/{batch_id}", "200", "GetFirstImage", "GET", "/v1/batches/{batch_id}/images/{index}",
+     {"batch_id": "$response.body#/batch_id", "index": 0}),
+    ("GET", "/v1/batches/{batch_id}", "200", "GetManifest", "GET", "/v1/batches/{batch_id}/files/{name}",
+     {"batch_id": "$response.body#/batch_id", "name": "manifest.json"}),
+    ("GET", "/v1/batches/{batch_id}", "200", "DeleteBatch", "DELETE", "/v1/batches/{batch_id}",
+     {"batch_id": "$response.body#/batch_id"}),
+]
+
+
+def _document_links(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict:
+        spec = original()
+        if spec.get("x-synthrad-links"):
+            return spec
+        paths = spec.get("paths", {})
+        for src_m, src_p, status, name, dst_m, dst_p, params in _LINKS:
+            src = paths.get(src_p, {}).get(src_m.lower())
+            dst = paths.get(dst_p, {}).get(dst_m.lower())
+            if not src or not dst or status not in src.get("responses", {}):
+                continue
+            src["responses"][status].setdefault("links", {})[name] = {"operationId": dst["operationId"],
+                                                                       "parameters": params}
+        spec["x-synthrad-links"] = True
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 def _provenance(plan, i: int) -> Provenance:
     return Provenance(

@@ -60,7 +60,13 @@ def describe_views(views) -> str:
 
 # ---- RNG -------------------------------------------------------------------------------------------------
 def rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state in types ``torch.load(weights_only=True)`` reads (tensors, ints, floats, lists)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    st = {"torch": torch.get_rng_state(),
+          "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "gauss": float(gauss)},
+          "python": [int(version), list(internal), gauss_next]}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -68,8 +74,14 @@ def rng_state() -> dict:
 
 def set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"].cpu())  # a checkpoint loaded with map_location=cuda moves it
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    npst = st["numpy"]
+    if isinstance(npst, dict):
+        keys = np.asarray(npst["keys"].cpu().numpy(), dtype=np.uint32)
+        np.random.set_state((npst["kind"], keys, npst["pos"], npst["has_gauss"], npst["gauss"]))
+    else:  # checkpoints of earlier versions: numpy's own tuple
+        np.random.set_state(npst)
+    py = st["python"]
+    random.setstate((int(py[0]), tuple(py[1]), py[2]))
     if "cuda" in st and torch.cuda.is_available():
         try:
             torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
@@ -84,12 +96,30 @@ def seed_everything(seed: int) -> None:
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
+def _safe_types(obj: Any) -> Any:
+    """``obj`` with paths as strings and numpy values as tensors / Python numbers, so the checkpoint loads
+    with ``torch.load(weights_only=True)`` (no pickled objects, no code run on load)."""
+    if isinstance(obj, dict):
+        return {k: _safe_types(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_safe_types(v) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Atomic ``torch.save`` (temp file + rename): a crash never leaves a truncated checkpoint."""
+    """Atomic ``torch.save`` (temp file + rename) of ``state`` in safe types: a crash never leaves a truncated
+    checkpoint, and loading one never unpickles objects."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
+    torch.save(_safe_types(state), tmp)
     os.replace(tmp, path)
     return path
 
@@ -130,9 +160,45 @@ def check_resume_config(path: str | os.PathLike, what: str, saved: dict, current
                      f"use the same options or a new --out")
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint that holds pickled objects beyond tensors and plain containers: not loaded (unpickling it
+    could run code)."""
+
+
+#: numpy types that checkpoints of earlier synthrad versions hold (numpy's RNG state); allowed by name only
+_LEGACY_NUMPY = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+                 "numpy.dtype", "numpy.dtypes.UInt32DType")
+
+
+def _legacy_numpy_globals() -> list:
+    import importlib
+
+    out = []
+    for name in _LEGACY_NUMPY:
+        mod, _, attr = name.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(mod), attr))
+        except (ImportError, AttributeError):
+            continue
+    return out
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    # Our own checkpoints hold numpy RNG state and plain dicts; weights_only=False is needed for those.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """Load a training checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers only
+    (plus numpy arrays for checkpoints of earlier versions); anything else raises :class:`UnsafeCheckpoint`."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    try:
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(
+            f"{Path(path).name} holds objects other than tensors and plain values, so it is not loaded (unpickling "
+            f"it could run code): {str(e).splitlines()[0][:200]}. Resume only from checkpoints synthrad wrote.") from None
 
 
 # ---- time budget ------------------------------------------------------------------------------------------

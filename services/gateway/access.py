@@ -1,0 +1,83 @@
+"""REST access control as a pure ASGI middleware: Host check, API key, scope, rate limit, request counting.
+
+Pure ASGI on purpose: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) catches an exception
+raised while a streaming body is sent and then ends the response normally, so a download that fails
+mid-way (a damaged file) would reach the client as a complete, short archive. Here the exception propagates
+to the server, which cuts the connection without the terminating chunk: the client sees an incomplete read.
+
+The caller is left in ``scope["state"]["caller"]`` (``request.state.caller`` for the routes: visibility,
+quotas, audit).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from starlette.requests import Request
+from starlette.routing import Match
+
+from . import prometheus as m
+from .audit import AuditLog
+from .auth import LOCAL, REST_OPERATIONS, ApiKeyAuth
+from .errors import ApiError, Forbidden
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def rest_operation(app, scope) -> str | None:
+    """The operation name (``auth.REST_OPERATIONS``) of the route this request will reach, if any."""
+    request = Request(scope)
+    if request.url.path == "/metrics":
+        return "RayMetrics" if request.query_params.get("ray", "").lower() in _TRUE else None
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return REST_OPERATIONS.get((request.method, getattr(route, "path", "")))
+    return None
+
+
+class AccessControl:
+    def __init__(self, app, fastapi_app, auth: ApiKeyAuth, audit: AuditLog, render: Callable):
+        self.app, self.fastapi_app, self.auth, self.audit, self.render = app, fastapi_app, auth, audit, render
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        op = rest_operation(self.fastapi_app, scope)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        try:
+            self.auth.check_host(headers.get("host"))
+            if op is None and ApiKeyAuth.is_open_path(path):
+                caller = LOCAL
+            else:
+                caller = self.auth.authenticate(headers, peer)
+                if op is not None:
+                    try:
+                        self.auth.authorize(caller, op)
+                    except Forbidden:
+                        self.audit.record("auth.denied", caller.key_id, "denied", peer, operation=op)
+                        raise
+        except ApiError as e:
+            m.REQUESTS.labels("rest", op or "unmatched", str(e.http_status)).inc()
+            return await self.render(e)(scope, receive, send)
+        scope.setdefault("state", {})["caller"] = caller
+        status = {"code": 500}
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            if path != "/metrics":
+                route = scope.get("route")
+                m.REQUESTS.labels("rest", f"{scope.get('method')} {getattr(route, 'path', 'unmatched')}",
+                                  str(status["code"])).inc()
+
+
+__all__ = ["AccessControl", "rest_operation"]
