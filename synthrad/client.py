@@ -240,9 +240,13 @@ class SynthradClient:
     def _check(self, r: httpx.Response) -> httpx.Response:
         if r.status_code >= 400:
             try:
-                detail = r.json().get("detail", r.text)
+                body = r.json()
+                detail, kind = body.get("detail", r.text), body.get("error")
             except Exception:
-                detail = r.text
+                detail, kind = r.text, None
+            parts = r.request.url.path.split("/")
+            if kind == "batch_damaged" and len(parts) > 3 and parts[2] == "batches":
+                raise BatchIntegrityError(parts[3], f"the server refused it: {detail}")
             raise SynthradError(f"{r.request.method} {r.request.url.path}: {r.status_code} {detail}", r.status_code)
         return r
 

@@ -17,7 +17,6 @@ from services.generator.base import GenerationParams, GeneratorError, LoadedGene
 class TinyGenerator(LoadedGenerator):
     family = "tiny-test"
     text_conditioned = False
-    max_resize_factor = 1  # makes its native size only (generate refuses others)
 
     def __init__(self, model_id: str = "tiny-test", resolution: int = 32, fail_seeds: set[int] | None = None,
                  backend: str = "eager", device: str = "cpu"):

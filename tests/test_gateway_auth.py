@@ -60,6 +60,9 @@ def test_scopes_are_enforced_per_operation(keyed):
     assert r.status_code == 403
     assert client.get("/metrics").status_code == 200  # scrapers need no key
     assert client.get("/metrics?ray=1", headers=A).status_code == 403  # Ray's own series: admin only
+    for spelling in ("y", "t", "True", "on", "1"):
+        assert client.get(f"/metrics?ray={spelling}").status_code == 401, spelling
+    assert client.get("/metrics?ray=0").status_code == 200
     assert client.get("/metrics?ray=1", headers=ADMIN).status_code == 200
 
 
@@ -110,8 +113,21 @@ def test_failed_authentication_locks_the_client_out(tmp_path):
     with TestClient(create_app(platform), base_url="http://localhost") as client:
         codes = [client.get("/v1/models", headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(8)]
         assert codes[:5] == [401] * 5 and codes[5:] == [429] * 3
-        r = client.get("/v1/models", headers=A)  # locked out even with a good key, until the lockout ends
+        r = client.get("/v1/models")  # no key at all: locked out too
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        # a valid key from the same address still works: clients behind one NAT cannot lock each other out
+        assert client.get("/v1/models", headers=A).status_code == 200
+
+
+def test_refused_calls_count_against_the_rate_and_are_audited_sampled(tmp_path):
+    keys = [{"id": "ro", "key": "secret-ro-ro", "scopes": ["read"], "requests_per_minute": 3}]
+    platform, *_ = make_platform(tmp_path, api_keys=keys)
+    with TestClient(create_app(platform), base_url="http://localhost") as client:
+        codes = [client.post("/v1/generate", json={"count": 1}, headers={"X-API-Key": "secret-ro-ro"}).status_code
+                 for _ in range(10)]
+    assert codes == [403] * 3 + [429] * 7
+    denied = [e for e in platform.audit.read() if e["action"] == "auth.denied"]
+    assert len(denied) == 1 and denied[0]["key_id"] == "ro" and denied[0]["operation"] == "Generate"
 
 
 def test_failure_log_is_sampled_not_flooded(caplog):
@@ -162,6 +178,9 @@ def test_host_header_is_checked_while_auth_is_off(tmp_path):
         assert client.get("/v1/models", headers={"Host": "[::1]:8000"}).status_code == 200
         r = client.get("/v1/models", headers={"Host": "attacker.example:8000"})
         assert r.status_code == 400 and "Host header" in r.json()["detail"]
+        for rebinding in ("127.0.0.1.attacker.example:8000", "127.attacker.example", "localhost.attacker.example"):
+            assert client.get("/v1/models", headers={"Host": rebinding}).status_code == 400, rebinding
+        assert client.get("/v1/models", headers={"Host": "127.0.0.2"}).status_code == 200  # loopback IP literal
     platform, *_ = make_platform(tmp_path / "b", security={"allowed_hosts": ["xray.lab.internal"]})
     with TestClient(create_app(platform), base_url="http://xray.lab.internal") as client:
         assert client.get("/v1/models").status_code == 200

@@ -108,11 +108,13 @@ def test_deleted_file_makes_the_client_raise_not_yield_short(served, tmp_path):
     assert connect().batch(bid)["count"] == N  # listed and looked up: then a file goes away
     _path(store, bid, 5).unlink()
     seen = []
-    with pytest.raises(BatchIntegrityError) as ei:
+    with pytest.raises(BatchIntegrityError) as ei:  # refused before the first byte: the file is missing
         for img, rec in connect().iter_arrays(bid):
             seen.append(rec["index"])
-    assert seen == [0, 1, 2, 3, 4] and ei.value.batch_id == bid
+    assert seen == [] and ei.value.batch_id == bid
     assert "000005-s5.png" in str(ei.value)
+    r = connect().http.get(f"/v1/batches/{bid}/download")
+    assert r.status_code == 500 and r.json()["error"] == "batch_damaged" and "000005-s5.png: missing" in r.json()["detail"]
     with pytest.raises(BatchIntegrityError):
         connect().download(bid, tmp_path / "dl")
     assert not any((tmp_path / "dl").iterdir())  # no archive, no .part left behind
@@ -138,7 +140,7 @@ def test_corrupt_file_never_reaches_the_client_as_a_member(served, tmp_path):
 def test_damaged_download_is_cut_not_completed(served, archive):
     connect, store = served
     bid = _batch(store)
-    _path(store, bid, 5).unlink()
+    _corrupt(_path(store, bid, 5))  # present (the pre-check passes), wrong bytes: found while streaming
     body, err = _raw_download(connect(), bid, archive)
     assert isinstance(err, httpx.RemoteProtocolError), f"a complete {len(body)}-byte response, no error"
 

@@ -159,6 +159,53 @@ def test_stale_records_of_another_host_are_taken_over_after_the_lease(tmp_path):
     assert m.get(fresh.job_id).state == JobState.RUNNING  # its gateway may well be alive
 
 
+def test_a_stale_record_on_this_host_is_taken_over_even_if_its_pid_is_alive(tmp_path):
+    """A container restart reuses hostnames and pids: without a heartbeat for the lease, the job is orphaned."""
+    import os
+
+    stale = JobRecord(job_id="job-00000000000000f1", kind="batch", state=JobState.RUNNING, total=1,
+                      owner=f"{socket.gethostname()}:{os.getpid()}", updated="2020-01-01T00:00:00.000000Z")
+    (tmp_path / f"{stale.job_id}.json").write_text(stale.model_dump_json())
+    m = JobManager(tmp_path)
+    assert m.get(stale.job_id).state == JobState.FAILED and m.get(stale.job_id).attempt == 2
+
+
+def test_a_gateway_that_lost_its_job_stops_writing(tmp_path):
+    """A stalled gateway whose job was taken over (its record names another owner) stops at the next chunk,
+    aborts nothing of the new owner's batch and never writes the record again."""
+
+    async def go():
+        platform, store, _ = make_platform(tmp_path)
+        gate = asyncio.Event()
+        real = platform.generators.generate
+
+        async def slow(model_id, chunk):
+            await gate.wait()
+            return await real(model_id, chunk)
+
+        platform.generators.generate = slow
+        plan = await platform.plan(None, None, None, 64, 0, None, 100, "t")
+        rec = platform.create_batch_job(plan, "png")
+        for _ in range(100):
+            if platform.jobs.get(rec.job_id).staging_batch_id:
+                break
+            await asyncio.sleep(0.01)
+        path = tmp_path / "home" / "jobs" / f"{rec.job_id}.json"
+        taken = JobRecord.model_validate_json(path.read_text()).model_copy(
+            update={"owner": "another-host:7", "attempt": 2})
+        path.write_text(taken.model_dump_json())
+        gate.set()
+        task = platform.jobs._tasks.get(rec.job_id)  # noqa: SLF001
+        if task is not None:
+            await asyncio.wait_for(task, 10)
+        assert JobRecord.model_validate_json(path.read_text()) == taken  # the new owner's record, untouched
+        staging = platform.jobs.get(rec.job_id).staging_batch_id
+        assert list((tmp_path / "home" / "batches").glob(f".tmp-{staging}-*"))  # not aborted: the new owner's
+        assert store.list() == []  # this gateway published nothing
+
+    asyncio.run(go())
+
+
 def test_finished_records_are_pruned_after_the_retention(tmp_path):
     old = JobRecord(job_id="job-0000000000000001", kind="batch", state=JobState.SUCCEEDED,
                     finished="2020-01-01T00:00:00.000000Z", updated="2020-01-01T00:00:00.000000Z")

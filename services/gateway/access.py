@@ -21,14 +21,16 @@ from .audit import AuditLog
 from .auth import LOCAL, REST_OPERATIONS, ApiKeyAuth
 from .errors import ApiError, Forbidden
 
-_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "f", "no", "n", "off")
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def rest_operation(app, scope) -> str | None:
     """The operation name (``auth.REST_OPERATIONS``) of the route this request will reach, if any."""
     request = Request(scope)
-    if request.url.path == "/metrics":
-        return "RayMetrics" if request.query_params.get("ray", "").lower() in _TRUE else None
+    if request.url.path == "/metrics":  # any spelling of ray=true the route would accept needs admin
+        ray = request.query_params.getlist("ray")
+        return "RayMetrics" if any(v.strip().lower() not in _FALSE for v in ray) else None
     for route in app.router.routes:
         match, _ = route.matches(scope)
         if match == Match.FULL:
@@ -58,7 +60,8 @@ class AccessControl:
                     try:
                         self.auth.authorize(caller, op)
                     except Forbidden:
-                        self.audit.record("auth.denied", caller.key_id, "denied", peer, operation=op)
+                        if self.auth.should_audit_denial(caller, op):
+                            self.audit.record("auth.denied", caller.key_id, "denied", peer, operation=op)
                         raise
         except ApiError as e:
             m.REQUESTS.labels("rest", op or "unmatched", str(e.http_status)).inc()
@@ -76,8 +79,8 @@ class AccessControl:
         finally:
             if path != "/metrics":
                 route = scope.get("route")
-                m.REQUESTS.labels("rest", f"{scope.get('method')} {getattr(route, 'path', 'unmatched')}",
-                                  str(status["code"])).inc()
+                method = scope.get("method") if scope.get("method") in _METHODS else "OTHER"
+                m.REQUESTS.labels("rest", f"{method} {getattr(route, 'path', 'unmatched')}", str(status["code"])).inc()
 
 
 __all__ = ["AccessControl", "rest_operation"]

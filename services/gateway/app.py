@@ -59,13 +59,12 @@ def _peer_is_loopback(peer: str) -> bool:
 
 def _peer(ctx) -> str:
     """The client address of a gRPC call (``ipv4:1.2.3.4:5555`` -> ``1.2.3.4``), '' when unknown."""
+    from .grpc_api import peer_host
+
     try:
-        peer = ctx.peer() if ctx is not None else ""
+        return peer_host(ctx.peer() if ctx is not None else "")
     except Exception:  # noqa: BLE001 - Serve's context may not know it
         return ""
-    if not peer or peer.startswith("unix:"):
-        return peer or ""
-    return peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
 
 
 class _GrpcFailure(Exception):

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -64,7 +67,15 @@ REST_OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/scores/{job_id}"): "GetScore",
 }
 
-_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+def _is_local_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (127.0.0.0/8, ::1) — never a DNS name that merely starts with
+    "127." (``127.0.0.1.attacker.example`` resolves wherever its owner wants)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,8 @@ class ApiKeyAuth:
         self.security = security or SecuritySettings()
         self.limiter = KeyLimiter(specs)
         self.failures = AuthFailureGuard(self.security)
+        self._denied: dict[tuple[str, str], float] = {}
+        self._denied_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -138,10 +151,10 @@ class ApiKeyAuth:
         """The caller for these headers (lower-case names); 401 for a missing/wrong key, 429 when locked out."""
         if not self.enabled:
             return Caller(LOCAL.key_id, LOCAL.scopes, peer)
-        self.failures.check(peer)
         key = self.key_from(headers)
         spec = self.lookup(key)
-        if spec is None:
+        if spec is None:  # a valid key is never locked out (clients behind one NAT cannot shut each other out)
+            self.failures.check(peer)
             self.failures.failed(peer, "missing key" if not key else "invalid key")
             raise Unauthenticated("missing or invalid API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
         return Caller(spec.id, frozenset(spec.scopes), peer)
@@ -151,15 +164,26 @@ class ApiKeyAuth:
 
     # ---- what -----------------------------------------------------------------------------------
     def authorize(self, caller: Caller, operation: str) -> None:
-        """403 unless the caller has the operation's scope; then charge one request to the key's rate."""
-        if operation not in OPERATION_SCOPES:
-            raise Forbidden(f"operation {operation!r} is not open to API callers")
-        scope = OPERATION_SCOPES[operation]
+        """Charge one request to the key's rate (429 first: refused calls count too), then 403 unless the
+        caller has the operation's scope."""
+        if caller.key_id is not None:
+            self.limiter.request(caller.key_id)
+        scope = OPERATION_SCOPES.get(operation, "admin")  # an operation missing from the table: admin only
         if not caller.has(scope):
             raise Forbidden(f"API key {caller.key_id!r} may not {operation} (needs scope {scope!r}; "
                             f"it has {', '.join(sorted(caller.scopes)) or 'none'})")
-        if caller.key_id is not None:
-            self.limiter.request(caller.key_id)
+
+    def should_audit_denial(self, caller: Caller, operation: str) -> bool:
+        """True for the first refusal of (key, operation) in a minute: denials are audited, not every one."""
+        now = time.monotonic()
+        key = (caller.key_id or "", operation)
+        with self._denied_lock:
+            if now - self._denied.get(key, -1e9) < 60.0:
+                return False
+            if len(self._denied) > 10_000:
+                self._denied.clear()
+            self._denied[key] = now
+            return True
 
     def charge_images(self, caller: Caller, n: int) -> None:
         self.limiter.images(caller.key_id, n)
@@ -177,10 +201,10 @@ class ApiKeyAuth:
         host = host_of(host_header or "")
         if host in allowed or "*" in allowed:
             return
-        if not self.enabled and (host in _LOCAL_HOSTS or host.startswith("127.")):
+        if not self.enabled and _is_local_host(host):
             return
         raise BadRequest("Host header not accepted: this server answers to localhost unless "
-                              "SYNTHRAD_SECURITY__ALLOWED_HOSTS lists the name (or API keys are configured)")
+                         "SYNTHRAD_SECURITY__ALLOWED_HOSTS lists the name (or API keys are configured)")
 
     @staticmethod
     def is_open_path(path: str) -> bool:

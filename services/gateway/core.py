@@ -34,7 +34,7 @@ from .clients import Generators, Scorer
 from .errors import InvalidArgument, NotFound, NotReady, Unavailable, api_error
 from .audit import AuditLog
 from .auth import LOCAL, ApiKeyAuth, Caller
-from .jobs import JobHandle, JobManager, JobRecord, JobState, Runner
+from .jobs import JobHandle, JobManager, JobRecord, JobState, LostLease, Runner
 from .limits import check_count, check_params
 
 log = get_logger(__name__)
@@ -128,6 +128,7 @@ class Platform:
             raise NotFound(f"model {model_id!r} not found; this platform serves: {', '.join(sorted(self.generators.model_ids()))}")
         if model_id not in self._infos:
             info = dict(await self.generators.info(model_id))
+            info.pop("replica", None)  # host:pid of one replica: internal
             info["is_default"] = model_id == self.default_model
             self._infos[model_id] = info
         return self._infos[model_id]
@@ -264,7 +265,11 @@ class Platform:
     async def generate(self, plan: GenPlan, caller: Caller = LOCAL) -> np.ndarray:
         """Inline generation: the images in memory (at most ``limits.max_inline_images``)."""
         self.admit(plan, caller, "generate")
-        parts = [res.images async for _, _, res in self.stream(plan)]
+        try:
+            parts = [res.images async for _, _, res in self.stream(plan)]
+        except BaseException:
+            self.auth.refund_images(caller, plan.count)  # nothing was delivered
+            raise
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0, 0), np.float32)
 
     async def generate_stream(self, plan: GenPlan, caller: Caller = LOCAL) -> AsyncIterator[tuple[int, GenChunk, ChunkResult]]:
@@ -312,11 +317,13 @@ class Platform:
                 handle.save()  # the staging batch id is on record before the first image
                 handle.progress(writer.count)
                 async for first, chunk, res in self.stream(plan, start=writer.count, on_retry=retried):
+                    handle.check_lease()  # never write beside a gateway that took this job over
                     await asyncio.to_thread(_add_chunk, writer, chunk, res, plan.prompt)
                     await asyncio.to_thread(writer.sync)
                     handle.progress(first + len(chunk))
+                handle.check_lease()
                 manifest = await asyncio.to_thread(writer.commit)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, LostLease):
                 await asyncio.to_thread(writer.suspend)  # keep what is stored: the next gateway resumes it
                 raise
             except BaseException:
@@ -460,6 +467,11 @@ class Platform:
 
     def iter_images(self, batch_id: str):
         return self.store.iter_images(batch_id)
+
+    async def check_files(self, manifest: Manifest) -> None:
+        """Every file of the batch is there (one listing, no reads): checked before a download starts, so a
+        batch known to be damaged gets an error status; digests are checked while streaming."""
+        await self._store(self.store.verify, manifest.batch_id, False)
 
     def archive(self, manifest: Manifest, kind: str) -> Iterator[bytes]:
         """The batch as a streamed tar or zip: every file checked against ``manifest`` before its header is

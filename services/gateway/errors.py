@@ -223,6 +223,15 @@ def scrub(message: str, limit: int = MAX_DETAIL_CHARS) -> str:
     return s
 
 
+class BatchDamagedError(ApiError):
+    """Stored data that no longer matches its manifest (a missing or corrupt file): the server's fault, not
+    the request's, and not transient. The message names the batch and the file only."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.DATA_LOSS
+    kind = "batch_damaged"
+
+
 def api_error(exc: BaseException) -> ApiError:
     """Map an exception of the shared layers onto an :class:`ApiError` (unknown ones -> :class:`Internal`,
     logged with an error id; the client sees only the id)."""
@@ -234,12 +243,15 @@ def api_error(exc: BaseException) -> ApiError:
     if isinstance(cause, BaseException) and cause is not exc:
         return api_error(cause)
     from services.common.findings import ConditionError
-    from services.common.store import BatchNotFound, InvalidBatchId
+    from services.common.store import BatchDamaged, BatchNotFound, InvalidBatchId
     from services.generator.base import GeneratorError
     from services.metrics.errors import MetricsError
 
     if isinstance(exc, InvalidBatchId):
         return BadId(scrub(str(exc)))
+    if isinstance(exc, BatchDamaged):
+        log.error("damaged batch", extra={"batch_id": exc.batch_id, "problems": exc.problems[:20]})
+        return BatchDamagedError(scrub(str(exc)) + "; restore it from a backup, or delete and regenerate it")
     if isinstance(exc, BatchNotFound):
         # "batch X not found in <store root>": the root is the server's business
         return NotFound(_NOT_FOUND_IN_RE.sub(" not found", scrub(str(exc))))

@@ -153,6 +153,14 @@ def job_to_pb(rec: JobRecord) -> common_pb2.Job:
     )
 
 
+def peer_host(peer: str | None) -> str:
+    """A gRPC peer (``ipv4:1.2.3.4:5555``, ``ipv6:[::1]:5555``) -> its address without the port, so limits and
+    lockouts apply per client, not per connection."""
+    if not peer or peer.startswith("unix:"):
+        return peer or ""
+    return peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
+
+
 def _metadata_dict(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
     """Metadata -> lower-case dict; binary values that are not UTF-8 are decoded with replacement (never raise)."""
     return {str(k).lower(): (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
@@ -172,7 +180,8 @@ class GrpcApi:
         try:
             self.auth.authorize(caller, name)
         except Forbidden:
-            self.p.audit.record("auth.denied", caller.key_id, "denied", peer, operation=name)
+            if self.auth.should_audit_denial(caller, name):
+                self.p.audit.record("auth.denied", caller.key_id, "denied", peer, operation=name)
             raise
         limit = self.p.limits.max_request_bytes
         if request is not None and request.ByteSize() > limit:
@@ -402,7 +411,7 @@ def add_to_server(api: GrpcApi, server: grpc.aio.Server) -> None:
             async def abort(err: ApiError):
                 await context.abort(err.grpc_code, err.message)
 
-            return await call_unary(api, name, request, context.invocation_metadata(), abort, context.peer())
+            return await call_unary(api, name, request, context.invocation_metadata(), abort, peer_host(context.peer()))
 
         return handler
 
@@ -411,7 +420,8 @@ def add_to_server(api: GrpcApi, server: grpc.aio.Server) -> None:
             async def abort(err: ApiError):
                 await context.abort(err.grpc_code, err.message)
 
-            async for item in call_stream(api, name, request, context.invocation_metadata(), abort, context.peer()):
+            async for item in call_stream(api, name, request, context.invocation_metadata(), abort,
+                                          peer_host(context.peer())):
                 yield item
 
         return handler

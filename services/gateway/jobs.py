@@ -87,6 +87,10 @@ class JobRecord(BaseModel):
         return float(self.done) / self.total if self.total else (1.0 if self.state == JobState.SUCCEEDED else 0.0)
 
 
+class LostLease(Exception):
+    """Another gateway took this job over (this one stalled past the lease): stop without writing anything."""
+
+
 def validate_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
         raise BadId(f"invalid job id {job_id!r}: ids look like job-0123456789abcdef (issued by the gateway)")
@@ -107,7 +111,13 @@ class JobHandle:
 
     def save(self) -> None:
         """Persist the record now (e.g. after setting ``staging_batch_id``); raises if it cannot be written."""
+        self.check_lease()
         self._m._touch(self.record, force=True, strict=True)
+
+    def check_lease(self) -> None:
+        """Raise :class:`LostLease` when the stored record names another owner or attempt (call before
+        writing results: two gateways never write the same batch)."""
+        self._m._check_lease(self.record)
 
 
 Runner = Callable[[JobHandle], Awaitable[dict]]
@@ -147,6 +157,7 @@ class JobManager:
         self._last_prune = 0.0
         self._heartbeat: asyncio.Task | None = None
         self._persist_warned = False
+        self._lost: set[str] = set()  # jobs another gateway took over: never written by this one again
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._recover()
@@ -176,12 +187,26 @@ class JobManager:
             return None
 
     def _orphaned(self, rec: JobRecord) -> bool:
-        if rec.state.finished:
+        """Unfinished, not ours, and its gateway gone: a dead pid on this host, or no heartbeat for
+        ``lease_s`` (another host, a stalled process, a pid reused after a container restart)."""
+        if rec.state.finished or rec.job_id in self._tasks or any(p.job_id == rec.job_id for p in self._pending):
             return False
         host, _, pid = rec.owner.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit():
-            return int(pid) != os.getpid() and not _pid_alive(int(pid))
+        if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            return True
         return time.time() - _parse_time(rec.updated) > self.settings.lease_s
+
+    def _check_lease(self, rec: JobRecord) -> None:
+        if self.dir is None or rec.job_id in self._lost:
+            if rec.job_id in self._lost:
+                raise LostLease(rec.job_id)
+            return
+        disk = self._read(self._path(rec.job_id))
+        if disk is not None and (disk.owner != rec.owner or disk.attempt != rec.attempt):
+            self._lost.add(rec.job_id)
+            log.warning("job taken over by another gateway; stopping here",
+                        extra={"job_id": rec.job_id, "owner": disk.owner, "attempt": disk.attempt})
+            raise LostLease(rec.job_id)
 
     def _claim(self, rec: JobRecord) -> bool:
         """Take an orphaned job for this process; False when another process claimed it first."""
@@ -243,6 +268,8 @@ class JobManager:
         return n
 
     def _touch(self, rec: JobRecord, force: bool = True, strict: bool = False) -> None:
+        if rec.job_id in self._lost:
+            return
         rec.updated = utc_now()
         now = time.monotonic()
         if force or now - self._last_persist.get(rec.job_id, 0.0) >= self.persist_every_s:
@@ -356,10 +383,16 @@ class JobManager:
         earlier serve that outlived its start-up here)."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            for job_id in list(self._tasks):
+            for job_id, task in list(self._tasks.items()):
                 rec = self._jobs.get(job_id)
-                if rec is not None and not rec.state.finished:
-                    self._touch(rec, force=True)
+                if rec is None or rec.state.finished:
+                    continue
+                try:
+                    self._check_lease(rec)
+                except LostLease:
+                    task.cancel()
+                    continue
+                self._touch(rec, force=True)
             try:
                 self.sweep()
             except OSError as e:
@@ -391,7 +424,11 @@ class JobManager:
             rec.state, rec.started = JobState.RUNNING, rec.started or utc_now()
             self._touch(rec)
             result = await run(JobHandle(self, rec))
+        except LostLease:
+            return  # the new owner runs and records it
         except asyncio.CancelledError:
+            if rec.job_id in self._lost:
+                return
             if rec.kind in self.resumers:  # the next gateway to start resumes it (this pid is gone by then)
                 rec.state = JobState.QUEUED
             else:

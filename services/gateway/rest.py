@@ -5,6 +5,7 @@ See docs/api.md for the walkthrough. Every route delegates to :class:`~services.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import zipfile
@@ -220,7 +221,13 @@ def error_response(err: ApiError) -> JSONResponse:
 def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
     settings = platform.settings
     auth = auth or platform.auth
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        await platform.jobs.resume_pending()  # jobs orphaned before the event loop ran (embedded use)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="synthrad",
         version="1.0",
         summary="Synthetic chest X-rays on demand, stored as marked batches, scored against real images.",
@@ -375,6 +382,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
              summary="The whole batch as a streamed tar (default) or zip archive.")
     async def download_batch(request: Request, batch_id: str = _BATCH_ID, archive: Literal["tar", "zip"] = "tar"):
         man = await platform.get_batch(batch_id, caller_of(request))
+        await platform.check_files(man)  # a missing file is an error status, not a short 200 archive
         return StreamingResponse(
             platform.archive(man, archive), media_type="application/x-tar" if archive == "tar" else "application/zip",
             headers={"Content-Disposition": f'attachment; filename="{man.batch_id}.{archive}"'},
