@@ -134,6 +134,9 @@ class JobView(BaseModel):
     finished: str | None = None
     request: dict
     result: dict | None = None
+    key_id: str | None = Field(None, description="Id of the API key that submitted the job (never the key).")
+    attempt: int = Field(1, description="1, +1 each time a gateway resumed the job after its gateway died.")
+    retries: int = Field(0, description="Generation chunks sent again after a generator replica died.")
     links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
@@ -146,12 +149,12 @@ class JobView(BaseModel):
         return cls(job_id=rec.job_id, kind=rec.kind, state=rec.state.value, done=rec.done, total=rec.total,
                    progress=round(rec.progress, 4), batch_id=rec.batch_id, error=rec.error, created=rec.created,
                    updated=rec.updated, started=rec.started, finished=rec.finished, request=rec.request,
-                   result=rec.result, links=links)
+                   result=rec.result, key_id=rec.key_id, attempt=rec.attempt, retries=rec.retries, links=links)
 
 
 class ModelView(ModelInfo):
     """A served model: the registry's :class:`ModelInfo` plus where it runs (extra keys such as
-    ``replica`` / ``max_batch_size`` from the generator deployment are passed through)."""
+    ``max_batch_size`` from the generator deployment are passed through; the replica's host:pid is not)."""
 
     model_config = ConfigDict(protected_namespaces=(), extra="allow")
 
