@@ -65,6 +65,7 @@ def test_replica_killed_mid_job_is_retried_not_failed(served):
         retried = [line for line in client.get("/metrics").text.splitlines()
                    if line.startswith(f'synthrad_generation_chunk_retries_total{{model="{model}"}}')]
         assert retried and float(retried[0].split()[-1]) >= 1, retried  # chunks were lost and sent again
+        assert job["retries"] >= 1 and job["attempt"] == 1, job
         man = BatchStore(served.store_url).verify(job["batch_id"])
         assert man.count == n and [r.seed for r in man.images] == list(range(seed, seed + n))
         # the re-sent images are the images those seeds make
@@ -146,6 +147,7 @@ def test_serve_killed_mid_job_resumes_on_restart(tmp_path, _isolated_home):
         with httpx.Client(base_url=url, timeout=60) as client:
             job = _wait_job(client, job_id)
             assert job["state"] == "succeeded", (job, log.read_text()[-3000:])
+            assert job["attempt"] == 2 and job["done"] == 256, job  # resumed once, by the new serve
             batches = client.get("/v1/batches").json()
             assert [b["batch_id"] for b in batches] == [job["batch_id"]]  # one batch, nothing half-stored
             store = BatchStore(home / "batches")
