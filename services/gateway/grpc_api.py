@@ -161,12 +161,6 @@ def peer_host(peer: str | None) -> str:
     return peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
 
 
-def _metadata_dict(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
-    """Metadata -> lower-case dict; binary values that are not UTF-8 are decoded with replacement (never raise)."""
-    return {str(k).lower(): (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
-            for k, v in (metadata or [])}
-
-
 # ---- the API ----------------------------------------------------------------------------------
 class GrpcApi:
     def __init__(self, platform: Platform, auth: ApiKeyAuth | None = None):
