@@ -103,8 +103,9 @@ class FakeScorer:
         }
 
 
-def make_platform(tmp_path, gen: TinyGenerator | None = None, **settings_kw):
-    """An in-process Platform (no Ray) on a tiny generator and the fake scorer; returns (platform, store, gen)."""
+def make_platform(tmp_path, gen: TinyGenerator | None = None, more: tuple = (), **settings_kw):
+    """An in-process Platform (no Ray) on a tiny generator (the default model; ``more`` generators are served
+    too) and the fake scorer; returns (platform, store, gen)."""
     from services.common.config import Settings
     from services.common.store import BatchStore
     from services.gateway.clients import LocalGenerators, LocalScorer
@@ -114,7 +115,20 @@ def make_platform(tmp_path, gen: TinyGenerator | None = None, **settings_kw):
     settings = Settings(home=tmp_path / "home", **settings_kw)
     store = BatchStore(settings.resolved_store_url)
     gen = gen or TinyGenerator("tiny")
-    platform = Platform(LocalGenerators({gen.model_id: GeneratorReplica(gen.model_id, generator=gen)}),
+    platform = Platform(LocalGenerators({g.model_id: GeneratorReplica(g.model_id, generator=g) for g in (gen, *more)}),
                         LocalScorer(FakeScorer(store)), store, settings, jobs_dir=settings.home / "jobs",
                         default_model=gen.model_id)
     return platform, store, gen
+
+
+async def serve_grpc(platform):
+    """The gRPC API of ``platform`` on a real grpc.aio server on 127.0.0.1; returns (server, channel)."""
+    import grpc
+
+    from services.gateway.grpc_api import GrpcApi, add_to_server
+
+    server = grpc.aio.server()
+    add_to_server(GrpcApi(platform), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")

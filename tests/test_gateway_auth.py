@@ -188,7 +188,7 @@ def test_host_header_is_checked_while_auth_is_off(tmp_path):
 
 
 def test_bare_string_keys_are_scoped_to_their_own_objects():
-    spec = Settings(api_keys=["legacy-key-1"]).api_key_specs[0]
+    spec = Settings(api_keys=["legacy-key-1"]).api_keys[0]
     assert spec.id.startswith("key-") and "admin" not in spec.scopes and spec.key is None
     auth = ApiKeyAuth(Settings(api_keys=["legacy-key-1"]).api_keys)
     caller = auth.authenticate({"x-api-key": "legacy-key-1"})

@@ -124,8 +124,9 @@ def test_error_mapping_unwraps_remote_errors():
 
 
 def test_grpc_loopback_guard():
-    from services.gateway.app import _peer_is_loopback
+    from services.gateway.net import peer_is_loopback as _peer_is_loopback
 
     assert _peer_is_loopback("ipv4:127.0.0.1:5555") and _peer_is_loopback("ipv6:[::1]:40000")
     assert _peer_is_loopback("unix:/tmp/sock")
     assert not _peer_is_loopback("ipv4:10.1.2.3:5555") and not _peer_is_loopback("ipv6:[2001:db8::1]:1")
+    assert _peer_is_loopback("ipv6:[::ffff:127.0.0.1]:1") and not _peer_is_loopback("ipv4:127.0.0.1.example:1")

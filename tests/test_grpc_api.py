@@ -8,14 +8,9 @@ import grpc
 import numpy as np
 import pytest
 
-from serving_fakes import FakeScorer, GanLikeGenerator, TinyGenerator
-from services.common.config import Settings
+from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform, serve_grpc
 from services.common.findings import Condition
-from services.common.store import BatchStore
-from services.gateway.clients import LocalGenerators, LocalScorer
-from services.gateway.core import Platform
-from services.gateway.grpc_api import GrpcApi, add_to_server, condition_from_pb, condition_to_pb, decode_pb_image
-from services.generator.deployment import GeneratorReplica
+from services.gateway.grpc_api import condition_from_pb, condition_to_pb, decode_pb_image
 from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
 from synthrad.v1 import metrics_pb2_grpc
 
@@ -25,16 +20,8 @@ def run(coro):
 
 
 async def _serve(tmp_path, gen=None, **settings_kw):
-    settings = Settings(home=tmp_path / "home", **settings_kw)
-    store = BatchStore(settings.resolved_store_url)
-    gen = gen or TinyGenerator("tiny")
-    platform = Platform(LocalGenerators({"tiny": GeneratorReplica("tiny", generator=gen)}),
-                        LocalScorer(FakeScorer(store)), store, settings, jobs_dir=settings.home / "jobs")
-    server = grpc.aio.server()
-    add_to_server(GrpcApi(platform), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    platform, store, gen = make_platform(tmp_path, gen or TinyGenerator("tiny"), **settings_kw)
+    server, channel = await serve_grpc(platform)
     return server, channel, store, gen
 
 

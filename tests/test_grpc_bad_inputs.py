@@ -13,13 +13,7 @@ import math
 import grpc
 import pytest
 
-from serving_fakes import FakeScorer, GanLikeGenerator, TinyGenerator
-from services.common.config import Settings
-from services.common.store import BatchStore
-from services.gateway.clients import LocalGenerators, LocalScorer
-from services.gateway.core import Platform
-from services.gateway.grpc_api import GrpcApi, add_to_server
-from services.generator.deployment import GeneratorReplica
+from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform, serve_grpc
 from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
 from synthrad.v1 import metrics_pb2_grpc
 
@@ -41,18 +35,9 @@ class Env:
         self.tmp_path = tmp_path
 
     async def __aenter__(self):
-        settings = Settings(home=self.tmp_path / "home")
-        self.store = BatchStore(settings.resolved_store_url)
         self.tiny, self.gan = NativeOnly("tiny"), NativeOnlyGan("gan")
-        self.platform = Platform(
-            LocalGenerators({g.model_id: GeneratorReplica(g.model_id, generator=g) for g in (self.tiny, self.gan)}),
-            LocalScorer(FakeScorer(self.store)), self.store, settings, jobs_dir=settings.home / "jobs",
-            default_model="tiny")
-        self.server = grpc.aio.server()
-        add_to_server(GrpcApi(self.platform), self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.platform, self.store, _ = make_platform(self.tmp_path, self.tiny, more=(self.gan,))
+        self.server, self.channel = await serve_grpc(self.platform)
         self.gen = generator_pb2_grpc.GeneratorServiceStub(self.channel)
         self.batch = batch_pb2_grpc.BatchServiceStub(self.channel)
         self.metrics = metrics_pb2_grpc.MetricsServiceStub(self.channel)

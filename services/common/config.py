@@ -188,11 +188,6 @@ class Settings(BaseSettings):
         return specs
 
     @property
-    def api_key_specs(self) -> list[ApiKeySpec]:
-        """Every configured key as an :class:`ApiKeySpec` (bare strings converted at validation)."""
-        return list(self.api_keys)  # type: ignore[arg-type]
-
-    @property
     def resolved_audit_log(self) -> Path:
         return self.security.audit_log or (self.home / "audit.log")
 

@@ -372,11 +372,12 @@ class BatchStore:
             raise BatchDamaged(bid, problems)
         return out
 
-    def image_bytes(self, batch_id: str, index: int) -> tuple[str, bytes]:
+    def image_bytes(self, batch_id: str, index: int, manifest: Manifest | None = None) -> tuple[str, bytes]:
         """(file name, encoded bytes) of image ``index`` — the member's bytes for webdataset batches.
 
-        The bytes are checked against the image's sha256 (:class:`BatchDamaged` otherwise)."""
-        manifest = self.get(batch_id)
+        The bytes are checked against the image's sha256 (:class:`BatchDamaged` otherwise). ``manifest``: as
+        for :meth:`read_file`."""
+        manifest = self._manifest(batch_id, manifest)
         if not 0 <= index < manifest.count:
             raise BatchNotFound(f"batch {batch_id} has {manifest.count} images; index {index} is out of range")
         rec = manifest.images[index]

@@ -37,6 +37,7 @@ from services.generator.deployment import GeneratorDeployment
 from services.metrics.deployment import MetricsDeployment
 
 from .errors import ApiError, Unauthenticated
+from .net import peer_host, peer_is_loopback
 
 log = get_logger(__name__)
 
@@ -49,18 +50,8 @@ def _settings_from(data: dict | None) -> Settings:
     return Settings.model_validate(data)
 
 
-def _peer_is_loopback(peer: str) -> bool:
-    # grpc peers look like "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path"
-    if peer.startswith("unix:"):
-        return True
-    host = peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") or host == "::ffff:127.0.0.1"
-
-
 def _peer(ctx) -> str:
     """The client address of a gRPC call (``ipv4:1.2.3.4:5555`` -> ``1.2.3.4``), '' when unknown."""
-    from .grpc_api import peer_host
-
     try:
         return peer_host(ctx.peer() if ctx is not None else "")
     except Exception:  # noqa: BLE001 - Serve's context may not know it
@@ -114,7 +105,7 @@ class Gateway:
 
     # ---- gRPC plumbing --------------------------------------------------------------------------
     def _guard(self, ctx) -> None:
-        if ctx is not None and self.grpc_loopback_only and not _peer_is_loopback(ctx.peer()):
+        if ctx is not None and self.grpc_loopback_only and not peer_is_loopback(ctx.peer()):
             raise Unauthenticated("gRPC from non-loopback peers needs an API key configured on the server "
                                   "(SYNTHRAD_API_KEYS); this platform runs in local mode")
 

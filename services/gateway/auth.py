@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Iterable, Mapping, Sequence
 from services.common.config import SCOPES, ApiKeySpec, SecuritySettings
 
 from .errors import BadRequest, Forbidden, Unauthenticated
+from .net import is_loopback
 from .quotas import AuthFailureGuard, KeyLimiter
 
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
@@ -67,17 +67,6 @@ REST_OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/scores/{job_id}"): "GetScore",
 }
 
-def _is_local_host(host: str) -> bool:
-    """``localhost`` or a loopback IP literal (127.0.0.0/8, ::1) — never a DNS name that merely starts with
-    "127." (``127.0.0.1.attacker.example`` resolves wherever its owner wants)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True)
 class Caller:
     """The authenticated caller of one request. ``key_id`` is None when authentication is disabled."""
@@ -112,8 +101,8 @@ def host_of(host_header: str) -> str:
 
 
 class ApiKeyAuth:
-    def __init__(self, keys: Iterable[ApiKeySpec | str] | None, security: SecuritySettings | None = None):
-        specs = [k if isinstance(k, ApiKeySpec) else ApiKeySpec.from_plain(k) for k in (keys or []) if k]
+    def __init__(self, keys: Iterable[ApiKeySpec] | None, security: SecuritySettings | None = None):
+        specs = list(keys or [])  # Settings.api_keys: already ApiKeySpec (bare strings converted there)
         self.specs = specs
         self._digests = [(bytes.fromhex(k.digest), k) for k in specs]
         self.security = security or SecuritySettings()
@@ -201,7 +190,7 @@ class ApiKeyAuth:
         host = host_of(host_header or "")
         if host in allowed or "*" in allowed:
             return
-        if not self.enabled and _is_local_host(host):
+        if not self.enabled and is_loopback(host):
             return
         raise BadRequest("Host header not accepted: this server answers to localhost unless "
                          "SYNTHRAD_SECURITY__ALLOWED_HOSTS lists the name (or API keys are configured)")

@@ -458,12 +458,12 @@ class Platform:
         self.audit.record("batch.delete", caller.key_id, "ok", caller.peer, batch_id=batch_id)
 
     async def image_bytes(self, batch_id: str, index: int, caller: Caller = LOCAL) -> tuple[str, bytes]:
-        await self.get_batch(batch_id, caller)
-        return await self._store(self.store.image_bytes, batch_id, int(index))
+        man = await self.get_batch(batch_id, caller)
+        return await self._store(self.store.image_bytes, batch_id, int(index), man)
 
     async def read_file(self, batch_id: str, name: str, caller: Caller = LOCAL) -> bytes:
-        await self.get_batch(batch_id, caller)
-        return await self._store(self.store.read_file, batch_id, name)
+        man = await self.get_batch(batch_id, caller)
+        return await self._store(self.store.read_file, batch_id, name, man)
 
     def iter_images(self, batch_id: str):
         return self.store.iter_images(batch_id)

@@ -31,6 +31,7 @@ from .auth import LOCAL, ApiKeyAuth, Caller
 from .core import Platform
 from .errors import ApiError, Forbidden, InvalidArgument, TooLarge, api_error
 from .jobs import JobRecord, JobState
+from .net import peer_host
 
 SERVICER_FUNCTIONS = [
     "synthrad.v1.generator_pb2_grpc.add_GeneratorServiceServicer_to_server",
@@ -151,14 +152,6 @@ def job_to_pb(rec: JobRecord) -> common_pb2.Job:
         batch_id=rec.batch_id or "", error=rec.error or "", created=rec.created, updated=rec.updated,
         request_json=json.dumps(rec.request, sort_keys=True),
     )
-
-
-def peer_host(peer: str | None) -> str:
-    """A gRPC peer (``ipv4:1.2.3.4:5555``, ``ipv6:[::1]:5555``) -> its address without the port, so limits and
-    lockouts apply per client, not per connection."""
-    if not peer or peer.startswith("unix:"):
-        return peer or ""
-    return peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
 
 
 # ---- the API ----------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ class JobManager:
     def _orphaned(self, rec: JobRecord) -> bool:
         """Unfinished, not ours, and its gateway gone: a dead pid on this host, or no heartbeat for
         ``lease_s`` (another host, a stalled process, a pid reused after a container restart)."""
-        if rec.state.finished or rec.job_id in self._tasks or any(p.job_id == rec.job_id for p in self._pending):
+        if rec.state.finished:
             return False
         host, _, pid = rec.owner.rpartition(":")
         if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
@@ -221,19 +221,9 @@ class JobManager:
 
     def _recover(self) -> None:
         """Load earlier jobs; orphans are resumed (or failed as interrupted when their kind can't resume)."""
-        for f in sorted(self.dir.glob("job-*.json")):  # type: ignore[union-attr]
-            rec = self._read(f)
-            if rec is None:
-                continue
-            if self._orphaned(rec) and self._claim(rec):
-                rec = self._adopt(rec)
-            self._jobs[rec.job_id] = rec
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # pending orphans start with resume_pending() / the first submit, once a loop runs
-        self._start_pending()
-        self._ensure_beat()
+        self.sweep()
+        if _loop_running():  # else pending orphans start with resume_pending() / the first submit
+            self._ensure_beat()
 
     def _adopt(self, rec: JobRecord) -> JobRecord:
         rec.attempt += 1
@@ -403,11 +393,12 @@ class JobManager:
         if self.dir is None:
             return 0
         taken = 0
-        for f in self.dir.glob("job-*.json"):
+        pending = {p.job_id for p in self._pending}
+        for f in sorted(self.dir.glob("job-*.json")):
             job_id = f.name[:-5]
             known = self._jobs.get(job_id)
-            if job_id in self._tasks or (known is not None and known.state.finished):
-                continue
+            if job_id in self._tasks or job_id in pending or (known is not None and known.state.finished):
+                continue  # ours, or settled: the in-memory record is the one that counts
             rec = self._read(f)
             if rec is None:
                 continue
@@ -415,7 +406,7 @@ class JobManager:
                 rec = self._adopt(rec)
                 taken += 1
             self._jobs[rec.job_id] = rec
-        if self._pending:
+        if self._pending and _loop_running():
             self._start_pending()
         return taken
 
@@ -502,6 +493,14 @@ class JobManager:
                 pass
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:

@@ -73,10 +73,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .net import is_loopback
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: env var telling :func:`worker_setup` where Serve's gRPC proxy may bind ("" = Serve's default, every interface)
 GRPC_PROXY_HOST_ENV = "SYNTHRAD_SERVE_GRPC_PROXY_HOST"
 #: env var telling :func:`worker_setup` to bind Serve replicas' inter-deployment gRPC servers to loopback
@@ -87,10 +88,6 @@ _AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def grpc_bind_host(http_host: str) -> str | None:
