@@ -23,6 +23,36 @@ def _isolated_home(tmp_path_factory):
     get_settings.cache_clear()
 
 
+class _SettingsMonkeyPatch(pytest.MonkeyPatch):
+    """``monkeypatch`` whose env changes also drop the cached settings: ``SYNTHRAD_*`` variables are read by
+    ``get_settings()`` once per process, so a test that sets one sees it on its next call."""
+
+    def setenv(self, name, value, prepend=None):
+        super().setenv(name, value, prepend)
+        _clear_settings()
+
+    def delenv(self, name, raising=True):
+        super().delenv(name, raising)
+        _clear_settings()
+
+    def undo(self):
+        super().undo()
+        _clear_settings()
+
+
+def _clear_settings() -> None:
+    from services.common.config import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def monkeypatch():
+    mp = _SettingsMonkeyPatch()
+    yield mp
+    mp.undo()
+
+
 @pytest.fixture
 def nih64() -> Path:
     if not (NIH64 / "labels.csv").exists():

@@ -9,10 +9,10 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_serializer, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 _DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::(\d+))?")
@@ -150,15 +150,31 @@ class ServeSettings(BaseModel):
                                                                "of a fresh random token per start.")
 
 
+class RuntimeSettings(BaseModel):
+    """How models run inside one process (a replica, the CLI, a benchmark)."""
+
+    ddpm_micro_batch: int | None = Field(None, ge=1, description="Images per DDPM UNet call (x2 with guidance); "
+                                                                 "default 32 on CUDA, 4 on CPU.")
+    ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: ORT's choice).")
+    ray_log_to_driver: bool = Field(False, description="Forward Ray worker logs to the process that started Ray "
+                                                       "(`synthrad serve`).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYNTHRAD_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Root for caches and the default store.")
     store_url: str | None = Field(None, description="Batch store location: a folder or an fsspec URL (s3://, gs://).")
     cache_dir: Path | None = Field(None, description="Feature / preprocessing cache (default: HOME/cache).")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", description="Torch device: auto, cpu, cuda or cuda:N (see resolve_device).")
     backend: Literal["auto", "eager", "compile", "onnx"] = "auto"
     default_model: str = "stylegan2-cxr64"
+    default_reference: str = Field("nih-cxr64", description="Real reference set scores compare against when a "
+                                                            "request names none.")
+    model_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Extra folders of model descriptors (*.json), besides the shipped ones and HOME/models; "
+                    "env: a JSON list or an os.pathsep-separated string.")
     log_level: str = "INFO"
     log_json: bool = False
     inception_weights: Path | None = Field(
@@ -172,6 +188,26 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     limits: Limits = Field(default_factory=Limits)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_spec(cls, v) -> str:
+        s = ("auto" if v is None else str(v)).strip().lower() or "auto"
+        if not _DEVICE_SPEC.fullmatch(s):
+            raise ValueError(f"unknown device {v!r}: use auto, cpu, cuda or cuda:N")
+        return s
+
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _path_list(cls, v):
+        if isinstance(v, str):  # SYNTHRAD_MODEL_DIRS='["/a"]' or /a:/b (the form PATH uses)
+            import json
+
+            if v.strip().startswith("["):
+                return json.loads(v)
+            return [p for p in v.split(os.pathsep) if p.strip()]
+        return v
 
     @property
     def resolved_store_url(self) -> str:
