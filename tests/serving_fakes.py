@@ -108,9 +108,10 @@ def make_platform(tmp_path, gen: TinyGenerator | None = None, more: tuple = (), 
     too) and the fake scorer; returns (platform, store, gen)."""
     from services.common.config import Settings
     from services.common.store import BatchStore
-    from services.gateway.clients import LocalGenerators, LocalScorer
+    from services.gateway.clients import LocalScorer
     from services.gateway.core import Platform
-    from services.generator.deployment import GeneratorReplica
+    from services.generator.generation import LocalGenerators
+    from services.generator.replica import GeneratorReplica
 
     settings = Settings(home=tmp_path / "home", **settings_kw)
     store = BatchStore(settings.resolved_store_url)

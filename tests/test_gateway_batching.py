@@ -9,7 +9,8 @@ import numpy as np
 from serving_fakes import TinyGenerator
 from services.common.findings import Condition
 from services.generator.base import GenerationParams
-from services.generator.deployment import GenChunk, GeneratorReplica, chunk_images
+from services.generator.chunks import GenChunk, chunk_images
+from services.generator.replica import GeneratorReplica
 
 
 def _chunk(seeds, params=None, cond=None):
@@ -24,8 +25,8 @@ def test_same_batch_key_shares_one_forward_pass():
     res = rep.run_chunks(chunks)
     assert gen.calls == [6]  # one pass for all three requests
     assert [r.images.shape[0] for r in res] == [2, 1, 3]
-    assert all(r.stats["batch_images"] == 6 and r.stats["batch_requests"] == 3 for r in res)
-    assert len({r.stats["batch_seq"] for r in res}) == 1
+    assert all(r.stats.batch_images == 6 and r.stats.batch_requests == 3 for r in res)
+    assert len({r.stats.batch_seq for r in res}) == 1
     # batching never changes pixels: each chunk equals its own unbatched run
     for c, r in zip(chunks, res):
         np.testing.assert_array_equal(r.images, gen.generate(c.conditions, c.seeds, c.params))
@@ -39,14 +40,14 @@ def test_different_params_are_separate_passes_and_failures_stay_in_their_group()
     res = rep.run_chunks(chunks)
     assert sorted(gen.calls) == [1, 2, 3]  # truncation 0.7 (3 images), 0.5 (1), default (2, failed)
     assert isinstance(res[3], RuntimeError) and "seed 99" in str(res[3])
-    assert res[0].stats["batch_seq"] == res[2].stats["batch_seq"] != res[1].stats["batch_seq"]
+    assert res[0].stats.batch_seq == res[2].stats.batch_seq != res[1].stats.batch_seq
     np.testing.assert_array_equal(res[2].images, gen.generate([Condition()], [4], GenerationParams(truncation=0.7)))
 
 
 def test_gateway_chunks_and_keeps_order(tmp_path):
     from services.common.config import Settings
     from services.common.store import BatchStore
-    from services.gateway.clients import LocalGenerators
+    from services.generator.generation import LocalGenerators
     from services.gateway.core import Platform
 
     gen = TinyGenerator()
@@ -68,7 +69,7 @@ def test_gpu_without_nvml_warns_once_and_keeps_memory_stats(monkeypatch):
     """A CUDA replica without nvidia-ml-py reports GPU memory, leaves utilisation out and logs that once."""
     import torch
 
-    from services.generator import deployment
+    from services.generator import replica
 
     def no_nvml(device=None):
         raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed or it can't be imported.")
@@ -78,15 +79,15 @@ def test_gpu_without_nvml_warns_once_and_keeps_memory_stats(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda idx=None: (3 << 30, 8 << 30))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda idx=None: 1 << 30)
     monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
-    monkeypatch.setattr(deployment, "_warned", set())
+    monkeypatch.setattr(replica, "_warned", set())
     warnings: list[str] = []
-    monkeypatch.setattr(deployment.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(replica.log, "warning", lambda msg, *args: warnings.append(msg % args))
 
     for _ in range(3):
-        stats = deployment.gpu_stats("cuda:0")
-        assert stats["gpu_memory_used_bytes"] == float(5 << 30) and "gpu_utilization_ratio" not in stats
+        stats = replica.gpu_stats("cuda:0")
+        assert stats.memory_used_bytes == float(5 << 30) and stats.utilization_ratio is None
     assert len(warnings) == 1 and "nvidia-ml-py" in warnings[0] and "synthrad[gpu]" in warnings[0]
 
     monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: 42)
-    assert deployment.gpu_stats("cuda:0")["gpu_utilization_ratio"] == 0.42
-    assert deployment.gpu_stats("cpu") == {} and len(warnings) == 1
+    assert replica.gpu_stats("cuda:0").utilization_ratio == 0.42
+    assert replica.gpu_stats("cpu") is None and len(warnings) == 1

@@ -6,9 +6,17 @@ import asyncio
 import json
 
 import pytest
+from pydantic import BaseModel
 
 from services.gateway.errors import BadId, NotFound, TooManyJobs, api_error
 from services.gateway.jobs import JobManager, JobRecord, JobState
+
+
+class _Made(BaseModel):
+    """A runner's typed result: ``batch_id`` goes to the record's batch_id, the rest to its result."""
+
+    batch_id: str
+    extra: int
 
 
 def test_job_lifecycle_progress_and_persistence(tmp_path):
@@ -21,7 +29,7 @@ def test_job_lifecycle_progress_and_persistence(tmp_path):
                 h.progress(i)
                 await asyncio.sleep(0)
             await gate.wait()
-            return {"batch_id": "20261127t015959-0123456789ab", "extra": 1}
+            return _Made(batch_id="20261127t015959-0123456789ab", extra=1)
 
         rec = m.submit("batch", {"count": 3}, 3, run)
         seen = []
@@ -87,7 +95,7 @@ def test_limits_and_ids(tmp_path):
 
         async def run(h):
             await blocker.wait()
-            return {}
+            return None
 
         rec = m.submit("score", {}, 1, run)
         with pytest.raises(TooManyJobs):

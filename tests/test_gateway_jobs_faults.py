@@ -13,7 +13,8 @@ import pytest
 
 from serving_fakes import TinyGenerator, make_platform
 from services.common.config import JobSettings
-from services.gateway.clients import LocalGenerators, is_transient_ray_error
+from services.gateway.clients import is_transient_ray_error
+from services.generator.generation import LocalGenerators
 from services.gateway.errors import Unavailable
 from services.gateway.jobs import JobManager, JobRecord, JobState
 from services.common.provenance import utc_now
@@ -105,15 +106,14 @@ def test_a_gateway_that_died_mid_job_is_resumed_from_the_stored_images(tmp_path,
         # gateway 1 writes 20 of 37 images, then its process "dies" (the record keeps a dead owner)
         p1, store, gen1 = make_platform(tmp_path)
         plan = await p1.plan(None, None, None, 37, 100, None, 100, "one batch")
-        writer = store.create(plan.model_id, plan.info["model_hash"], plan.info["backend"], fmt,
-                              plan.recorded_params())
+        writer = store.create(plan.model_id, plan.model.model_hash, plan.model.backend, fmt, plan.resolved_params)
         imgs = gen1.generate(plan.conditions[:20], plan.seeds[:20])
         for i in range(20):
             writer.add(imgs[i], plan.seeds[i], plan.conditions[i])
         writer.sync()
         writer._shard_fh and writer._shard_fh.close()  # noqa: SLF001 - a hard kill leaves the shard open
         rec = JobRecord(job_id="job-00000000000000aa", kind="batch", state=JobState.RUNNING, done=20, total=37,
-                        request={**plan.request_dict(), "format": fmt}, owner=DEAD_OWNER,
+                        request={**plan.record(), "format": fmt}, owner=DEAD_OWNER,
                         staging_batch_id=writer.batch_id)
         (tmp_path / "home" / "jobs" / f"{rec.job_id}.json").write_text(rec.model_dump_json())
 

@@ -43,3 +43,21 @@ class Provenance(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> "Provenance":
         return cls.model_validate_json(text)
+
+
+class Origin(BaseModel):
+    """What every image of one generation records about its maker: the model, its weights' hash, the backend and
+    the params as applied. :meth:`stamp` makes an image's :class:`Provenance` — the one place that builds one."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model_id: str
+    model_hash: str
+    backend: str = "eager"
+    params: dict = Field(default_factory=dict)
+
+    def stamp(self, seed: int, condition: Condition | None = None, prompt: str | None = None,
+              batch_id: str | None = None) -> Provenance:
+        return Provenance(model_id=self.model_id, model_hash=self.model_hash, seed=int(seed),
+                          condition=condition or Condition(), prompt=prompt, backend=self.backend,
+                          params=dict(self.params), batch_id=batch_id)

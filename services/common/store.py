@@ -47,7 +47,7 @@ from .codecs import EXTENSIONS, IMAGE_FORMATS, decode_image, encode_image
 from .codecs.webdataset import add_sample, sample_json
 from .findings import Condition
 from .logging import get_logger
-from .provenance import Provenance, utc_now
+from .provenance import Origin, Provenance, utc_now
 
 BATCH_FORMATS = IMAGE_FORMATS + ("webdataset",)
 MANIFEST = "manifest.json"
@@ -125,6 +125,14 @@ class Manifest(BaseModel):
     images: list[ImageRecord]
     files: dict[str, str] = Field(default_factory=dict)  # sha256 of every stored file but manifest.json (schema 2)
     created_by: str | None = None  # id of the API key that made the batch (never the key); None: auth off
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(model_id=self.model_id, model_hash=self.model_hash, backend=self.backend, params=self.params)
+
+    def provenance(self, record: "ImageRecord") -> Provenance:
+        """The provenance stored with image ``record`` of this batch."""
+        return self.origin.stamp(record.seed, record.condition, record.prompt, self.batch_id)
 
     def expected_files(self) -> list[str]:
         """Every stored file but ``manifest.json``, in image order."""
@@ -734,10 +742,8 @@ class BatchWriter(AbstractContextManager):
         if self._done:
             raise StoreError("batch already committed or aborted")
         index = len(self.records)
-        prov = Provenance(
-            model_id=self.model_id, model_hash=self.model_hash, seed=int(seed), condition=condition,
-            prompt=prompt, backend=self.backend, params=self.params, batch_id=self.batch_id,
-        )
+        prov = Origin(model_id=self.model_id, model_hash=self.model_hash, backend=self.backend,
+                      params=self.params).stamp(seed, condition, prompt, self.batch_id)
         if self.fmt == "webdataset":
             ext, data = encode_image(image, "png", prov)
             member = f"{index:06d}{ext}"

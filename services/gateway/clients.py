@@ -2,8 +2,9 @@
 
 Both implementations expose the same small async interface, so the REST/gRPC layers and the job runner are
 identical whether they run as a Ray Serve application (:class:`HandleGenerators`, :class:`HandleScorer`) or
-inside one Python process (:class:`LocalGenerators`, :class:`LocalScorer` — used by the fast tests and by
-the benchmark's "no Serve" baseline).
+inside one Python process (the generator layer's
+:class:`~services.generator.generation.LocalGenerators`, :class:`LocalScorer` — used by the fast tests and
+by the benchmark's "no Serve" baseline).
 """
 
 from __future__ import annotations
@@ -12,24 +13,10 @@ import asyncio
 from typing import Mapping, Protocol
 
 from services.generator.base import GenerationParams
-from services.generator.deployment import ChunkResult, GenChunk, GeneratorReplica
-
-from .errors import InvalidArgument
-
-
-class Generators(Protocol):
-    def model_ids(self) -> list[str]: ...
-
-    async def info(self, model_id: str) -> dict: ...
-
-    async def resolve_params(self, model_id: str, params: GenerationParams) -> dict: ...
-
-    async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult: ...
-
-    def is_transient(self, exc: BaseException) -> bool:
-        """True when ``exc`` says the replica died or was unavailable (worth retrying the same chunk), False for
-        errors of the model or the request (retrying would fail the same way)."""
-        ...
+from services.generator.chunks import ChunkResult, GenChunk
+from services.generator.generation import LocalGenerators
+from services.generator.registry import UnknownModel
+from services.generator.replica import ServedModel
 
 
 class Scorer(Protocol):
@@ -38,40 +25,6 @@ class Scorer(Protocol):
     async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> dict: ...
 
     async def ready(self) -> bool: ...
-
-
-def _unknown_model(model_id: str, known: list[str]) -> InvalidArgument:
-    return InvalidArgument(f"unknown model {model_id!r}; this platform serves: {', '.join(sorted(known)) or '(none)'}")
-
-
-class LocalGenerators:
-    """Generators in this process (each call runs in a worker thread; one forward pass per call)."""
-
-    def __init__(self, replicas: Mapping[str, GeneratorReplica], max_batch_size: int = 16):
-        self.replicas = dict(replicas)
-        self.max_batch_size = max_batch_size
-
-    def model_ids(self) -> list[str]:
-        return list(self.replicas)
-
-    def _get(self, model_id: str) -> GeneratorReplica:
-        if model_id not in self.replicas:
-            raise _unknown_model(model_id, self.model_ids())
-        return self.replicas[model_id]
-
-    async def info(self, model_id: str) -> dict:
-        info = await asyncio.to_thread(self._get(model_id).info)
-        info.setdefault("max_batch_size", self.max_batch_size)
-        return info
-
-    async def resolve_params(self, model_id: str, params: GenerationParams) -> dict:
-        return self._get(model_id).resolve_params(params)
-
-    async def generate(self, model_id: str, chunk: GenChunk) -> ChunkResult:
-        return await asyncio.to_thread(self._get(model_id).generate_now, chunk)
-
-    def is_transient(self, exc: BaseException) -> bool:
-        return False  # in process: no replica to lose
 
 
 class HandleGenerators:
@@ -86,10 +39,11 @@ class HandleGenerators:
 
     def _get(self, model_id: str):
         if model_id not in self.handles:
-            raise _unknown_model(model_id, self.model_ids())
+            raise UnknownModel(f"unknown model {model_id!r}; this platform serves: "
+                               f"{', '.join(sorted(self.handles)) or '(none)'}")
         return self.handles[model_id]
 
-    async def info(self, model_id: str) -> dict:
+    async def info(self, model_id: str) -> ServedModel:
         return await self._get(model_id).info.remote()
 
     async def resolve_params(self, model_id: str, params: GenerationParams) -> dict:

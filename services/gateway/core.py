@@ -1,12 +1,10 @@
-"""The gateway's transport-neutral core: validation, chunked generation, jobs, store access, scoring.
+"""The gateway's transport-neutral core (the "serving class"): callers, quotas, audit, jobs, store access.
 
 ``rest.py`` (FastAPI) and ``grpc_api.py`` (gRPC servicer) are thin translations onto :class:`Platform`, so both
-APIs have the same rules and the same errors (see ``errors.py``).
-
-Seeds: image ``i`` of a request with seed ``s`` gets seed ``s + i``; every stored image records its seed.
-Generation is split into chunks of at most the generator's ``max_batch_size`` images, a few chunks are kept
-in flight per request (so the replica's ``@serve.batch`` queue never runs dry), and results are consumed in
-order.
+APIs have the same rules and the same errors (see ``errors.py``). Generation — planning, chunking, streaming,
+storing a batch — is the generator layer's :class:`~services.generator.generation.GenerationService`, the
+same code ``synthrad generate`` runs; this module adds what serving needs around it (who may do what, quotas,
+durable jobs that resume, telemetry).
 """
 
 from __future__ import annotations
@@ -16,80 +14,53 @@ import io
 import tarfile
 import time
 import zipfile
-from collections import deque
-from dataclasses import dataclass
 from typing import AsyncIterator, Iterator
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.config import Settings
 from services.common.findings import Condition
 from services.common.logging import get_logger
-from services.common.store import BatchStore, Manifest
+from services.common.store import BATCH_FORMATS, BatchStore, Manifest
 from services.generator.base import GenerationParams
-from services.generator.deployment import ChunkResult, GenChunk
+from services.generator.chunks import ChunkResult, GenChunk
+from services.generator.generation import (GenerationPlan, GenerationRequest, GenerationService, Generators,
+                                           RetryPolicy)
 
 from . import prometheus as m
-from .clients import Generators, Scorer
-from .errors import InvalidArgument, NotFound, NotReady, Unavailable, api_error
 from .audit import AuditLog
 from .auth import LOCAL, ApiKeyAuth, Caller
-from .jobs import JobHandle, JobManager, JobRecord, JobState, LostLease, Runner
-from .limits import check_count, check_params
+from .clients import Scorer
+from .errors import InvalidArgument, NotFound, NotReady, Unavailable, api_error, quoted
+from .jobs import BatchJobResult, JobHandle, JobManager, JobRecord, JobState, LostLease, Runner
+from .schemas import ModelView
 
 log = get_logger(__name__)
 
-STORED_FORMATS = ("png", "png16", "dicom", "npz", "webdataset")
-DEFAULT_REFERENCE = "nih-cxr64"
 
+class _ScoreFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
 
-@dataclass
-class GenPlan:
-    """A validated generation request: one condition (and prompt) per image, seeds ``seed + i``."""
-
-    model_id: str
-    info: dict
-    conditions: list[Condition]
-    seeds: list[int]
-    prompts: list[str | None] | None
-    params: GenerationParams
-    prompt: str | None = None
-    condition: Condition | None = None
-    #: ``params`` as the model applies them, its defaults filled in (recorded in batch manifests)
-    resolved_params: dict | None = None
-
-    def recorded_params(self) -> dict:
-        """What provenance and manifests record: the resolved params when known, else those sent."""
-        return dict(self.resolved_params) if self.resolved_params is not None else self.params.model_dump(exclude_none=True)
-
-    @property
-    def count(self) -> int:
-        return len(self.seeds)
-
-    def request_dict(self) -> dict:
-        return {
-            "model": self.model_id, "count": self.count, "seed": self.seeds[0] if self.seeds else 0,
-            "condition": (self.condition or Condition()).to_json_dict(), "prompt": self.prompt,
-            "params": self.params.model_dump(exclude_none=True),
-        }
+    batch_id: str
 
 
 class Platform:
+    """The serving layer's use cases over generators, the scorer, the store and the job manager; REST and gRPC
+    call these with a :class:`Caller`. Generation itself is :class:`GenerationService` (the CLI's too)."""
+
     def __init__(self, generators: Generators, scorer: Scorer | None, store: BatchStore, settings: Settings,
                  jobs_dir=None, default_model: str | None = None, window: int = 4,
-                 chunk_size: int | None = None, auth: ApiKeyAuth | None = None, audit: AuditLog | None = None):
-        self.generators = generators
+                 auth: ApiKeyAuth | None = None, audit: AuditLog | None = None):
         self.scorer = scorer
         self.store = store
         self.settings = settings
         self.limits = settings.limits
-        self.window = max(1, int(window))
-        self.chunk_size = int(chunk_size or settings.serve.generator_max_batch_size)
         ids = generators.model_ids()
-        wanted = default_model or settings.default_model
-        self.default_model = wanted if wanted in ids else (ids[0] if ids else wanted)
-        self._infos: dict[str, dict] = {}
-        self._resolved: dict[tuple[str, GenerationParams], dict] = {}
+        self.generation = GenerationService(
+            generators, settings.limits, default_model or settings.default_model, window=window,
+            retry=RetryPolicy(settings.jobs.chunk_retries, settings.jobs.retry_backoff_s), observer=m.ChunkTelemetry())
+        self.default_model = self.generation.default_model
         self._finished_jobs: set[str] = set()
         self.auth = auth or ApiKeyAuth(settings.api_keys, settings.security)
         self.audit = audit if audit is not None else AuditLog(settings.resolved_audit_log)
@@ -99,6 +70,14 @@ class Platform:
         self._cleanup_store()
         m.init_labels(ids)
         m.set_job_counts(self.jobs.counts())
+
+    @property
+    def generators(self) -> Generators:
+        return self.generation.generators
+
+    @generators.setter
+    def generators(self, value: Generators) -> None:
+        self.generation.generators = value
 
     def _cleanup_store(self) -> None:
         """Remove leftovers of crashed batch writes, except those a job will resume."""
@@ -112,177 +91,61 @@ class Platform:
                 log.info("removed stale batch folders", extra={"count": removed})
 
     # ---- models -------------------------------------------------------------------------------
-    def resolve_model(self, model_id: str | None) -> str:
-        mid = (model_id or "").strip() or self.default_model
-        if mid not in self.generators.model_ids():
-            from .errors import quoted
-
-            raise InvalidArgument(
-                f"unknown model {quoted(mid)}; this platform serves: "
-                f"{', '.join(sorted(self.generators.model_ids())) or '(none)'} (GET /v1/models)"
-            )
-        return mid
-
-    async def model_info(self, model_id: str) -> dict:
+    async def model_info(self, model_id: str) -> ModelView:
         if model_id not in self.generators.model_ids():
-            raise NotFound(f"model {model_id!r} not found; this platform serves: {', '.join(sorted(self.generators.model_ids()))}")
-        if model_id not in self._infos:
-            info = dict(await self.generators.info(model_id))
-            info.pop("replica", None)  # host:pid of one replica: internal
-            info["is_default"] = model_id == self.default_model
-            self._infos[model_id] = info
-        return self._infos[model_id]
+            raise NotFound(f"model {quoted(model_id)} not found; this platform serves: "
+                           f"{', '.join(sorted(self.generators.model_ids()))}")
+        served = await self._generation(self.generation.model_info(model_id))
+        return ModelView.of(served, is_default=model_id == self.default_model)
 
-    async def model_infos(self) -> list[dict]:
+    async def model_infos(self) -> list[ModelView]:
         return [await self.model_info(mid) for mid in sorted(self.generators.model_ids())]
 
-    async def resolve_params(self, model_id: str, params: GenerationParams) -> dict:
-        """The model's ``check_params`` + ``resolved_params`` (InvalidArgument naming a param the model's family
-        does not use). Both depend only on the model and the params, so successes are cached."""
-        key = (model_id, params)
-        if key not in self._resolved:
-            try:
-                resolved = dict(await self.generators.resolve_params(model_id, params))
-            except Exception as e:
-                raise api_error(e) from e
-            if len(self._resolved) >= 1024:
-                self._resolved.clear()
-            self._resolved[key] = resolved
-        return dict(self._resolved[key])
+    @staticmethod
+    async def _generation(coro):
+        try:
+            return await coro
+        except Exception as e:
+            raise api_error(e) from e
 
     # ---- planning -----------------------------------------------------------------------------
     async def plan(self, model: str | None, condition: Condition | None, prompt: str | None, count: int,
-                   seed: int, params: GenerationParams | None, limit: int, what: str) -> GenPlan:
-        from .schemas import MAX_PROMPT_CHARS
-
-        model_id = self.resolve_model(model)
-        params = params or GenerationParams()
-        count = int(count)
-        check_count(count, limit, what)
-        check_params(params, self.limits)
-        seed = int(seed)
-        if seed < 0 or seed + count > 2**63:
-            raise InvalidArgument(f"seed must be in [0, 2**63 - count] (image i gets seed + i); got {seed} "
-                                  f"for {count} image(s)")
-        prompt = (prompt or "").strip() or None
-        if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
-            raise InvalidArgument(f"prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are accepted")
-        info = await self.model_info(model_id)
-        resolved = await self.resolve_params(model_id, params)
-        prompts: list[str | None] | None = None
-        if prompt is not None:
-            if condition is not None and condition != Condition():
-                raise InvalidArgument("give either a condition or a prompt, not both")
-            from services.common.prompts import PromptError, parse_prompt
-
-            if info.get("text_conditioned"):
-                try:
-                    cond = parse_prompt(prompt)  # recorded with the image; the model reads the raw prompt
-                except PromptError:
-                    cond = Condition()
-                prompts = [prompt] * count
-            else:
-                try:
-                    cond = parse_prompt(prompt)
-                except Exception as e:  # PromptError lists what was understood
-                    raise InvalidArgument(str(e)) from e
-        else:
-            cond = condition or Condition()
-        return GenPlan(model_id=model_id, info=info, conditions=[cond] * count,
-                       seeds=[seed + i for i in range(count)], prompts=prompts, params=params,
-                       prompt=prompt, condition=cond, resolved_params=resolved)
+                   seed: int, params: GenerationParams | None, limit: int, what: str) -> GenerationPlan:
+        """The checked plan of one request (InvalidArgument naming what is wrong), at most ``limit`` images."""
+        try:
+            request = GenerationRequest(model=model, condition=condition, prompt=prompt, count=int(count),
+                                        seed=int(seed), params=params or GenerationParams())
+        except ValidationError as e:  # the REST/gRPC schemas check the same first; this is the last guard
+            raise InvalidArgument(f"invalid generation request: {e.errors()[0]['msg']}") from None
+        return await self._generation(self.generation.plan(request, limit, what))
 
     # ---- generation ---------------------------------------------------------------------------
-    def _chunks(self, plan: GenPlan, start: int = 0) -> list[GenChunk]:
-        c = max(1, min(self.chunk_size, int(plan.info.get("max_batch_size") or self.chunk_size)))
-        return [
-            GenChunk(conditions=plan.conditions[i:i + c], seeds=plan.seeds[i:i + c], params=plan.params,
-                     prompts=plan.prompts[i:i + c] if plan.prompts is not None else None)
-            for i in range(start, plan.count, c)
-        ]
-
-    async def _call(self, model_id: str, chunk: GenChunk, on_retry=None) -> ChunkResult:
-        """One chunk; a replica that died or is unavailable (Serve restarts it) is retried with backoff, up to
-        ``jobs.chunk_retries`` times — same seeds, so the same pixels. Model errors are not retried."""
-        n = len(chunk)
-        js = self.settings.jobs
-        attempt = 0
-        while True:
-            m.QUEUE_DEPTH.labels(model_id).inc(n)
-            t0 = time.perf_counter()
-            try:
-                res = await self.generators.generate(model_id, chunk)
-            except Exception as e:
-                if attempt >= js.chunk_retries or not self.generators.is_transient(e):
-                    raise
-                attempt += 1
-                delay = min(10.0, js.retry_backoff_s * 2 ** (attempt - 1))
-                log.warning("generation chunk failed; retrying", extra={
-                    "model": model_id, "attempt": attempt, "error": type(e).__name__, "delay_s": delay})
-                m.CHUNK_RETRIES.labels(model_id).inc()
-                if on_retry is not None:
-                    on_retry()
-                await asyncio.sleep(delay)
-                continue
-            finally:
-                m.QUEUE_DEPTH.labels(model_id).dec(n)
-            m.record_chunk(model_id, chunk.conditions, res.stats, time.perf_counter() - t0)
-            return res
-
-    async def stream(self, plan: GenPlan, start: int = 0,
-                     on_retry=None) -> AsyncIterator[tuple[int, GenChunk, ChunkResult]]:
-        """Yield ``(first_index, chunk, result)`` in order from image ``start`` on, keeping ``window`` chunks in
-        flight. Chunk boundaries are counted from ``start``; pixels never depend on them."""
-        chunks = self._chunks(plan, start)
-        pending: deque[tuple[int, GenChunk, asyncio.Task]] = deque()
-        nxt = 0
-
-        def launch() -> None:
-            nonlocal nxt, start
-            ch = chunks[nxt]
-            pending.append((start, ch, asyncio.ensure_future(self._call(plan.model_id, ch, on_retry))))
-            start += len(ch)
-            nxt += 1
-
-        try:
-            while nxt < len(chunks) and len(pending) < self.window:
-                launch()
-            while pending:
-                first, ch, task = pending.popleft()
-                res = await task
-                if nxt < len(chunks):
-                    launch()
-                yield first, ch, res
-        finally:
-            for _, _, task in pending:
-                task.cancel()
-
-    def admit(self, plan: GenPlan, caller: Caller, action: str) -> None:
+    def admit(self, plan: GenerationPlan, caller: Caller, action: str) -> None:
         """Charge the plan's images to the caller's quota (429 when spent) and audit the request."""
         self.auth.charge_images(caller, plan.count)
         self.audit.record(action, caller.key_id, "accepted", caller.peer, model=plan.model_id, count=plan.count)
 
-    async def generate(self, plan: GenPlan, caller: Caller = LOCAL) -> np.ndarray:
+    async def generate(self, plan: GenerationPlan, caller: Caller = LOCAL) -> np.ndarray:
         """Inline generation: the images in memory (at most ``limits.max_inline_images``)."""
         self.admit(plan, caller, "generate")
         try:
-            parts = [res.images async for _, _, res in self.stream(plan)]
+            return await self.generation.generate(plan)
         except BaseException:
             self.auth.refund_images(caller, plan.count)  # nothing was delivered
             raise
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0, 0), np.float32)
 
-    async def generate_stream(self, plan: GenPlan, caller: Caller = LOCAL) -> AsyncIterator[tuple[int, GenChunk, ChunkResult]]:
+    async def generate_stream(self, plan: GenerationPlan,
+                              caller: Caller = LOCAL) -> AsyncIterator[tuple[int, GenChunk, ChunkResult]]:
         """Streamed generation (gRPC StreamGenerate): chunks in order as they are made."""
         self.admit(plan, caller, "generate")
-        async for item in self.stream(plan):
+        async for item in self.generation.stream(plan):
             yield item
 
     # ---- batch jobs ---------------------------------------------------------------------------
-    def create_batch_job(self, plan: GenPlan, fmt: str, caller: Caller = LOCAL) -> JobRecord:
-        if fmt not in STORED_FORMATS:
-            raise InvalidArgument(f"unknown format {fmt!r}; use one of {', '.join(STORED_FORMATS)}")
-        request = {**plan.request_dict(), "format": fmt}
+    def create_batch_job(self, plan: GenerationPlan, fmt: str, caller: Caller = LOCAL) -> JobRecord:
+        if fmt not in BATCH_FORMATS:
+            raise InvalidArgument(f"unknown format {quoted(fmt)}; use one of {', '.join(BATCH_FORMATS)}")
+        request = {**plan.record(), "format": fmt}
         self.auth.charge_images(caller, plan.count)
         try:
             rec = self.jobs.submit("batch", request, plan.count, self._batch_runner(plan, fmt), key_id=caller.key_id)
@@ -293,45 +156,27 @@ class Platform:
                           count=plan.count, job_id=rec.job_id)
         return rec
 
-    def _batch_runner(self, plan: GenPlan, fmt: str) -> Runner:
-        """Generate and store ``plan`` as one batch, resumable: every chunk is made durable in the batch's
-        staging folder before progress is reported, so a resumed job continues after the last stored image."""
-        params = plan.recorded_params()
+    def _batch_runner(self, plan: GenerationPlan, fmt: str) -> Runner:
+        """Generate and store ``plan`` as one batch, resumable: the staging batch id is on the job's record
+        before the first image, and every chunk is durable before progress is reported, so a resumed job
+        continues after the last stored image."""
 
-        async def run(handle: JobHandle) -> dict:
+        async def run(handle: JobHandle) -> BatchJobResult:
             rec = handle.record
-            writer = None
-            if rec.staging_batch_id:
-                writer = await asyncio.to_thread(self.store.resume, rec.staging_batch_id)
-            if writer is None:
-                writer = await asyncio.to_thread(
-                    self.store.create, plan.model_id, plan.info.get("model_hash", ""), plan.info.get("backend", ""),
-                    fmt, params, created_by=rec.key_id,
-                )
-                rec.staging_batch_id = writer.batch_id
+            writer = await self.generation.open_batch(plan, self.store, fmt, created_by=rec.key_id,
+                                                      resume_id=rec.staging_batch_id)
+            rec.staging_batch_id = writer.batch_id
+            handle.save()
 
             def retried() -> None:
                 rec.retries += 1
 
-            try:
-                handle.save()  # the staging batch id is on record before the first image
-                handle.progress(writer.count)
-                async for first, chunk, res in self.stream(plan, start=writer.count, on_retry=retried):
-                    handle.check_lease()  # never write beside a gateway that took this job over
-                    await asyncio.to_thread(_add_chunk, writer, chunk, res, plan.prompt)
-                    await asyncio.to_thread(writer.sync)
-                    handle.progress(first + len(chunk))
-                handle.check_lease()
-                manifest = await asyncio.to_thread(writer.commit)
-            except (asyncio.CancelledError, LostLease):
-                await asyncio.to_thread(writer.suspend)  # keep what is stored: the next gateway resumes it
-                raise
-            except BaseException:
-                await asyncio.to_thread(writer.abort)  # all or nothing: no half-stored batch
-                raise
+            manifest = await self.generation.store(
+                plan, writer, progress=handle.progress, check=handle.check_lease, on_retry=retried,
+                suspend_on=(asyncio.CancelledError, LostLease))  # suspended: the next gateway resumes it
             self.audit.record("batch.stored", rec.key_id, "ok", "", model=plan.model_id, count=manifest.count,
                               job_id=rec.job_id, batch_id=manifest.batch_id)
-            return {"batch_id": manifest.batch_id}
+            return BatchJobResult(batch_id=manifest.batch_id)
 
         return run
 
@@ -339,14 +184,10 @@ class Platform:
         """The runner that continues an orphaned batch job from its record (the plan is rebuilt from the
         request it recorded: same model, seeds, condition or prompt, params and format)."""
 
-        async def run(handle: JobHandle) -> dict:
-            req = rec.request
-            cond = Condition.model_validate(req.get("condition") or {})
-            plan = await self.plan(req.get("model"), None if req.get("prompt") else cond, req.get("prompt"),
-                                   int(req["count"]), int(req.get("seed", 0)),
-                                   GenerationParams.model_validate(req.get("params") or {}),
-                                   self.limits.max_batch_images, "one batch")
-            return await self._batch_runner(plan, str(req.get("format", "png")))(handle)
+        async def run(handle: JobHandle) -> BatchJobResult:
+            request = GenerationRequest.from_record(rec.request)
+            plan = await self._generation(self.generation.plan(request, self.limits.max_batch_images, "one batch"))
+            return await self._batch_runner(plan, str(rec.request.get("format", "png")))(handle)
 
         return run
 
@@ -361,8 +202,6 @@ class Platform:
         from services.metrics.api import check_request
         from services.metrics.errors import MetricsError
 
-        from .errors import quoted
-
         if self.scorer is None:
             raise Unavailable("this platform runs without a metrics deployment")
         try:  # metric and extractor names: the metrics layer's own registry, checked before anything is queued
@@ -370,7 +209,7 @@ class Platform:
         except MetricsError as e:
             raise InvalidArgument(str(e)) from None
         manifest = await self.get_batch(batch_id, caller)
-        reference = (reference or DEFAULT_REFERENCE).strip()
+        reference = (reference or self.settings.default_reference).strip()
         refs = await self.references()
         if reference not in refs:
             raise InvalidArgument(f"unknown reference {quoted(reference)}; registered references: "
@@ -386,12 +225,12 @@ class Platform:
         batch_id, reference = request["batch_id"], request["reference"]
         metrics, extractor = list(request["metrics"]), request["extractor"]
 
-        async def run(handle: JobHandle) -> dict:
+        async def run(handle: JobHandle) -> BaseModel:
             t0 = time.perf_counter()
             result = await self.scorer.score(batch_id, reference, metrics, extractor)
             m.SCORING_LATENCY.labels(reference, extractor).observe(time.perf_counter() - t0)
             handle.progress(count)
-            return {"batch_id": batch_id, **{k: v for k, v in dict(result).items() if k != "batch_id"}}
+            return _ScoreFields(**{**dict(result), "batch_id": batch_id})
 
         return run
 
@@ -505,12 +344,6 @@ class Platform:
 
     async def shutdown(self) -> None:
         await self.jobs.shutdown()
-
-
-def _add_chunk(writer, chunk: GenChunk, res: ChunkResult, prompt: str | None) -> None:
-    for j in range(len(chunk)):
-        p = chunk.prompts[j] if chunk.prompts is not None else prompt  # recorded even for class-conditional models
-        writer.add(res.images[j], chunk.seeds[j], chunk.conditions[j], prompt=p)
 
 
 def _iter_tar(store: BatchStore, manifest: Manifest) -> Iterator[bytes]:

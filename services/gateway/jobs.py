@@ -11,8 +11,9 @@ attempt, created with ``O_EXCL``, so two replicas never both take it) and resume
 registered for its kind — batch jobs continue from the images already written (same seeds, same pixels,
 one batch at the end); scoring jobs run again. A kind without a resumer is marked failed ("interrupted").
 
-The runner of a job is an ``async`` callable ``run(handle) -> dict``; it reports progress with
-``handle.progress(done)`` and returns the job's result fields (e.g. ``{"batch_id": ...}``). An exception
+The runner of a job is an ``async`` callable ``run(handle) -> BaseModel``; it reports progress with
+``handle.progress(done)`` and returns its typed result (:class:`BatchJobResult`, or the metrics layer's score
+summary): a ``batch_id`` field goes to the record's ``batch_id``, the other fields to its ``result``. An exception
 fails the job with its message; the runner is responsible for aborting its store writer.
 
 Finished records older than ``retention_hours`` are pruned (at start and then at most once a minute).
@@ -87,6 +88,12 @@ class JobRecord(BaseModel):
         return float(self.done) / self.total if self.total else (1.0 if self.state == JobState.SUCCEEDED else 0.0)
 
 
+class BatchJobResult(BaseModel):
+    """What a batch job produced: the stored batch."""
+
+    batch_id: str
+
+
 class LostLease(Exception):
     """Another gateway took this job over (this one stalled past the lease): stop without writing anything."""
 
@@ -120,7 +127,7 @@ class JobHandle:
         self._m._check_lease(self.record)
 
 
-Runner = Callable[[JobHandle], Awaitable[dict]]
+Runner = Callable[[JobHandle], Awaitable[BaseModel]]
 #: builds the runner that continues an orphaned job from its record
 Resumer = Callable[[JobRecord], Runner]
 
@@ -436,10 +443,11 @@ class JobManager:
             log.warning("job failed", extra={"job_id": rec.job_id, "kind": rec.kind, "error": rec.error})
             self._finish(rec)
         else:
-            result = dict(result or {})
-            if "batch_id" in result:
-                rec.batch_id = result.pop("batch_id")
-            rec.result = result or rec.result
+            fields = result.model_dump(mode="json") if result is not None else {}
+            if fields.get("batch_id"):
+                rec.batch_id = fields.pop("batch_id")
+            fields.pop("batch_id", None)
+            rec.result = fields or rec.result
             rec.state, rec.finished = JobState.SUCCEEDED, utc_now()
             if rec.total:
                 rec.done = rec.total

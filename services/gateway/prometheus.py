@@ -11,14 +11,13 @@ metrics port (``synthrad serve`` prints it) and are appended to ``/metrics?ray=1
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.common.findings import Condition
+from services.generator.chunks import ChunkStats
 
 disable_created_metrics()  # no *_created series: Ray's and Triton's exporters don't emit them either
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -113,30 +112,27 @@ def finding_label(condition: Condition) -> str:
     return "unspecified"
 
 
-class _SeenBatches:
-    """Remembers recent (replica, batch_seq) pairs so each forward pass is observed once."""
+class ChunkTelemetry:
+    """The generation use case's observer (``GenerationService(observer=...)``): queue depth while a chunk is
+    out, its latency, images by finding label, and what the replica measured. A forward pass serves several
+    chunks; the replica flags one of them (``first_of_pass``), so a pass is observed once."""
 
-    def __init__(self, size: int = 4096):
-        self._seen: OrderedDict[tuple, None] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
+    def sent(self, model_id: str, chunk) -> None:
+        QUEUE_DEPTH.labels(model_id).inc(len(chunk))
 
-    def first_time(self, key: tuple) -> bool:
-        with self._lock:
-            if key in self._seen:
-                return False
-            self._seen[key] = None
-            if len(self._seen) > self._size:
-                self._seen.popitem(last=False)
-            return True
+    def returned(self, model_id: str, chunk) -> None:
+        QUEUE_DEPTH.labels(model_id).dec(len(chunk))
 
+    def retried(self, model_id: str) -> None:
+        CHUNK_RETRIES.labels(model_id).inc()
 
-_seen = _SeenBatches()
+    def done(self, model_id: str, chunk, result, latency_s: float) -> None:
+        record_chunk(model_id, chunk.conditions, result.stats, latency_s)
 
 
-def record_chunk(model: str, conditions: Iterable[Condition], stats: Mapping, latency_s: float) -> None:
+def record_chunk(model: str, conditions: Iterable[Condition], stats: ChunkStats, latency_s: float) -> None:
     """Account one generated chunk (called by the gateway when a generator returns)."""
-    backend = str(stats.get("backend", "unknown"))
+    backend = stats.backend or "unknown"
     counts: dict[str, int] = {}
     for c in conditions:
         lab = finding_label(c)
@@ -144,21 +140,17 @@ def record_chunk(model: str, conditions: Iterable[Condition], stats: Mapping, la
     for lab, n in counts.items():
         IMAGES_GENERATED.labels(model, backend, lab).inc(n)
     GENERATION_LATENCY.labels(model, backend).observe(latency_s)
-    if "queue_s" in stats:
-        GENERATION_QUEUE.labels(model, backend).observe(float(stats["queue_s"]))
-    key = (stats.get("replica"), stats.get("batch_seq"))
-    if key[1] is not None and _seen.first_time(key):
-        if "compute_s" in stats:
-            GENERATION_COMPUTE.labels(model, backend).observe(float(stats["compute_s"]))
-        if "batch_images" in stats:
-            BATCH_SIZE.labels(model, backend).observe(float(stats["batch_images"]))
-    if "gpu_memory_used_bytes" in stats:
-        lab = (model, str(stats.get("replica", "")), str(stats.get("gpu", "0")))
-        GPU_MEMORY.labels(*lab).set(float(stats["gpu_memory_used_bytes"]))
-        if "gpu_memory_total_bytes" in stats:
-            GPU_MEMORY_TOTAL.labels(*lab).set(float(stats["gpu_memory_total_bytes"]))
-        if "gpu_utilization_ratio" in stats:
-            GPU_UTIL.labels(*lab).set(float(stats["gpu_utilization_ratio"]))
+    GENERATION_QUEUE.labels(model, backend).observe(float(stats.queue_s))
+    if stats.first_of_pass:
+        GENERATION_COMPUTE.labels(model, backend).observe(float(stats.compute_s))
+        BATCH_SIZE.labels(model, backend).observe(float(stats.batch_images))
+    gpu = stats.gpu
+    if gpu is not None:
+        lab = (model, stats.replica, gpu.gpu)
+        GPU_MEMORY.labels(*lab).set(gpu.memory_used_bytes)
+        GPU_MEMORY_TOTAL.labels(*lab).set(gpu.memory_total_bytes)
+        if gpu.utilization_ratio is not None:
+            GPU_UTIL.labels(*lab).set(gpu.utilization_ratio)
 
 
 def set_job_counts(counts: Mapping[tuple[str, str], int]) -> None:
@@ -216,6 +208,6 @@ def ray_metrics_text(timeout_s: float = 2.0) -> str:
 __all__ = [
     "REGISTRY", "IMAGES_GENERATED", "GENERATION_LATENCY", "GENERATION_QUEUE", "GENERATION_COMPUTE", "BATCH_SIZE",
     "QUEUE_DEPTH", "CHUNK_RETRIES", "REQUESTS", "JOBS", "JOBS_FINISHED", "SCORING_LATENCY", "GPU_MEMORY", "GPU_MEMORY_TOTAL",
-    "GPU_UTIL", "finding_label", "record_chunk", "set_job_counts", "init_labels", "exposition", "ray_metrics_text",
+    "GPU_UTIL", "ChunkTelemetry", "finding_label", "record_chunk", "set_job_counts", "init_labels", "exposition", "ray_metrics_text",
     "redact_ray_metrics",
 ]

@@ -7,13 +7,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from services.common.findings import FINDING_ALIASES, FINDINGS, NO_FINDING, Condition, FindingState
+from services.common.store import BATCH_FORMATS
 from services.generator.base import GenerationParams, ModelInfo
+from services.generator.generation import MAX_PROMPT_CHARS
+from services.generator.replica import ServedModel
 from services.metrics.api import ALL_METRICS
 from services.metrics.extractors import available_extractors
 
 from .jobs import JobRecord
 
-MAX_PROMPT_CHARS = 2000
 MAX_MODEL_ID_CHARS = 128
 
 #: Id formats (the store's and the job manager's validators are the authority; tests check they agree).
@@ -88,7 +90,7 @@ class GenerateRequest(_GenBase):
 
 class BatchRequest(_GenBase):
     count: int = Field(..., ge=1, description="Images in the batch (at most limits.max_batch_images).")
-    format: Literal["png", "png16", "dicom", "npz", "webdataset"] = "png"
+    format: Literal[BATCH_FORMATS] = "png"  # type: ignore[valid-type]
 
 
 class ScoreRequest(BaseModel):
@@ -97,8 +99,10 @@ class ScoreRequest(BaseModel):
     batch_id: str = Field(..., max_length=64, pattern=BATCH_ID_PATTERN,
                           description=f"A stored batch (GET /v1/batches), e.g. {BATCH_ID_EXAMPLE}.",
                           examples=[BATCH_ID_EXAMPLE])
-    reference: str = Field("nih-cxr64", max_length=128, description="A registered real reference set "
-                                                                    "(GET /v1/references).")
+    reference: str | None = Field(None, max_length=128, description="A registered real reference set "
+                                                                    "(GET /v1/references); default: the "
+                                                                    "platform's default_reference setting.",
+                                  examples=["nih-cxr64"])
     metrics: list[str] = Field(default_factory=lambda: ["fid"], min_length=1, max_length=16,
                                description=f"One or more of: {', '.join(ALL_METRICS)}, or 'all'.",
                                examples=[["fid", "kid"]])
@@ -153,16 +157,27 @@ class JobView(BaseModel):
 
 
 class ModelView(ModelInfo):
-    """A served model: the registry's :class:`ModelInfo` plus where it runs (extra keys such as
-    ``max_batch_size`` from the generator deployment are passed through; the replica's host:pid is not)."""
+    """A served model: the registry's :class:`ModelInfo` plus where it runs (never which replica answered)."""
 
-    model_config = ConfigDict(protected_namespaces=(), extra="allow")
+    model_config = ConfigDict(protected_namespaces=())
 
     backend: str | None = None
     device: str | None = None
     is_default: bool = False
     resolutions: str | None = Field(None, description="Output sizes it makes, e.g. '64 (native) or a resize to "
                                                       "16..256' (params.resolution).")
+    max_batch_size: int | None = Field(None, description="Images per forward pass of one replica.")
+
+    @classmethod
+    def of(cls, served: ServedModel, is_default: bool = False) -> "ModelView":
+        return cls(**served.model_dump(exclude={"replica"}), is_default=is_default)
+
+    def get(self, key: str, default=None):
+        """Mapping-style read (kept for the gRPC conversion that reads fields by name)."""
+        return getattr(self, key, default)
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
 
 
 class BatchSummary(BaseModel):

@@ -12,6 +12,8 @@ import time
 
 import click
 
+from services.common.store import BATCH_FORMATS
+
 FINDINGS = ("atelectasis", "lung_opacity", "pleural_effusion", "enlarged_cardiac_silhouette")
 
 
@@ -25,12 +27,13 @@ def _fmt(v) -> str:
 @click.option("--model", default=None, help="Model id (default: SYNTHRAD_DEFAULT_MODEL, the shipped StyleGAN2).")
 @click.option("--count", type=int, default=64, show_default=True, help="Images per finding.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of each batch's first image.")
-@click.option("--reference", default="nih-cxr64", show_default=True, help="Registered real reference set.")
+@click.option("--reference", default=None, show_default="settings' default_reference (nih-cxr64)",
+              help="Registered real reference set.")
 @click.option("--metrics", "metric_list", default="fid,kid,ipr", show_default=True, help="Measures to compute.")
 @click.option("--extractor", default="inception", show_default=True,
               help="Feature extractor; only 'inception' scores are called FID.")
 @click.option("--format", "fmt", default="png", show_default=True,
-              type=click.Choice(["png", "png16", "dicom", "npz", "webdataset"]), help="Stored image format.")
+              type=click.Choice(BATCH_FORMATS), help="Stored image format.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the results here.")
 @click.option("--url", default=None, help="Use a running platform (e.g. http://127.0.0.1:8000) instead of starting one.")
 @click.option("--api-key", default=None, envvar="SYNTHRAD_API_KEY", help="API key for --url platforms that need one.")
@@ -43,6 +46,7 @@ def command(model, count, seed, reference, metric_list, extractor, fmt, json_out
 
     settings = get_settings()
     model = model or settings.default_model
+    reference = reference or settings.default_reference
     metrics = [m.strip() for m in metric_list.split(",") if m.strip()]
     t0 = time.time()
     lp = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-FORMATS = ("png", "png16", "dicom", "npz", "webdataset")
+from services.common.store import BATCH_FORMATS
 
 
 def resolve_model_id(model: str) -> str:
@@ -88,8 +88,8 @@ def _validation_message(e) -> str:
     return str(inner) if isinstance(inner, Exception) else err["msg"]
 
 
-def parse_condition(condition: str | None, prompt: str | None):
-    """``--condition`` (findings text or JSON object) / ``--prompt`` (free text) -> Condition.
+def parse_condition(condition: str | None):
+    """``--condition`` (findings text or a JSON object) -> Condition (``--prompt`` is planned with the request).
 
     Raises ``ConditionError`` with a message that names the problem (bad JSON, unknown finding, bad state).
     """
@@ -100,12 +100,9 @@ def parse_condition(condition: str | None, prompt: str | None):
     from services.common.findings import Condition, ConditionError
     from services.common.prompts import parse_prompt
 
-    if condition and prompt:
-        raise click.UsageError("give --condition or --prompt, not both")
-    if not condition and not prompt:
+    if not condition:
         return Condition()
-    text = condition or prompt
-    if condition and condition.strip().startswith("{"):
+    if condition.strip().startswith("{"):
         try:
             data = json.loads(condition)
         except json.JSONDecodeError as e:
@@ -117,7 +114,7 @@ def parse_condition(condition: str | None, prompt: str | None):
             return Condition.model_validate(data)
         except ValidationError as e:
             raise ConditionError(_validation_message(e)) from None
-    return parse_prompt(text)
+    return parse_prompt(condition)
 
 
 #: Generation params the CLI exposes, as options.
@@ -163,7 +160,7 @@ def build_params(**kw):
                    "10000 unless SYNTHRAD_LIMITS__MAX_BATCH_IMAGES says otherwise).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="First seed; image i uses seed+i.")
 @click.option("--out", default=None, help="Store folder or fsspec URL (default: settings store).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(BATCH_FORMATS), default="png", show_default=True,
               help="Stored image format: png (8-bit), png16 (16-bit), dicom, npz (float32 arrays), "
                    "webdataset (PNG + JSON members in tar shards).")
 @click.option("--backend", default=None, help="auto | eager | compile | onnx (default: settings).")
@@ -173,9 +170,8 @@ def build_params(**kw):
 @click.option("--sampler", default=None, help="ddpm | ddim | dpmpp (diffusion models).")
 @click.option("--truncation", type=float, default=None, help="Truncation psi, 0-2 (StyleGAN2; 1 = none).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale, 0-50 (diffusion models).")
-@click.option("--chunk", type=int, default=64, show_default=True, hidden=True)
 def command(model, model_path, model_sha256, model_id, condition, prompt, n, seed, out, fmt, backend, device, steps,
-            sampler, truncation, guidance, chunk) -> None:
+            sampler, truncation, guidance) -> None:
     """Generate N marked synthetic chest X-rays for one condition into a new batch; prints the batch path.
 
     \b
@@ -191,6 +187,7 @@ def command(model, model_path, model_sha256, model_id, condition, prompt, n, see
     from services.common.store import BatchStore
     from services.generator import registry
     from services.generator.base import GeneratorError, UnusedParam
+    from services.generator.generation import GenerationRequest
 
     settings = get_settings()
     if model_path and model:
@@ -206,11 +203,9 @@ def command(model, model_path, model_sha256, model_id, condition, prompt, n, see
                                  "setting, env SYNTHRAD_LIMITS__MAX_BATCH_IMAGES); split it into several batches "
                                  "(--seed N continues where the previous batch ended)", param_hint="--n")
     try:
-        cond, cond_error = parse_condition(condition, prompt), None
-    except ConditionError as e:  # may still be fine: a text model reads the prompt itself
-        if not prompt:
-            raise click.BadParameter(str(e), param_hint="--condition") from None
-        cond, cond_error = None, e
+        cond = parse_condition(condition) if condition else None
+    except ConditionError as e:
+        raise click.BadParameter(str(e), param_hint="--condition") from None
     params = build_params(steps=steps, sampler=sampler, guidance=guidance, truncation=truncation)
     try:
         dev = resolve_device(device or settings.device)
@@ -230,35 +225,46 @@ def command(model, model_path, model_sha256, model_id, condition, prompt, n, see
                 f"model {gen.model_id} ({gen.family}) does not use {PARAM_OPTIONS.get(e.param, e.param)}; "
                 f"it takes {', '.join(takes) if takes else 'none of --steps/--sampler/--guidance/--truncation'}",
                 param_hint=PARAM_OPTIONS.get(e.param, e.param)) from None
-        stored_params = gen.resolved_params(params)
-        if cond is None:
-            if not gen.text_conditioned:
-                raise click.BadParameter(str(cond_error), param_hint="--prompt")
-            # the raw prompt drives a text-conditioned model; the recorded condition stays unspecified
-            cond = Condition()
-            click.echo(f"note: the findings parser cannot read this prompt ({str(cond_error).split(';')[0]}); it goes "
-                       f"to {gen.model_id}'s text encoder as written and the batch records the condition as "
-                       "unspecified", err=True)
     except (ConditionError, GeneratorError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    if seed + n > 2**63:
-        raise click.ClickException("seed + n exceeds 2**63")
+    request = GenerationRequest(model=gen.model_id, condition=cond, prompt=prompt, count=n, seed=seed, params=params)
     store = BatchStore(out or settings.resolved_store_url)
-    writer = store.create(gen.model_id, gen.model_hash, gen.backend, fmt, stored_params)
-    try:
-        for start in range(0, n, chunk):
-            seeds = list(range(seed + start, seed + min(n, start + chunk)))
-            imgs = gen.generate([cond] * len(seeds), seeds, params, [prompt] * len(seeds) if prompt else None)
-            for img, s in zip(imgs, seeds):
-                writer.add(img, s, cond, prompt)
-        manifest = writer.commit()
-    except GeneratorError as e:
-        writer.abort()
-        raise click.ClickException(str(e)) from e
-    except BaseException:
-        writer.abort()
-        raise
-    what = f"prompt {prompt!r}" if prompt and gen.text_conditioned else cond.describe()
+    manifest, plan = _run(gen, request, store, fmt, max_n)
+    if plan.prompts is not None and plan.condition == Condition():
+        click.echo(f"note: the findings parser cannot read this prompt; it went to {gen.model_id}'s text encoder "
+                   "as written and the batch records the condition as unspecified", err=True)
+    what = f"prompt {prompt!r}" if plan.prompts is not None else plan.condition.describe()
     click.echo(f"{manifest.count} images ({what}) from {gen.model_id} [{gen.backend}] -> "
                f"batch {manifest.batch_id}", err=True)
     click.echo(store.batch_path(manifest.batch_id))
+
+
+def _run(gen, request, store, fmt: str, max_n: int):
+    """Plan, generate and store through the same use case the API serves (in process, with a progress bar)."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from services.common.config import get_settings
+    from services.generator.base import GeneratorError
+    from services.generator.generation import GenerationService, InvalidPrompt, LocalGenerators
+    from services.generator.replica import GeneratorReplica
+
+    service = GenerationService(LocalGenerators({gen.model_id: GeneratorReplica(gen.model_id, generator=gen)}),
+                                get_settings().limits, gen.model_id, window=1)
+
+    async def go():
+        plan = await service.plan(request, max_n, "one batch")
+        writer = await service.open_batch(plan, store, fmt)
+        with tqdm(total=plan.count, unit="img", desc="generating", leave=False, disable=None) as bar:
+            def progress(done: int) -> None:
+                bar.update(done - bar.n)
+
+            return await service.store(plan, writer, progress=progress), plan
+
+    try:
+        return asyncio.run(go())
+    except InvalidPrompt as e:
+        raise click.BadParameter(str(e), param_hint="--prompt") from None
+    except GeneratorError as e:
+        raise click.ClickException(str(e)) from e
