@@ -2,8 +2,15 @@
 
 Names follow the Prometheus conventions Ray Serve and Triton users know (``_total`` counters, ``_seconds``
 histograms, base units, a ``model`` label like Triton's): they are recorded in the gateway process from
-what each generator replica reports with its results (queue wait, forward-pass time, formed batch size,
-GPU memory), so one scrape of the gateway shows the whole pipeline. Ray Serve's own metrics
+what each generator replica measures and returns with its results (typed ``ChunkStats``: queue wait,
+forward-pass time, formed batch size, GPU memory; the replica flags one chunk per forward pass so a pass is
+counted once), so one scrape of the gateway shows the whole pipeline, exactly and at once.
+
+Why not ``ray.serve.metrics`` in the replicas: Ray exports those through each node's metrics agent, renamed
+``ray_<name>``, some seconds later (the agent's report interval); the documented ``synthrad_*`` names on the
+gateway's ``/metrics`` would then need a relay that scrapes and renames Ray's exposition — the hand-made relay
+this module no longer has. The measurements still come from the replicas; only their transport is the
+result they already return. Ray Serve's own metrics
 (``ray_serve_*``: replica queue lengths, request latencies, ``@serve.batch`` batch sizes) stay on Ray's
 metrics port (``synthrad serve`` prints it) and are appended to ``/metrics?ray=1`` when reachable.
 """
@@ -191,17 +198,19 @@ def redact_ray_metrics(text: str) -> str:
 
 
 def ray_metrics_text(timeout_s: float = 2.0) -> str:
-    """Ray's own metrics (``ray_serve_*`` ...) from this node's metrics agent, redacted; '' when unreachable."""
+    """Ray's own metrics (``ray_serve_*`` ...) from this node's metrics agent, redacted; '' when unreachable.
+    The agent's address comes from ``ray.nodes()`` (the public node table), matched on this worker's node id."""
     try:
-        import ray
         import urllib.request
 
-        node = ray._private.worker.global_worker.node  # noqa: SLF001 - no public accessor for the port
-        port = node.metrics_export_port
-        host = node.node_ip_address
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as r:  # noqa: S310
+        import ray
+
+        here = ray.get_runtime_context().get_node_id()
+        node = next(n for n in ray.nodes() if n.get("NodeID") == here and n.get("Alive"))
+        url = f"http://{node['NodeManagerAddress']}:{int(node['MetricsExportPort'])}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - Ray's agent on this node
             return redact_ray_metrics(r.read().decode("utf-8", "replace"))
-    except Exception:
+    except Exception:  # noqa: BLE001 - Ray's metrics are an optional appendix
         return ""
 
 
