@@ -1,33 +1,13 @@
-"""Request limits: body size (ASGI middleware), image counts, resolution and steps.
+"""The request body limit (ASGI middleware, 413 past ``settings.limits.max_request_bytes``).
 
-All bounds come from ``settings.limits`` (``SYNTHRAD_LIMITS__*``): ``max_request_bytes`` for request bodies
-(413), ``max_inline_images`` for synchronous generate calls, ``max_batch_images`` for stored batch jobs and
-streamed generation, ``max_resolution`` / ``max_steps`` for generation params (422), and
-``max_concurrent_jobs`` for queued + running jobs (429, enforced by the job manager).
+The other bounds of ``settings.limits`` (``SYNTHRAD_LIMITS__*``) are enforced where their rule lives: image
+counts, resolution and steps by the generation use case's planner
+(``services/generator/generation/plan.py``, 422), ``max_concurrent_jobs`` by the job manager (429).
 """
 
 from __future__ import annotations
 
 import json
-
-from services.common.config import Limits
-from services.generator.base import GenerationParams
-
-from .errors import InvalidArgument
-
-
-def check_count(count: int, limit: int, what: str) -> None:
-    if count < 1:
-        raise InvalidArgument(f"count must be at least 1 (got {count})")
-    if count > limit:
-        raise InvalidArgument(f"count {count} exceeds the limit of {limit} images for {what}")
-
-
-def check_params(params: GenerationParams, limits: Limits) -> None:
-    if params.resolution is not None and params.resolution > limits.max_resolution:
-        raise InvalidArgument(f"resolution {params.resolution} exceeds the limit {limits.max_resolution}")
-    if params.steps is not None and params.steps > limits.max_steps:
-        raise InvalidArgument(f"steps {params.steps} exceeds the limit {limits.max_steps}")
 
 
 class BodySizeLimit:
