@@ -10,7 +10,7 @@ CPU (this repo's dev machine; needs the dev extras pytorch-fid and torch-fidelit
     All three tools get the same weights: the fid-helper TorchScript file mapped to a pytorch-fid state dict
     (pytorch-fid's download monkeypatched to it; torch-fidelity via feature_extractor_weights_path).
 
-GPU (``scripts/gpu/metrics.sh``; needs only torch, numpy, scipy):
+GPU (``scripts/gpu/metrics.sh``; needs the package's dependencies, not pytorch-fid / torch-fidelity):
 
     python benchmarks/bench_metrics.py --device cuda --weights W.pth --real DIR --synthetic DIR --out OUT.json
 
@@ -33,7 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("SYNTHRAD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = ROOT.parent / "shared" / "data"  # --data
 
 
 def _rel(a: float, b: float) -> float:
@@ -317,6 +317,7 @@ def bench_cuda(args) -> dict:
 
 
 def main() -> None:
+    global SHARED
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--n", type=int, default=2000, help="CPU: images in total (half real, half synthetic); CUDA: throughput images")
@@ -326,8 +327,9 @@ def main() -> None:
     ap.add_argument("--trust-weights", action="store_true",
                     help="CUDA: accept the weights file by its own sha256 (e.g. the fp16-rounded transport copy)")
     ap.add_argument("--weights-transport", default="float32", help="CUDA: how the weights travelled (recorded)")
-    ap.add_argument("--real", default=str(SHARED / "nih-chestxray14-64" / "train"))
-    ap.add_argument("--synthetic", default=str(SHARED / "nih-chestxray14-64" / "valid"))
+    ap.add_argument("--data", default=str(SHARED), help="the shared data folder (Kermany, NIH 64 px)")
+    ap.add_argument("--real", default=None, help="CUDA: real images (default DATA/nih-chestxray14-64/train)")
+    ap.add_argument("--synthetic", default=None, help="CUDA: synthetic images (default DATA/nih-chestxray14-64/valid)")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--out", default=None)
     ap.add_argument("--interleaved", action="store_true", help="CPU: load-robust interleaved M-vs-M comparison")
@@ -337,6 +339,9 @@ def main() -> None:
     ap.add_argument("--gpu-device", default="cuda", help=argparse.SUPPRESS)  # 'cpu' = smoke test of the CUDA path
     ap.add_argument("--skip", default="", help="CUDA: comma list of variants to skip (fp32,tf32,fp16,fp16_compile,bf16)")
     args = ap.parse_args()
+    SHARED = Path(args.data)
+    args.real = args.real or str(SHARED / "nih-chestxray14-64" / "train")
+    args.synthetic = args.synthetic or str(SHARED / "nih-chestxray14-64" / "valid")
     if args.interleaved:
         res = bench_interleaved(args)
     else:

@@ -17,7 +17,8 @@ def counting_extractor_class(name: str, batch_size: int = 8) -> type[FeatureExtr
         calls = 0
 
         def __init__(self, **_):
-            self.stamp = ExtractorStamp(name, "4x4 block means", 16, None, f"{name}-v1", "test", {"size": 4}, "float32")
+            self.stamp = ExtractorStamp(name, "4x4 block means", 16, weights_sha256=f"{name}-v1", weights_source="test",
+                                        preprocessing={"size": 4}, dtype="float32")
 
         def extract_batch(self, images):
             type(self).calls += len(images)

@@ -61,7 +61,7 @@ def test_score_all_metrics_and_cache_reuse(tmp_path, cache):
     assert "FID" not in v  # only inception scores are called FID
     fd = res.get("FD_counting")
     assert fd.extractor == "counting" and fd.ci_low < fd.value < fd.ci_high
-    assert res.stamps["counting"]["weights_digest"] == "counting-v1"
+    assert res.stamps["counting"]["weights_sha256"] == "counting-v1"
     rows = {r["feature"]: r for r in res.spatial}
     assert rows["brenner"]["real_mean"] > rows["brenner"]["synthetic_mean"]  # blurred synthetic set
     assert res.separability["rbf"]["f1"] > 0.8
@@ -202,10 +202,11 @@ def test_cli_score(tmp_path, monkeypatch):
 def test_stamp_keys_and_compatibility():
     from dataclasses import replace
 
-    s1 = ExtractorStamp("x", "arch", 16, "f" * 64, "d" * 64, "file", {"size": 299}, "float32")
+    s1 = ExtractorStamp("x", "arch", 16, weights_sha256="d" * 64, weights_file_sha256="f" * 64, weights_source="file",
+                        preprocessing={"size": 299}, dtype="float32")
     s16 = replace(s1, dtype="bfloat16")
     other_prep = replace(s1, preprocessing={"size": 224})
-    other_w = replace(s1, weights_digest="e" * 64)
+    other_w = replace(s1, weights_sha256="e" * 64)
     assert len({s1.key(), s16.key(), other_prep.key(), other_w.key()}) == 4  # each change is a cache miss
     assert s1.compatible(s16) and not s1.compatible(other_prep) and not s1.compatible(other_w)
     assert ExtractorStamp.from_dict(s1.to_dict()) == s1
@@ -221,3 +222,120 @@ def test_in_memory_arrays_any_layout():
     assert res.synthetic.n == 20 and res.real.kind == "arrays"
     with pytest.raises(MetricsError, match="expected images"):
         score(real, rng.random((4, 5, 6, 7)), "fid", extractor="counting", cache=False)
+
+
+# ----------------------------------------------------------------------------- typed inputs, registry, summary
+def _stored_batch(store_root: Path, n: int = 12, seed: int = 5) -> str:
+    from services.common.findings import Condition
+    from services.common.store import BatchStore
+
+    store = BatchStore(store_root)
+    rng = np.random.default_rng(seed)
+    with store.create("fake-model", "0" * 16, "eager", "png") as w:
+        for i in range(n):
+            w.add(rng.random((32, 32)).astype(np.float32), seed=i, condition=Condition.no_finding())
+    return w.batch_id
+
+
+def test_parse_input_precedence(tmp_path, cache, monkeypatch):
+    from services.metrics.inputs import BatchId, FeatureFile, Folder, ReferenceFile, ReferenceSet, parse_input
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "ref.npz").write_bytes(b"")
+    assert parse_input("x.npy", "real") == FeatureFile(Path("x.npy"))
+    assert parse_input("imgs", "synthetic") == Folder(Path("imgs"))
+    assert parse_input("ref.npz", "real") == ReferenceFile(Path("ref.npz"))
+    assert parse_input("nih-cxr64", "real", cache) == ReferenceSet("nih-cxr64")
+    assert parse_input("20990101t000000-000000000000", "synthetic") == BatchId("20990101t000000-000000000000")
+    assert parse_input("batch:imgs", "synthetic") == BatchId("imgs")  # explicit: the local folder is not guessed
+    assert parse_input("reference:imgs", "real") == ReferenceSet("imgs")
+    with pytest.raises(MetricsError, match="no registered reference"):
+        parse_input("imgs-missing", "real", cache)
+
+
+def test_explicit_batch_id_never_reads_a_same_named_folder(tmp_path, cache, monkeypatch):
+    from services.metrics.api import score
+    from services.metrics.inputs import BatchId, Folder
+
+    bid = _stored_batch(tmp_path / "store")
+    real = _write_folder(tmp_path / "real", 12, 6)
+    monkeypatch.chdir(tmp_path)
+    _write_folder(tmp_path / bid, 20, 7)  # a local folder named like the batch
+    kw = dict(extractor="counting", bootstrap=0, cache=cache)
+    assert score(Folder(real), bid, "fid", store_url=str(tmp_path / "store"), **kw).synthetic.kind == "folder"  # str: folder wins
+    res = score(Folder(real), BatchId(bid, str(tmp_path / "store")), "fid", **kw)
+    assert res.synthetic.kind == "batch" and res.synthetic.n == 12
+    with pytest.raises(MetricsError, match="no stored batch"):
+        score(Folder(real), BatchId("20990101t000000-000000000000", str(tmp_path / "store")), "fid", **kw)
+
+
+def test_registered_measure_is_scored_and_options_are_checked(tmp_path, cache):
+    from services.metrics.api import score
+    from services.metrics.registry import FEATURES, Measure, Outcome, parse_metrics, register_measure, unregister_measure
+    from services.metrics.result import Score
+
+    def mean_gap(inp):
+        gap = float(np.abs(inp.real_features.mean(0) - inp.synthetic_features.mean(0)).sum()) * inp.options["gap_scale"]
+        return Outcome([Score(metric="gap", name="mean_gap", value=gap, extractor=inp.extractor)])
+
+    register_measure(Measure("gap", frozenset({FEATURES}), mean_gap, options={"gap_scale": 1.0}))
+    try:
+        assert parse_metrics("all")[-1] == "gap" and parse_metrics("gap,fid") == ["gap", "fid"]
+        real = _write_folder(tmp_path / "real", 10, 20)
+        res = score(real, real, "gap,fid", extractor="counting", bootstrap=0, gap_scale=2.0, cache=cache)
+        assert [s.name for s in res.scores] == ["FD_counting", "mean_gap"]  # registry order
+        assert res.get("gap").value == 0.0 and res.get("gap").extractor == "counting"
+        with pytest.raises(TypeError, match="no_such_option"):
+            score(real, real, "fid", extractor="counting", no_such_option=1, cache=cache)
+    finally:
+        unregister_measure("gap")
+    with pytest.raises(MetricsError, match="unknown metric"):
+        parse_metrics("gap")
+
+
+def test_naming_rule():
+    from services.metrics.naming import score_name
+
+    assert score_name("fid", "inception") == "FID" and score_name("kid", "inception") == "KID"
+    assert score_name("fid", "cxr-encoder") == "FD_cxr-encoder" and score_name("kid", "x") == "KID_x"
+
+
+def test_legacy_stamp_dict_keeps_its_key():
+    legacy = {"name": "inception", "arch": "a", "dims": 2048, "weights_sha256": "f" * 64, "weights_digest": "d" * 64,
+              "weights_source": "file", "preprocessing": {"size": 299}, "dtype": "float32", "key": "old"}
+    st = ExtractorStamp.from_dict(legacy)
+    assert st.weights_sha256 == "d" * 64 and st.weights_file_sha256 == "f" * 64
+    assert "weights_digest" not in st.to_dict() and ExtractorStamp.from_dict(st.to_dict()) == st
+    import hashlib
+
+    # the key as stamps computed it before (weights = tensor digest): cached features and references stay valid
+    old_payload = {"name": "inception", "arch": "a", "dims": 2048, "weights": "d" * 64, "preprocessing": {"size": 299},
+                   "dtype": "float32"}
+    assert st.key() == hashlib.sha256(json.dumps(old_payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def test_replica_returns_the_score_summary_the_gateway_reads(tmp_path):
+    from services.metrics.references import register_reference, unregister_reference
+    from services.metrics.replica import MetricsReplica
+
+    bid = _stored_batch(tmp_path / "store", n=16)
+    register_reference("summary-ref", _write_folder(tmp_path / "real", 16, 21), extractors=("counting",), persist=False)
+    try:
+        rep = MetricsReplica(str(tmp_path / "store"), device="cpu")
+        assert "summary-ref" in rep.references()
+        out = rep.score(bid, "summary-ref", ["fid", "kid", "spatial"], "counting")
+    finally:
+        unregister_reference("summary-ref")
+    json.dumps(out)  # the job result is stored as JSON
+    assert set(out) == {"batch_id", "reference", "metrics", "extractor", "scores", "n_real", "n_synthetic", "warnings",
+                        "seconds", "result"}
+    assert out["batch_id"] == bid and out["reference"] == "summary-ref" and out["metrics"] == ["fid", "kid", "spatial"]
+    assert out["n_real"] == 16 and out["n_synthetic"] == 16
+    ext = out["extractor"]
+    assert ext["name"] == "counting" and ext["weights_sha256"] == "counting-v1" and ext["dtype"] == "float32"
+    assert ext["preprocessing"] == {"size": 4} and "key" in ext and "weights_digest" not in ext
+    fd, kd = out["scores"]
+    assert fd["name"] == "FD_counting" and fd["metric"] == "fid" and "std" not in fd and "ci_low" in fd
+    assert kd["name"] == "KID_counting" and kd["std"] >= 0 and "ci_low" not in kd
+    assert out["result"]["synthetic"]["kind"] == "batch" and out["result"]["spatial"]

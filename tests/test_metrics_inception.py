@@ -3,8 +3,6 @@ mapping, and feature equality with pytorch-fid's own InceptionV3 (its download m
 
 from __future__ import annotations
 
-import os
-
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +14,7 @@ import torch
 from services.metrics.errors import MetricsError
 from services.metrics.extractors import inception as inc
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SYNTHRAD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from conftest import SHARED_DATA  # noqa: E402  (tests/ is on sys.path, as for metrics_fakes)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -65,9 +63,9 @@ def test_weights_found_without_importing_fid_helper_or_opencv():
 
 def test_sha256_of_shipped_file_is_verified(weights_path):
     lw = inc.load_inception_weights(weights_path)
-    assert lw.sha256 == inc.FID_HELPER_SHA256
+    assert lw.file_sha256 == inc.FID_HELPER_SHA256
     assert lw.fmt == "torchscript"
-    assert lw.digest == inc.FID_WEIGHTS_DIGEST
+    assert lw.weights_sha256 == inc.FID_WEIGHTS_SHA256
     assert len([k for k in lw.state_dict if k.endswith("conv.weight")]) == 94
     assert all(torch.all(lw.state_dict[k] == 1) for k in lw.state_dict if k.endswith("bn.weight"))
 
@@ -75,7 +73,7 @@ def test_sha256_of_shipped_file_is_verified(weights_path):
 def test_converted_pth_verifies_by_tensor_digest_and_shares_stamp_key(weights_path, pth):
     a = inc.InceptionExtractor(weights_path)
     b = inc.InceptionExtractor(pth)
-    assert b.weights.fmt == "state_dict" and b.weights.sha256 != a.weights.sha256
+    assert b.weights.fmt == "state_dict" and b.weights.file_sha256 != a.weights.file_sha256
     assert a.stamp.key() == b.stamp.key()  # same tensors → same cache key
 
 
@@ -88,7 +86,7 @@ def test_tampered_or_unknown_weights_refused(pth, tmp_path):
         inc.load_inception_weights(bad)
     # explicitly trusted by sha256 → accepted
     lw = inc.load_inception_weights(bad, expected_sha256=inc.sha256_file(bad))
-    assert lw.digest != inc.FID_WEIGHTS_DIGEST
+    assert lw.weights_sha256 != inc.FID_WEIGHTS_SHA256
 
 
 def test_missing_weights_message_says_how_to_get_them(tmp_path):

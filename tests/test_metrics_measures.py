@@ -12,7 +12,8 @@ from services.metrics.cache import RunningStats
 from services.metrics.errors import MetricsError
 from services.metrics.measures import fid as F
 from services.metrics.measures.kid import kid
-from services.metrics.measures.prdc import bootstrap_precision_recall, density_coverage, improved_precision_recall
+from services.metrics.measures.ipr import bootstrap_precision_recall, improved_precision_recall
+from services.metrics.measures.prdc import density_coverage
 
 
 def _feats(n, d, seed, shift=0.0, scale=1.0):
@@ -200,7 +201,7 @@ def test_spatial_features_behave():
 
 
 def test_svm_separability():
-    from services.metrics.measures.separability import svm_separability
+    from services.metrics.measures.svm import svm_separability
 
     rng = np.random.default_rng(24)
     a = rng.normal(size=(200, 6))

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from services.metrics.errors import MetricsError
 from services.metrics.references import BUILTIN, get_reference, list_references
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SYNTHRAD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from conftest import SHARED_DATA  # noqa: E402  (tests/ is on sys.path, as for metrics_fakes)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -31,7 +26,8 @@ def test_shipped_nih_reference_is_complete():
     assert set(d.means) >= {"0_normal", "1_abnormal", "all"} and d.means["all"].shape == (64, 64)
     assert d.samples.shape[0] == 16
     st = d.stamps["inception"]
-    assert st.weights_sha256 == "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+    assert st.weights_file_sha256 == "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+    assert st.weights_sha256 == "5b79bf1ba01d239d121efbb15ac7a045b5478c99dfb1d940df6d427fa63307c6"  # the tensors
     assert st.preprocessing["size"] == 299 and st.preprocessing["resize"] == "bilinear"
 
 

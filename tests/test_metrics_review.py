@@ -124,7 +124,7 @@ def test_centred_interval_is_clipped_and_brackets_the_estimate():
 
 def test_bootstrap_cis_stay_in_range():
     from services.metrics.measures.fid import bootstrap_fd
-    from services.metrics.measures.prdc import bootstrap_precision_recall
+    from services.metrics.measures.ipr import bootstrap_precision_recall
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(40, 8))

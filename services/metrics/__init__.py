@@ -1,27 +1,34 @@
 """Metrics core: score synthetic chest X-rays against real ones. See README.md beside this file.
 
-``from services.metrics import score, MetricsError, register_reference`` — resolved lazily so that importing
-the extractors alone (GPU benchmark box) needs only torch/numpy.
+``from services.metrics import score, BatchId, Folder, MetricsError, register_reference`` — resolved lazily, so
+that importing the extractors alone (GPU benchmark) does not load the measures, scikit-learn or the store.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MetricsError", "ScoreResult", "get_reference", "list_references", "register_reference", "score"]
+_LAZY = {
+    "MetricsError": "services.metrics.errors",
+    "score": "services.metrics.api",
+    "ScoreResult": "services.metrics.result",
+    "Score": "services.metrics.result",
+    "ScoreSummary": "services.metrics.summary",
+    "BatchId": "services.metrics.inputs",
+    "Folder": "services.metrics.inputs",
+    "FeatureFile": "services.metrics.inputs",
+    "ReferenceSet": "services.metrics.inputs",
+    "ReferenceFile": "services.metrics.inputs",
+    "register_reference": "services.metrics.references",
+    "get_reference": "services.metrics.references",
+    "list_references": "services.metrics.references",
+}
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "MetricsError":
-        from services.metrics.errors import MetricsError
+    if name in _LAZY:
+        import importlib
 
-        return MetricsError
-    if name in ("score", "ScoreResult"):
-        from services.metrics import api
-
-        return getattr(api, name)
-    if name in ("register_reference", "get_reference", "list_references"):
-        from services.metrics import references
-
-        return getattr(references, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

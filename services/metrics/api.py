@@ -1,16 +1,17 @@
-"""``score(real, synthetic, metrics, extractor=…)`` — the pure function the CLI and the serving layer call.
+"""``score(real, synthetic, metrics, extractor=…, **options)`` — the pure function the CLI and the serving layer call.
 
-real:      a folder of images, a registered reference name (default ``nih-cxr64``, shipped), a reference
-           ``.npz``, or a ``.npy`` feature file (n × d).
-synthetic: a folder of images, a stored batch's folder (one holding ``manifest.json``, any batch format —
-           read through ``BatchStore(parent).iter_images``), a batch id in the BatchStore at
-           ``get_settings().resolved_store_url``, or a ``.npy`` feature file. Both may also be an
-           :class:`~services.metrics.sources.ImageSource`. Every image to be read is decoded and checked
-           (both sets) before any feature extraction starts, so a corrupt file fails at once, named.
-metrics:   any of ``fid`` (Fréchet distance; named FID only for the ``inception`` extractor, else
-           ``FD_<extractor>``), ``kid``, ``ipr`` (improved precision/recall, k=3), ``prdc`` (density/coverage,
-           k=5), ``spatial`` (interpretable features, real-vs-synthetic table), ``svm`` (separability F1),
-           ``variety`` (PNG size of per-class mean images). ``all`` = every one.
+real, synthetic: typed inputs (:mod:`services.metrics.inputs`: ``BatchId``, ``Folder`` — a folder of images or a
+           stored batch's folder —, ``FeatureFile``, ``ReferenceSet``, ``ReferenceFile``), an
+           :class:`~services.metrics.sources.ImageSource`, a numpy array (2-D features or a stack of images),
+           or a string / path read by :func:`services.metrics.inputs.parse_input` (its docstring gives the
+           precedence). Every image to be read is decoded and checked (both sets) before any feature
+           extraction starts, so a corrupt file fails at once, named.
+metrics:   names registered in :mod:`services.metrics.registry` (built in: ``fid`` — named FID only for the
+           ``inception`` extractor, else ``FD_<extractor>`` —, ``kid``, ``ipr``, ``prdc``, ``spatial``, ``svm``,
+           ``variety``; one module each under ``measures/``); ``all`` = every one.
+options:   ``seed``, ``ci_level``, ``bootstrap`` (replicates for CIs; default by set size) and the measures' own
+           (``k_ipr``, ``k_prdc``, ``kid_subsets``, ``kid_subset_size``, ``svm_train_fraction``); defaults in
+           :mod:`services.metrics.defaults`.
 
 Errors are :class:`MetricsError` (a ``ValueError``) with a message meant for the user.
 """
@@ -18,410 +19,224 @@ Errors are :class:`MetricsError` (a ``ValueError``) with a message meant for the
 from __future__ import annotations
 
 import time
-import warnings
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-from pydantic import BaseModel, Field, PrivateAttr
-
+from services.metrics import defaults
 from services.metrics.cache import FeatureCache
 from services.metrics.errors import MetricsError
-from services.metrics.extractors import get_extractor, score_name
+from services.metrics.extractors import get_extractor
+from services.metrics.registry import (
+    ALL_METRICS,
+    FEATURES,
+    MEAN_IMAGES,
+    SPATIAL,
+    Measure,
+    MeasureInput,
+    check_request,
+    get_measure,
+    measure_options,
+    metric_names,
+    parse_metrics,
+)
+from services.metrics.result import Score, ScoreResult, SetInfo
 from services.metrics.sets import SetData, features_set, load_set, needs_read, preread
-from services.metrics.sources import ArraySource, BatchSource, FolderSource, ImageSource, load_feature_file
-
-ALL_METRICS = ("fid", "kid", "ipr", "prdc", "spatial", "svm", "variety")
-FEATURE_METRICS = {"fid", "kid", "ipr", "prdc"}
-IMAGE_METRICS = {"spatial", "svm", "variety"}
-VERSION = "synthrad-metrics/1"
 
 Progress = Callable[[str, int, "int | None"], None]
 
 
-class SetInfo(BaseModel):
-    description: str
-    kind: str
-    n: int
-    content_hash: str | None = None
-    image_shape: list[int] | None = None
-    classes: dict[str, int] | None = None
-    computed_images: int = Field(0, description="images pushed through an extractor in this call (0 = cached/reference)")
-
-
-class Score(BaseModel):
-    metric: str = Field(description="fid | kid | ipr | prdc | svm | variety")
-    name: str = Field(description="display name: FID only for the inception extractor (else FD_<extractor>)")
-    value: float
-    std: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    ci_level: float | None = None
-    extractor: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class ScoreResult(BaseModel):
-    version: str = VERSION
-    created: str
-    real: SetInfo
-    synthetic: SetInfo
-    metrics: list[str]
-    extractor: str | None
-    stamps: dict[str, dict[str, Any]] = Field(default_factory=dict, description="extractor stamps by name")
-    scores: list[Score] = Field(default_factory=list)
-    spatial: list[dict[str, Any]] | None = None
-    spatial_omitted: dict[str, str] | None = Field(
-        None, description="spatial features left out of the comparison (undefined for these sets) → reason")
-    separability: dict[str, Any] | None = None
-    variety: dict[str, Any] | None = None
-    warnings: list[str] = Field(default_factory=list)
-    timings_s: dict[str, float] = Field(default_factory=dict)
-
-    _real: SetData | None = PrivateAttr(default=None)
-    _synthetic: SetData | None = PrivateAttr(default=None)
-
-    def get(self, name: str) -> Score:
-        for s in self.scores:
-            if s.name == name or s.metric == name:
-                return s
-        raise KeyError(name)
-
-    def values(self) -> dict[str, float]:
-        return {s.name: s.value for s in self.scores}
-
-    def to_json(self, **kw: Any) -> str:
-        return self.model_dump_json(indent=kw.pop("indent", 2), **kw)
-
-
-def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
-    items = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
-    if "all" in items:
-        return list(ALL_METRICS)
-    bad = [m for m in items if m not in ALL_METRICS]
+def _options(given: dict[str, Any]) -> dict[str, Any]:
+    known = measure_options()
+    bad = sorted(set(given) - set(known))
     if bad:
-        named = ", ".join(repr(m) if len(m) <= 40 else repr(m[:36]) + "…" for m in bad[:5])
-        raise MetricsError(f"unknown metric(s) {named}{' …' if len(bad) > 5 else ''}; "
-                           f"choose from {', '.join(ALL_METRICS)} or 'all'")
-    if not items:
-        raise MetricsError(f"no metrics requested; choose from {', '.join(ALL_METRICS)} or 'all'")
-    return list(dict.fromkeys(items))
+        raise TypeError(f"score() got unexpected keyword argument(s) {', '.join(bad)}; options: {', '.join(sorted(known))}")
+    return {**known, **given}
 
 
-def check_request(metrics: str | Sequence[str], extractor: str) -> tuple[list[str], str]:
-    """``(metrics, extractor)`` as :func:`score` will use them, or :class:`MetricsError` naming an unknown metric,
-    an empty metric list or an unknown extractor (with the valid names) — checked without loading anything, so
-    the serving layer refuses a bad scoring request at submission instead of queueing a job that fails."""
-    from services.metrics.extractors import available_extractors
+class _Loader:
+    """Opens both sets and loads what the requested measures read, through the feature cache."""
 
-    mlist = parse_metrics(metrics)
-    name = str(extractor or "").strip()
-    known = available_extractors()
-    if name not in known:
-        shown = repr(name) if len(name) <= 40 else repr(name[:36]) + "…"
-        raise MetricsError(f"unknown extractor {shown}; available: {', '.join(known)}")
-    return mlist, name
+    def __init__(self, measures: list[Measure], extractor: str, extractor_options: dict[str, Any],
+                 cache: FeatureCache, progress: Progress | None, batch_size: int | None, timings: dict[str, float]):
+        needs = frozenset().union(*(m.inputs for m in measures))
+        self.need_feats = FEATURES in needs
+        self.need_images = bool(needs & {SPATIAL, MEAN_IMAGES})
+        self.need_means = MEAN_IMAGES in needs
+        self.image_measures = [m.name for m in measures if m.inputs - {FEATURES}]
+        self.extractor, self.extractor_options = extractor, extractor_options
+        self.cache, self.progress, self.batch_size, self.timings = cache, progress, batch_size, timings
+        self._ex = None
+
+    def extractor_obj(self):
+        if self._ex is None:
+            opts = dict(self.extractor_options)
+            if opts.get("device") is None:
+                from services.common.config import get_settings
+
+                try:
+                    opts["device"] = get_settings().resolved_device()
+                except ValueError as e:
+                    raise MetricsError(str(e)) from None
+            t = time.perf_counter()
+            self._ex = get_extractor(self.extractor, **opts)
+            self.timings["load_extractor"] = time.perf_counter() - t
+        return self._ex
+
+    def extractors(self) -> list:
+        return [self.extractor_obj()] if self.need_feats else []
+
+    def preread(self, opened: dict[str, tuple[str, Any]]) -> dict[str, list | None]:
+        """Decode and check every image to be read (both sets) before any extractor runs: a corrupt file fails at
+        once, named, instead of after minutes of feature extraction."""
+        items: dict[str, list | None] = {}
+        for side, (kind, obj) in opened.items():
+            if kind == "source" and needs_read(obj, self.extractors(), spatial=self.need_images,
+                                               variety=self.need_means, cache=self.cache):
+                items[side] = preread(obj, self.progress, side)
+        return items
+
+    def load(self, side: str, kind: str, obj: Any, items: dict[str, list | None]) -> SetData:
+        from services.metrics import references
+
+        if kind == "features":
+            if self.need_images:
+                raise MetricsError(f"{', '.join(sorted(self.image_measures))} need images, but the {side} set is a "
+                                   "feature file")
+            return features_set(obj, f"{side} features ({obj.shape[0]}×{obj.shape[1]})", self.extractor)
+        if kind == "reference":
+            obj.data.extractor_calls = 0  # count only what this call computes
+            if self.need_feats:
+                references.ensure_extractor(obj, self.extractor_obj(), self.cache, self.progress)
+            if self.need_images and obj.data.spatial is None:
+                raise MetricsError(f"reference {obj.name!r} has no spatial features / mean images (built from features only)")
+            return obj.data
+        return load_set(obj, self.extractors(), spatial=self.need_images, variety=self.need_means, cache=self.cache,
+                        progress=self.progress, batch_size=self.batch_size, label=side, items=items.get(side),
+                        checked=side in items)
 
 
-def _resolve(spec: Any, side: str, store_url: str | None, cache: FeatureCache):
-    """→ ('source', ImageSource) | ('features', SetData) | ('reference', Reference)."""
-    from services.metrics import references
-
-    if isinstance(spec, ImageSource):
-        return "source", spec
-    if isinstance(spec, np.ndarray):
-        if spec.ndim == 2:  # (n, d) features; image stacks are (n, H, W) or (n, H, W, 3)
-            return "features", spec
-        return "source", ArraySource(list(spec), name=f"{side} arrays")
-    s = str(spec)
-    p = Path(s).expanduser()
-    if s.lower().endswith(".npy"):
-        if not p.is_file():
-            raise MetricsError(f"{side} feature file {s} not found")
-        return "features", load_feature_file(p)
-    if p.is_dir():
-        if (p / "manifest.json").is_file():  # a stored batch (e.g. the folder `synthrad generate` prints)
-            return "source", BatchSource.from_folder(p)
-        return "source", FolderSource(p)
-    if p.is_file() and p.suffix.lower() == ".npz":
-        return "reference", references.load_reference_file(p)
-    if p.exists():
-        raise MetricsError(f"{side} set {s}: expected a folder of images, a .npy feature file or a reference .npz")
-    if side == "real" and references.is_reference(s, cache):
-        return "reference", references.get_reference(s, cache)
-    if side == "synthetic":
-        try:
-            return "source", BatchSource(s, store_url)
-        except ImportError:
-            pass
-        except Exception as e:  # BatchNotFound / InvalidBatchId from the store
-            if type(e).__name__ not in ("BatchNotFound", "InvalidBatchId", "FileNotFoundError", "KeyError"):
-                raise MetricsError(f"cannot open batch {s!r}: {e}") from e
-        raise MetricsError(f"synthetic set {s!r} not found: no such folder or .npy file, and no stored batch with that id")
-    known = ", ".join(references.list_references(cache)) or "none"
-    raise MetricsError(f"real set {s!r} not found: no such folder or file, and no registered reference by that name (known: {known})")
+def _check_features(rd: SetData, sd: SetData, extractor: str, warn: list[str]) -> dict[str, dict]:
+    """Both sets have features of ``extractor`` made by compatible stamps → the stamps to report."""
+    if extractor not in rd.features or extractor not in sd.features:
+        raise MetricsError(f"no {extractor} features for one of the sets")
+    fr, fs = rd.features[extractor], sd.features[extractor]
+    if fr.shape[1] != fs.shape[1]:
+        raise MetricsError(f"feature dimensions differ: real {fr.shape[1]} vs synthetic {fs.shape[1]} "
+                           f"(were both made with the {extractor} extractor?)")
+    stamps: dict[str, dict] = {}
+    st = sd.stamps.get(extractor) or rd.stamps.get(extractor)
+    if st is not None:
+        stamps[extractor] = st.to_dict()
+    r_st, s_st = rd.stamps.get(extractor), sd.stamps.get(extractor)
+    if r_st is not None and s_st is not None and r_st.weights_sha256 and s_st.weights_sha256 and r_st.key() != s_st.key():
+        if not r_st.compatible(s_st):
+            raise MetricsError(f"the real and synthetic features were made with different {extractor} extractors "
+                               f"(stamp {r_st.key()} vs {s_st.key()}: weights or preprocessing differ); refusing to mix")
+        warn.append(f"real features computed in {r_st.dtype}, synthetic in {s_st.dtype}: expect small differences")
+        stamps[f"{extractor}:real"] = r_st.to_dict()
+    return stamps
 
 
-def undefined_spatial_rows(real: np.ndarray, synthetic: np.ndarray, names: Sequence[str]) -> dict[str, str]:
-    """Spatial features with no meaning for these two sets → reason (left out of tables and reports).
-
-    * ``colourfulness`` when both sets are greyscale (it is 0 for every greyscale image: a constant row, p = 1).
-    * any feature that is one identical constant in both sets (no distribution to compare)."""
-    out: dict[str, str] = {}
-    for j, name in enumerate(names):
-        a, b = np.asarray(real)[:, j], np.asarray(synthetic)[:, j]
-        if not (len(a) and len(b)):
-            continue
-        if name == "colourfulness" and not a.any() and not b.any():
-            out[name] = "both sets are greyscale (colourfulness is 0 for greyscale images)"
-        elif np.all(a == a[0]) and np.all(b == a[0]):
-            out[name] = f"constant {float(a[0]):.4g} in both sets"
-    return out
+def _info(d: SetData) -> SetInfo:
+    s = d.summary()
+    return SetInfo(description=s["description"], kind=s["kind"], n=s["n"], content_hash=s["content_hash"],
+                   image_shape=s["image_shape"], classes=s["classes"], computed_images=d.extractor_calls)
 
 
 def score(
     real: Any,
     synthetic: Any,
-    metrics: str | Sequence[str] = ("fid",),
-    extractor: str = "inception",
+    metrics: str | Sequence[str] = defaults.METRICS,
+    extractor: str = defaults.EXTRACTOR,
     *,
     weights: str | None = None,
     weights_sha256: str | None = None,
     device: str | None = None,
-    dtype: str = "float32",
+    dtype: str = defaults.DTYPE,
     batch_size: int | None = None,
-    bootstrap: int | None = None,
-    ci_level: float = 0.95,
-    k_ipr: int = 3,
-    k_prdc: int = 5,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    seed: int = 0,
     store_url: str | None = None,
     cache: FeatureCache | bool = True,
     progress: Progress | None = None,
+    **options: Any,
 ) -> ScoreResult:
-    """Score ``synthetic`` against ``real``. See the module docstring. Returns a JSON-able :class:`ScoreResult`."""
-    from services.metrics import references
-    from services.metrics.measures import fid as fidm
-    from services.metrics.measures.kid import choose_subset_size
-    from services.metrics.measures.kid import kid as kid_fn
-    from services.metrics.measures.prdc import bootstrap_precision_recall, density_coverage, improved_precision_recall
-    from services.metrics.measures.separability import svm_separability
-    from services.metrics.measures.spatial import SPATIAL_FEATURES, compare_spatial
-    from services.metrics.measures.variety import variety as variety_fn
+    """Score ``synthetic`` against ``real``. See the module docstring. Returns a JSON-able :class:`ScoreResult`.
+
+    ``weights`` / ``weights_sha256`` / ``dtype``: the extractor's weights file, a trusted sha256 of that file,
+    its compute dtype (inception); ``device``: default ``get_settings().resolved_device()``; ``store_url``: the
+    BatchStore of batch ids given without one; ``cache``: a FeatureCache, or False for none."""
+    from services.metrics.inputs import open_input
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     mlist = parse_metrics(metrics)
+    opts = _options(options)
+    measures = [get_measure(n) for n in metric_names() if n in mlist]
     fcache = cache if isinstance(cache, FeatureCache) else FeatureCache(enabled=bool(cache))
-    need_feats = bool(FEATURE_METRICS & set(mlist))
-    need_images = bool(IMAGE_METRICS & set(mlist))
+    ex_opts: dict[str, Any] = {"device": device}
+    if extractor == defaults.EXTRACTOR:
+        ex_opts.update(weights=weights, expected_sha256=weights_sha256, dtype=dtype)
+    elif weights:
+        ex_opts["weights"] = weights
+    loader = _Loader(measures, extractor, ex_opts, fcache, progress, batch_size, timings)
     warn: list[str] = []
-    if device is None:
-        try:
-            from services.common.config import get_settings
 
-            device = get_settings().resolved_device()
-        except Exception:  # noqa: BLE001
-            device = "cpu"
-
-    kind_r, obj_r = _resolve(real, "real", store_url, fcache)
-    kind_s, obj_s = _resolve(synthetic, "synthetic", store_url, fcache)
+    opened = {"real": open_input(real, "real", store_url, fcache),
+              "synthetic": open_input(synthetic, "synthetic", store_url, fcache)}
     timings["resolve"] = time.perf_counter() - t_start
-
-    ex = None
-
-    def extractor_obj():
-        nonlocal ex
-        if ex is None:
-            opts: dict[str, Any] = {"device": device}
-            if extractor == "inception":
-                opts.update(weights=weights, expected_sha256=weights_sha256, dtype=dtype)
-            elif weights:
-                opts["weights"] = weights
-            t = time.perf_counter()
-            ex = get_extractor(extractor, **opts)
-            timings["load_extractor"] = time.perf_counter() - t
-        return ex
-
-    # decode and check every image to be read (both sets) before any extractor runs: a corrupt file fails
-    # at once, named, instead of after minutes of feature extraction
     t = time.perf_counter()
-    items: dict[str, list | None] = {}
-    for side, kind, obj in (("real", kind_r, obj_r), ("synthetic", kind_s, obj_s)):
-        if kind == "source":
-            exs = [extractor_obj()] if need_feats else []
-            if needs_read(obj, exs, spatial=need_images, variety="variety" in mlist, cache=fcache):
-                items[side] = preread(obj, progress, side)
+    items = loader.preread(opened)
     timings["read_check"] = time.perf_counter() - t
+    sets: dict[str, SetData] = {}
+    for side, (kind, obj) in opened.items():
+        t = time.perf_counter()
+        sets[side] = loader.load(side, kind, obj, items)
+        timings[f"{side}_set"] = time.perf_counter() - t
+    rd, sd = sets["real"], sets["synthetic"]
 
-    def load(kind: str, obj: Any, side: str) -> SetData:
-        if kind == "features":
-            if need_images:
-                raise MetricsError(
-                    f"{', '.join(sorted(IMAGE_METRICS & set(mlist)))} need images, but the {side} set is a feature file"
-                )
-            return features_set(obj, f"{side} features ({obj.shape[0]}×{obj.shape[1]})", extractor)
-        if kind == "reference":
-            ref = obj
-            ref.data.extractor_calls = 0  # count only what this call computes
-            if need_feats:
-                references.ensure_extractor(ref, extractor_obj(), fcache, progress)
-            if need_images and ref.data.spatial is None:
-                raise MetricsError(f"reference {ref.name!r} has no spatial features / mean images (built from features only)")
-            return ref.data
-        exs = [extractor_obj()] if need_feats else []
-        return load_set(obj, exs, spatial=need_images, variety="variety" in mlist, cache=fcache, progress=progress,
-                        batch_size=batch_size, label=side, items=items.get(side), checked=side in items)
-
-    t = time.perf_counter()
-    rd = load(kind_r, obj_r, "real")
-    timings["real_set"] = time.perf_counter() - t
-    t = time.perf_counter()
-    sd = load(kind_s, obj_s, "synthetic")
-    timings["synthetic_set"] = time.perf_counter() - t
-
-    result_scores: list = []
     stamps: dict[str, dict] = {}
-    fr = fs = None
-    if need_feats:
-        if extractor not in rd.features or extractor not in sd.features:
-            raise MetricsError(f"no {extractor} features for one of the sets")
-        fr, fs = rd.features[extractor], sd.features[extractor]
-        if fr.shape[1] != fs.shape[1]:
-            raise MetricsError(
-                f"feature dimensions differ: real {fr.shape[1]} vs synthetic {fs.shape[1]} "
-                f"(were both made with the {extractor} extractor?)"
-            )
-        st = sd.stamps.get(extractor) or rd.stamps.get(extractor)
-        if st is not None:
-            stamps[extractor] = st.to_dict()
-        r_st, s_st = rd.stamps.get(extractor), sd.stamps.get(extractor)
-        if r_st is not None and s_st is not None and r_st.weights_digest and s_st.weights_digest and r_st.key() != s_st.key():
-            if not r_st.compatible(s_st):
-                raise MetricsError(
-                    f"the real and synthetic features were made with different {extractor} extractors "
-                    f"(stamp {r_st.key()} vs {s_st.key()}: weights or preprocessing differ); refusing to mix"
-                )
-            warn.append(f"real features computed in {r_st.dtype}, synthetic in {s_st.dtype}: expect small differences")
-            stamps[f"{extractor}:real"] = r_st.to_dict()
-    common = {"extractor": extractor}
-    level = ci_level
+    bootstrap = opts["bootstrap"] or 0
+    if loader.need_feats:
+        stamps = _check_features(rd, sd, extractor, warn)
+        if opts["bootstrap"] is None:
+            fr = rd.features[extractor]
+            bootstrap = defaults.bootstrap_replicates(len(fr), len(sd.features[extractor]), fr.shape[1])
+    size_note = None
+    if loader.need_images and rd.image_shape and sd.image_shape and tuple(rd.image_shape) != tuple(sd.image_shape):
+        size_note = (f"image sizes differ (real {tuple(rd.image_shape)}, synthetic {tuple(sd.image_shape)}): "
+                     "sharpness, GLCM and variety values depend on resolution")
 
-    if bootstrap is None and need_feats:
-        # a replicate costs an n×n eigen-solve when min(n) < dims, a dims×dims one otherwise (~seconds at 2048-d)
-        bootstrap = 100 if min(len(fr), len(fs)) < fr.shape[1] else 20
-    bootstrap = bootstrap or 0
-    if "fid" in mlist:
+    scores: list[Score] = []
+    details: dict[str, Any] = {}
+    for m in measures:
+        if size_note and not m.uses_extractor:
+            warn.append(size_note)
+            size_note = None
         t = time.perf_counter()
-        dims = fr.shape[1]
-        warn += fidm.check_sizes(len(fr), len(fs), dims, score_name(extractor))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", fidm.SampleSizeWarning)
-            if min(len(fr), len(fs)) < dims:
-                val = fidm.frechet_distance_features(fr, fs, warn=False)
-            else:
-                r_st, s_st = rd.stats[extractor], sd.stats[extractor]
-                val = fidm.frechet_distance(r_st.mean, r_st.cov, s_st.mean, s_st.cov)
-        val = max(val, 0.0)  # a distance: only round-off makes it negative (identical sets)
-        sc = {"metric": "fid", "name": score_name(extractor), "value": val, **common,
-              "params": {"n_real": len(fr), "n_synthetic": len(fs), "dims": dims}}
-        if bootstrap > 0:
-            lo, hi, _ = fidm.bootstrap_fd(fr, fs, n_boot=bootstrap, seed=seed, level=level, point=val)
-            sc.update(ci_low=lo, ci_high=hi, ci_level=level)
-            sc["params"]["bootstrap"] = bootstrap
-        result_scores.append(Score(**sc))
-        timings["fid"] = time.perf_counter() - t
-    if "kid" in mlist:
-        t = time.perf_counter()
-        # a subset as large as the smaller set is that set every time (std 0): lowered, with a warning
-        m, kid_msg = choose_subset_size(len(fs), len(fr), kid_subset_size)
-        if kid_msg:
-            warn.append(kid_msg)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mean, std = kid_fn(fs, fr, subsets=kid_subsets, subset_size=m, seed=seed)
-        name = "KID" if extractor == "inception" else f"KID_{extractor}"
-        if m < 100:
-            warn.append(f"KID subsets of {m} images are small; the std ({std:.2g}) shows how noisy it is")
-        result_scores.append(Score(metric="kid", name=name, value=mean, std=std, **common,
-                                   params={"subsets": kid_subsets, "subset_size": m, "kernel": "(x·y/d + 1)^3"}))
-        timings["kid"] = time.perf_counter() - t
-    if "ipr" in mlist:
-        t = time.perf_counter()
-        p, r = improved_precision_recall(fr, fs, k=k_ipr)
-        ci = (bootstrap_precision_recall(fr, fs, k=k_ipr, n_boot=bootstrap, seed=seed, level=level, point=(p, r))
-              if bootstrap > 0 else None)
-        for nm, v in (("precision", p), ("recall", r)):
-            extra = {"ci_low": ci[nm][0], "ci_high": ci[nm][1], "ci_level": level} if ci else {}
-            result_scores.append(Score(metric="ipr", name=nm, value=v, **common, **extra,
-                                       params={"k": k_ipr, "definition": "Kynkäänniemi et al. 2019"}))
-        timings["ipr"] = time.perf_counter() - t
-    if "prdc" in mlist:
-        t = time.perf_counter()
-        dens, cov = density_coverage(fr, fs, k=k_prdc)
-        for nm, v in (("density", dens), ("coverage", cov)):
-            result_scores.append(Score(metric="prdc", name=nm, value=v, **common,
-                                       params={"k": k_prdc, "definition": "Naeem et al. 2020"}))
-        timings["prdc"] = time.perf_counter() - t
-
-    spatial_rows = separability = variety_out = None
-    spatial_omitted: dict[str, str] = {}
-    if need_images:
-        if rd.image_shape and sd.image_shape and tuple(rd.image_shape) != tuple(sd.image_shape):
-            warn.append(
-                f"image sizes differ (real {tuple(rd.image_shape)}, synthetic {tuple(sd.image_shape)}): sharpness, GLCM "
-                "and variety values depend on resolution"
-            )
-    if "spatial" in mlist:
-        t = time.perf_counter()
-        spatial_rows = compare_spatial(rd.spatial, sd.spatial, SPATIAL_FEATURES)
-        spatial_omitted = undefined_spatial_rows(rd.spatial, sd.spatial, SPATIAL_FEATURES)
-        spatial_rows = [row for row in spatial_rows if row["feature"] not in spatial_omitted]
-        timings["spatial"] = time.perf_counter() - t
-    if "svm" in mlist:
-        t = time.perf_counter()
-        separability = svm_separability(rd.spatial, sd.spatial, seed=seed)
-        for kern in ("linear", "rbf"):
-            result_scores.append(Score(metric="svm", name=f"svm_f1_{kern}", value=separability[kern]["f1"],
-                                       params={"features": "spatial", **separability[kern]["best_params"]}))
-        timings["svm"] = time.perf_counter() - t
-    if "variety" in mlist:
-        t = time.perf_counter()
-        variety_out = {"real": variety_fn(rd.means, rd.mean_counts), "synthetic": variety_fn(sd.means, sd.mean_counts),
-                       "note": "PNG bytes of the per-class mean image: smaller = more varied set"}
-        for side in ("real", "synthetic"):
-            if "all" in variety_out[side]:
-                result_scores.append(Score(metric="variety", name=f"variety_png_bytes_{side}",
-                                           value=float(variety_out[side]["all"]["png_bytes"]), params={"class": "all"}))
-        timings["variety"] = time.perf_counter() - t
-
+        inp = MeasureInput(real=rd, synthetic=sd, extractor=extractor if m.uses_extractor else None,
+                           options={k: opts[k] for k in m.options}, seed=opts["seed"], ci_level=opts["ci_level"],
+                           bootstrap=bootstrap, warnings=warn)
+        out = m.compute(inp)
+        stray = set(out.details) - set(m.details)
+        if stray:
+            raise RuntimeError(f"measure {m.name!r} returned undeclared details {sorted(stray)}")
+        scores += out.scores
+        details.update(out.details)
+        timings[m.name] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
-
-    def info(d: SetData) -> SetInfo:
-        s = d.summary()
-        return SetInfo(description=s["description"], kind=s["kind"], n=s["n"], content_hash=s["content_hash"],
-                       image_shape=s["image_shape"], classes=s["classes"], computed_images=d.extractor_calls)
 
     res = ScoreResult(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        real=info(rd),
-        synthetic=info(sd),
+        real=_info(rd),
+        synthetic=_info(sd),
         metrics=mlist,
-        extractor=extractor if need_feats else None,
+        extractor=extractor if loader.need_feats else None,
         stamps=stamps,
-        scores=result_scores,
-        spatial=spatial_rows,
-        spatial_omitted=spatial_omitted or None,
-        separability=separability,
-        variety=variety_out,
+        scores=scores,
         warnings=list(dict.fromkeys(warn)),
         timings_s={k: round(v, 4) for k, v in timings.items()},
+        **details,
     )
     res._real, res._synthetic = rd, sd
     return res
 
 
-__all__ = ["ALL_METRICS", "MetricsError", "Score", "ScoreResult", "SetInfo", "check_request", "parse_metrics", "score",
-           "undefined_spatial_rows"]
+__all__ = ["ALL_METRICS", "MetricsError", "Score", "ScoreResult", "SetInfo", "check_request", "parse_metrics", "score"]

@@ -81,11 +81,9 @@ def _atomic_savez(path: Path, **arrays: Any) -> None:
 
 
 def default_cache_root() -> Path:
-    """``get_settings().resolved_cache_dir / "metrics"`` (env ``SYNTHRAD_CACHE_DIR`` / ``SYNTHRAD_HOME``)."""
-    try:
-        from services.common.config import get_settings
-    except ImportError:  # pragma: no cover - minimal environments (GPU benchmark box) without pydantic-settings
-        return Path(os.environ.get("SYNTHRAD_CACHE_DIR", Path.home() / ".cache" / "synthrad")) / "metrics"
+    """``get_settings().resolved_cache_dir / "metrics"`` — the one cache root of the metrics core."""
+    from services.common.config import get_settings
+
     return Path(get_settings().resolved_cache_dir) / "metrics"
 
 
@@ -114,7 +112,7 @@ class FeatureCache:
             return None
         return feats, stats
 
-    def put_features(self, stamp_key: str, content_hash: str, feats: np.ndarray, stats: RunningStats | None = None) -> None:
+    def put_features(self, stamp_key: str, content_hash: str, feats: np.ndarray) -> None:
         if not self.enabled:
             return
         _atomic_savez(self._fpath(stamp_key, content_hash), features=np.asarray(feats, np.float32))

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class MetricsError(ValueError):
     """Invalid scoring request: missing weights, too few images, unreadable image, unknown reference…"""
+
+
+class InputNotFound(MetricsError):
+    """A set to score does not exist: no such batch, reference, folder or file."""

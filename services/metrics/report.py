@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.metrics.api import ScoreResult
+from services.metrics.result import ScoreResult
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}

@@ -7,7 +7,6 @@ once, and only when something is missing.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -230,7 +229,7 @@ def load_set(
         f = np.concatenate(feats[ex.name]) if feats[ex.name] else np.zeros((0, ex.dims), np.float32)
         st = RunningStats.from_features(f)
         sd.features[ex.name], sd.stats[ex.name], sd.stamps[ex.name] = f, st, ex.stamp
-        cache.put_features(ex.stamp.key(), chash, f, st)
+        cache.put_features(ex.stamp.key(), chash, f)
     if need_blob:
         shape = shapes.most_common(1)[0][0]
         blob = _set_blob(np.stack(spat_rows), labels, means, samples, shape)
@@ -247,7 +246,6 @@ def features_set(feats: np.ndarray, description: str, extractor: str, stamp: Ext
         arch="user-supplied features (.npy); assumed to come from this extractor",
         dims=int(f.shape[1]),
         weights_sha256=None,
-        weights_digest=None,
         weights_source=description,
         preprocessing={},
         dtype=str(f.dtype),
@@ -260,7 +258,3 @@ def features_set(feats: np.ndarray, description: str, extractor: str, stamp: Ext
         stats={extractor: RunningStats.from_features(f)},
         stamps={extractor: st},
     )
-
-
-def stamp_json(stamps: dict[str, ExtractorStamp]) -> str:
-    return json.dumps({k: v.to_dict() for k, v in stamps.items()}, sort_keys=True)

@@ -206,30 +206,29 @@ class BatchSource(ImageSource):
         # every stored file checked against the manifest's sha256 before anything is read for scoring:
         # raises BatchNotFound / InvalidBatchId, and BatchDamaged for a missing, corrupt or swapped file
         self.manifest = self.store.verify(batch_id)
-        self.n = _manifest_count(self.manifest)
-        self.description = f"batch {batch_id} ({self.n if self.n is not None else '?'} images) in {store_url}"
+        self.description = f"batch {batch_id} ({self.manifest.count} images) in {store_url}"
         self._hash: str | None = None
 
     def __len__(self) -> int:
-        if self.n is None:
-            self.n = sum(1 for _ in self.store.iter_images(self.batch_id))
-        return self.n
+        return self.manifest.count
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "BatchSource":
         """A stored batch given as its folder (``<store>/<batch_id>/`` holding ``manifest.json``), any format."""
+        from services.common.store import StoreError
+
         folder = Path(folder).expanduser().resolve()
         if not (folder / "manifest.json").is_file():
             raise MetricsError(f"{folder} is not a stored batch (no manifest.json)")
         try:
             return cls(folder.name, str(folder.parent))
-        except MetricsError:
-            raise
-        except Exception as e:  # noqa: BLE001  (InvalidBatchId, BatchNotFound, a manifest that does not parse)
+        except StoreError as e:  # InvalidBatchId, BatchNotFound, BatchDamaged (incl. a manifest that does not parse)
             raise MetricsError(f"cannot open stored batch {folder}: {e}") from e
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, str]]:
-        records = list(getattr(self.manifest, "images", None) or [])
+        from services.common.store import StoreError
+
+        records = self.manifest.images
         it = self.store.iter_images(self.batch_id)
         i = 0
         while True:
@@ -237,62 +236,23 @@ class BatchSource(ImageSource):
                 rec, img = next(it)
             except StopIteration:
                 return
-            except Exception as e:  # noqa: BLE001  (CorruptImageError, missing files, broken shards)
+            except (StoreError, ValueError, OSError) as e:  # BatchDamaged, CorruptImageError, unreadable files
                 where = _record_name(records[i]) if i < len(records) else f"image {i}"
                 raise MetricsError(f"cannot read image {where} of batch {self.batch_id} ({self.store.url}): {e}") from e
             i += 1
-            yield _record_name(rec), np.asarray(img, dtype=np.float32), _record_label(rec)
+            yield _record_name(rec), np.asarray(img, dtype=np.float32), rec.condition.key()
 
     def content_hash(self) -> str:
         """Committed batches are immutable: hash the batch id + the manifest's JSON (no pixel reads)."""
         if self._hash is None:
-            m = self.manifest
-            if hasattr(m, "model_dump_json"):
-                body = m.model_dump_json()
-            else:
-                body = repr(m)
+            body = self.manifest.model_dump_json()
             self._hash = hashlib.sha256(f"batch-v1|{self.batch_id}|{body}".encode()).hexdigest()
         return self._hash
 
 
-def _manifest_count(m: object) -> int | None:
-    for attr in ("count", "n_images", "num_images"):
-        v = getattr(m, attr, None)
-        if isinstance(v, int):
-            return v
-    for attr in ("images", "records"):
-        v = getattr(m, attr, None)
-        if isinstance(v, (list, tuple)):
-            return len(v)
-    return None
-
-
-def _record_name(rec: object) -> str:
-    for attr in ("member", "name", "file", "filename", "path"):
-        v = getattr(rec, attr, None)
-        if v:
-            return str(v)
-    return str(getattr(rec, "index", "?"))
-
-
-def _record_label(rec: object) -> str:
-    cond = getattr(rec, "condition", None)
-    if cond is None:
-        return "all"
-    if hasattr(cond, "key"):
-        return cond.key()
-    if isinstance(cond, dict):
-        try:
-            from services.common.findings import Condition
-
-            return Condition(**cond).key()
-        except Exception:  # noqa: BLE001
-            return "all"
-    return str(cond)
-
-
-def is_feature_file(s: str) -> bool:
-    return s.lower().endswith(".npy") and Path(s).is_file()
+def _record_name(rec) -> str:
+    """An image record's name: its shard member (webdataset) or its file."""
+    return str(rec.member or rec.file)
 
 
 def load_feature_file(path: str | os.PathLike) -> np.ndarray:

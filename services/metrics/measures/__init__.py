@@ -1,25 +1,10 @@
-"""Pure measure functions (numpy in, numbers out). See each module for the published definition used."""
+"""One module per measure: its published definition (numpy in, numbers out) and, at the bottom, its
+registration (``services.metrics.registry.register_measure``: name, inputs, options with their defaults, and
+the ``compute`` that turns the loaded sets into Score entries). ``knn.py`` holds the k-NN helpers ipr and prdc
+share.
 
-from services.metrics.measures.fid import (
-    GaussianStats,
-    SampleSizeWarning,
-    bootstrap_fd,
-    frechet_distance,
-    frechet_distance_features,
-    trace_sqrt_product,
-)
-from services.metrics.measures.kid import kid
-from services.metrics.measures.prdc import bootstrap_precision_recall, density_coverage, improved_precision_recall
+Importing this package imports no measure; the registry imports the built-in ones, in this order (the order
+they are computed and listed in), on first use.
+"""
 
-__all__ = [
-    "GaussianStats",
-    "SampleSizeWarning",
-    "bootstrap_fd",
-    "bootstrap_precision_recall",
-    "density_coverage",
-    "frechet_distance",
-    "frechet_distance_features",
-    "improved_precision_recall",
-    "kid",
-    "trace_sqrt_product",
-]
+BUILTIN: tuple[str, ...] = ("fid", "kid", "ipr", "prdc", "spatial", "svm", "variety")

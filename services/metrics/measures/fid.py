@@ -25,7 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.metrics import defaults
 from services.metrics.errors import MetricsError
+from services.metrics.naming import score_name
+from services.metrics.registry import FEATURES, Measure, MeasureInput, Outcome, register_measure
+from services.metrics.result import Score
 
 
 class SampleSizeWarning(UserWarning):
@@ -133,8 +137,8 @@ def frechet_distance_features(
 
 
 def bootstrap_fd(
-    feats1: np.ndarray, feats2: np.ndarray, n_boot: int = 100, seed: int = 0, level: float = 0.95,
-    point: float | None = None,
+    feats1: np.ndarray, feats2: np.ndarray, n_boot: int = defaults.BOOTSTRAP_SMALL_SETS, seed: int = defaults.SEED,
+    level: float = defaults.CI_LEVEL, point: float | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Bootstrap CI of the Fréchet distance (both sets resampled with replacement, B replicates).
 
@@ -180,7 +184,7 @@ def bootstrap_fd(
 
 
 def centred_interval(
-    point: float, replicates: np.ndarray, level: float = 0.95, bounds: tuple[float | None, float | None] = (None, None)
+    point: float, replicates: np.ndarray, level: float = defaults.CI_LEVEL, bounds: tuple[float | None, float | None] = (None, None)
 ) -> tuple[float, float]:
     """Centred percentile interval: θ̂ + quantiles of (θ*_b − mean θ*), clipped to the measure's valid range.
 
@@ -207,3 +211,30 @@ def centred_interval(
     if hi_b is not None:
         hi = min(hi, hi_b)
     return float(lo), float(hi)
+
+
+def _compute(inp: MeasureInput) -> Outcome:
+    fr, fs = inp.real_features, inp.synthetic_features
+    name, dims = score_name("fid", inp.extractor), fr.shape[1]
+    inp.warnings.extend(check_sizes(len(fr), len(fs), dims, name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SampleSizeWarning)
+        if min(len(fr), len(fs)) < dims:
+            val = frechet_distance_features(fr, fs, warn=False)
+        else:  # the sets' float64 running statistics
+            r_st, s_st = inp.real.stats[inp.extractor], inp.synthetic.stats[inp.extractor]
+            val = frechet_distance(r_st.mean, r_st.cov, s_st.mean, s_st.cov)
+    val = max(val, 0.0)  # a distance: only round-off makes it negative (identical sets)
+    score = Score(metric="fid", name=name, value=val, extractor=inp.extractor,
+                  params={"n_real": len(fr), "n_synthetic": len(fs), "dims": dims})
+    if inp.bootstrap > 0:
+        lo, hi, _ = bootstrap_fd(fr, fs, n_boot=inp.bootstrap, seed=inp.seed, level=inp.ci_level, point=val)
+        score.ci_low, score.ci_high, score.ci_level = lo, hi, inp.ci_level
+        score.params["bootstrap"] = inp.bootstrap
+    return Outcome([score])
+
+
+register_measure(Measure(
+    name="fid", inputs=frozenset({FEATURES}), compute=_compute,
+    summary="Fréchet distance (FID for the inception extractor, else FD_<extractor>), bootstrap CI",
+))

@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from services.metrics.registry import SPATIAL, Measure, MeasureInput, Outcome, register_measure
+
 SPATIAL_FEATURES: tuple[str, ...] = (
     "brenner",
     "tenengrad",
@@ -96,3 +98,33 @@ def compare_spatial(real: np.ndarray, synthetic: np.ndarray, names: Sequence[str
             }
         )
     return rows
+
+
+def undefined_spatial_rows(real: np.ndarray, synthetic: np.ndarray, names: Sequence[str] = SPATIAL_FEATURES) -> dict[str, str]:
+    """Spatial features with no meaning for these two sets → reason (left out of tables and reports).
+
+    * ``colourfulness`` when both sets are greyscale (it is 0 for every greyscale image: a constant row, p = 1).
+    * any feature that is one identical constant in both sets (no distribution to compare)."""
+    out: dict[str, str] = {}
+    for j, name in enumerate(names):
+        a, b = np.asarray(real)[:, j], np.asarray(synthetic)[:, j]
+        if not (len(a) and len(b)):
+            continue
+        if name == "colourfulness" and not a.any() and not b.any():
+            out[name] = "both sets are greyscale (colourfulness is 0 for greyscale images)"
+        elif np.all(a == a[0]) and np.all(b == a[0]):
+            out[name] = f"constant {float(a[0]):.4g} in both sets"
+    return out
+
+
+def _compute(inp: MeasureInput) -> Outcome:
+    real, synthetic = inp.real.spatial, inp.synthetic.spatial
+    omitted = undefined_spatial_rows(real, synthetic, SPATIAL_FEATURES)
+    rows = [row for row in compare_spatial(real, synthetic, SPATIAL_FEATURES) if row["feature"] not in omitted]
+    return Outcome(details={"spatial": rows, "spatial_omitted": omitted or None})
+
+
+register_measure(Measure(
+    name="spatial", inputs=frozenset({SPATIAL}), compute=_compute, details=("spatial", "spatial_omitted"),
+    summary="interpretable spatial features, real vs synthetic table (means, SMD, KS test)",
+))

@@ -11,6 +11,9 @@ import io
 
 import numpy as np
 
+from services.metrics.registry import MEAN_IMAGES, Measure, MeasureInput, Outcome, register_measure
+from services.metrics.result import Score
+
 
 def png_size(mean_image: np.ndarray) -> int:
     """Bytes of the 8-bit PNG (zlib level 9) of an image in [0, 1]."""
@@ -53,9 +56,6 @@ class MeanImages:
     def means(self) -> dict[str, np.ndarray]:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {k: v.astype(np.float32) for k, v in self.means().items()}
-
 
 def variety(means: dict[str, np.ndarray], counts: dict[str, int] | None = None) -> dict[str, dict]:
     out = {}
@@ -63,3 +63,18 @@ def variety(means: dict[str, np.ndarray], counts: dict[str, int] | None = None) 
         size = png_size(m)
         out[k] = {"png_bytes": size, "bits_per_pixel": 8.0 * size / m.size, "n": (counts or {}).get(k)}
     return out
+
+
+def _compute(inp: MeasureInput) -> Outcome:
+    out = {"real": variety(inp.real.means, inp.real.mean_counts),
+           "synthetic": variety(inp.synthetic.means, inp.synthetic.mean_counts),
+           "note": "PNG bytes of the per-class mean image: smaller = more varied set"}
+    scores = [Score(metric="variety", name=f"variety_png_bytes_{side}", value=float(out[side]["all"]["png_bytes"]),
+                    params={"class": "all"}) for side in ("real", "synthetic") if "all" in out[side]]
+    return Outcome(scores, {"variety": out})
+
+
+register_measure(Measure(
+    name="variety", inputs=frozenset({MEAN_IMAGES}), compute=_compute, details=("variety",),
+    summary="variety: PNG size of each class's mean image (smaller = more varied)",
+))

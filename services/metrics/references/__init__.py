@@ -5,7 +5,7 @@ with their float64 statistics, spatial features, class labels, per-class mean im
 thumbnails, plus the extractor stamps. Scoring against a registered reference computes only the other set.
 
 Shipped (built by ``python -m services.metrics.build_references --data ../shared/data``):
-  * ``nih-cxr64-valid`` (alias ``nih-cxr64``, the default): NIH ChestX-ray14 64 px valid split, 200 images.
+  * ``nih-cxr64-valid`` (alias ``nih-cxr64``, the default ``Settings.default_reference``): NIH ChestX-ray14 64 px valid split, 200 images.
   * ``nih-cxr64-train``: the train split, 600 images.
 
 ``register_reference(name, path_or_features)`` adds one: a folder of images (features computed through the
@@ -34,7 +34,6 @@ from services.metrics.extractors.base import ExtractorStamp
 from services.metrics.sets import SetData
 
 HERE = Path(__file__).parent
-DEFAULT_REFERENCE = "nih-cxr64"
 BUILTIN: dict[str, Path] = {
     "nih-cxr64": HERE / "nih-cxr64-valid.npz",
     "nih-cxr64-valid": HERE / "nih-cxr64-valid.npz",
@@ -210,12 +209,9 @@ def is_reference(name: str, cache: FeatureCache | None = None) -> bool:
 
 def list_references(cache: FeatureCache | None = None) -> list[str]:
     names = set(_REGISTRY) | {k for k, v in BUILTIN.items() if v.is_file()}
-    try:
-        d = _user_dir(cache)
-        if d.is_dir():
-            names |= {p.stem for p in d.glob("*.npz") if not p.name.endswith(".tmp.npz")}
-    except Exception:  # noqa: BLE001 - settings unavailable: builtin + in-memory only
-        pass
+    d = _user_dir(cache)
+    if d.is_dir():
+        names |= {p.stem for p in d.glob("*.npz") if not p.name.endswith(".tmp.npz")}
     return sorted(names)
 
 
@@ -223,7 +219,7 @@ def ensure_extractor(ref: Reference, extractor, cache: FeatureCache | None = Non
     """Make sure ``ref`` has features of ``extractor`` (computing them from its source folder if needed)."""
     have = ref.data.features.get(extractor.name)
     stamp = ref.data.stamps.get(extractor.name)
-    if have is not None and (stamp is None or stamp.weights_digest is None or stamp.compatible(extractor.stamp)):
+    if have is not None and (stamp is None or stamp.weights_sha256 is None or stamp.compatible(extractor.stamp)):
         return  # same network/weights/preprocessing (a dtype difference is reported by score())
     if have is not None and stamp is not None and stamp.key() != extractor.stamp.key():
         why = f"its {extractor.name} features were made with a different stamp ({stamp.key()} vs {extractor.stamp.key()})"

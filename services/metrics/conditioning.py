@@ -15,7 +15,7 @@ well as this classifier can tell.
 
 Reusable for any family: :func:`evaluate_conditioning` takes a :class:`LoadedGenerator`.
 
-    python -m services.generator.evaluate_conditioning --model stylegan2-cxr64 \
+    python -m services.metrics.conditioning --model stylegan2-cxr64 \
         --data ../shared/data/nih-chestxray14-64 --layout nih --views PA,AP --json out.json
 """
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.metrics import defaults
 from services.metrics.errors import MetricsError
+from services.metrics.registry import SPATIAL, Measure, MeasureInput, Outcome, register_measure
+from services.metrics.result import Score
 
 LITERATURE_F1_DDPM_CXR = 0.71
 
 
 def svm_separability(
-    real: np.ndarray, synthetic: np.ndarray, train_fraction: float = 0.1, seed: int = 0
+    real: np.ndarray, synthetic: np.ndarray, train_fraction: float = defaults.SVM_TRAIN_FRACTION,
+    seed: int = defaults.SEED,
 ) -> dict:
     from sklearn.metrics import f1_score
     from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
@@ -58,3 +62,18 @@ def svm_separability(
         }
     out["f1_best"] = max(out["linear"]["f1"], out["rbf"]["f1"])
     return out
+
+
+def _compute(inp: MeasureInput) -> Outcome:
+    sep = svm_separability(inp.real.spatial, inp.synthetic.spatial, train_fraction=inp.options["svm_train_fraction"],
+                           seed=inp.seed)
+    scores = [Score(metric="svm", name=f"svm_f1_{kernel}", value=sep[kernel]["f1"],
+                    params={"features": "spatial", **sep[kernel]["best_params"]}) for kernel in ("linear", "rbf")]
+    return Outcome(scores, {"separability": sep})
+
+
+register_measure(Measure(
+    name="svm", inputs=frozenset({SPATIAL}), compute=_compute, details=("separability",),
+    options={"svm_train_fraction": defaults.SVM_TRAIN_FRACTION},
+    summary="separability of real vs synthetic: F1 of linear / RBF SVMs on the spatial features",
+))
