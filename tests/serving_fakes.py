@@ -97,7 +97,7 @@ class FakeScorer:
         imgs = np.stack([img for _, img in self.store.iter_images(batch_id)])
         return {
             "batch_id": batch_id, "reference": reference, "metrics": metrics,
-            "extractor": {"name": extractor, "weights_hash": "none", "preprocessing": "none", "dtype": "float32"},
+            "extractor": {"name": extractor, "weights_sha256": "none", "preprocessing": {}, "dtype": "float32"},
             "scores": [{"name": "mean_intensity", "value": float(imgs.mean())}],
             "n_real": 10, "n_synthetic": int(len(imgs)),
         }

@@ -17,12 +17,13 @@ from services.generator.chunks import ChunkResult, GenChunk
 from services.generator.generation import LocalGenerators
 from services.generator.registry import UnknownModel
 from services.generator.replica import ServedModel
+from services.metrics.summary import ScoreSummary
 
 
 class Scorer(Protocol):
     async def references(self) -> list[str]: ...
 
-    async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> dict: ...
+    async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> ScoreSummary: ...
 
     async def ready(self) -> bool: ...
 
@@ -78,8 +79,9 @@ class LocalScorer:
     async def references(self) -> list[str]:
         return await asyncio.to_thread(self.replica.references)
 
-    async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> dict:
-        return await asyncio.to_thread(self.replica.score, batch_id, reference, metrics, extractor)
+    async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> ScoreSummary:
+        data = await asyncio.to_thread(self.replica.score, batch_id, reference, metrics, extractor)
+        return ScoreSummary.model_validate(data)
 
     async def ready(self) -> bool:
         return True
@@ -92,8 +94,8 @@ class HandleScorer:
     async def references(self) -> list[str]:
         return await self.handle.references.remote()
 
-    async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> dict:
-        return await self.handle.score.remote(batch_id, reference, metrics, extractor)
+    async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> ScoreSummary:
+        return ScoreSummary.model_validate(await self.handle.score.remote(batch_id, reference, metrics, extractor))
 
     async def ready(self) -> bool:
         return bool(await self.handle.ready.remote())

@@ -17,7 +17,7 @@ import zipfile
 from typing import AsyncIterator, Iterator
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from services.common.config import Settings
 from services.common.findings import Condition
@@ -25,6 +25,7 @@ from services.common.logging import get_logger
 from services.common.store import BATCH_FORMATS, BatchStore, Manifest
 from services.generator.base import GenerationParams
 from services.generator.chunks import ChunkResult, GenChunk
+from services.metrics.summary import ScoreSummary
 from services.generator.generation import (GenerationPlan, GenerationRequest, GenerationService, Generators,
                                            RetryPolicy)
 
@@ -37,12 +38,6 @@ from .jobs import BatchJobResult, JobHandle, JobManager, JobRecord, JobState, Lo
 from .schemas import ModelView
 
 log = get_logger(__name__)
-
-
-class _ScoreFields(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    batch_id: str
 
 
 class Platform:
@@ -199,13 +194,15 @@ class Platform:
 
     async def create_score_job(self, batch_id: str, reference: str | None, metrics: list[str] | None,
                                extractor: str | None, caller: Caller = LOCAL) -> JobRecord:
+        from services.metrics import defaults
         from services.metrics.api import check_request
         from services.metrics.errors import MetricsError
 
         if self.scorer is None:
             raise Unavailable("this platform runs without a metrics deployment")
         try:  # metric and extractor names: the metrics layer's own registry, checked before anything is queued
-            metrics, extractor = check_request(["fid"] if metrics is None else list(metrics), extractor or "inception")
+            metrics, extractor = check_request(list(defaults.METRICS) if metrics is None else list(metrics),
+                                               extractor or defaults.EXTRACTOR)
         except MetricsError as e:
             raise InvalidArgument(str(e)) from None
         manifest = await self.get_batch(batch_id, caller)
@@ -225,12 +222,12 @@ class Platform:
         batch_id, reference = request["batch_id"], request["reference"]
         metrics, extractor = list(request["metrics"]), request["extractor"]
 
-        async def run(handle: JobHandle) -> BaseModel:
+        async def run(handle: JobHandle) -> ScoreSummary:
             t0 = time.perf_counter()
             result = await self.scorer.score(batch_id, reference, metrics, extractor)
             m.SCORING_LATENCY.labels(reference, extractor).observe(time.perf_counter() - t0)
             handle.progress(count)
-            return _ScoreFields(**{**dict(result), "batch_id": batch_id})
+            return result.model_copy(update={"batch_id": batch_id})
 
         return run
 

@@ -122,8 +122,8 @@ def _report(rows: list[dict], model: str, reference: str, seconds: float) -> Non
     click.echo("")
     click.echo(f"synthrad demo: model {model} vs real reference {reference} ({rows[0].get('n_real')} real images)")
     desc = f"extractor {stamp.get('name', '?')}"
-    if stamp.get("weights_hash"):
-        desc += f", weights {str(stamp['weights_hash'])[:12]}"
+    if stamp.get("weights_sha256"):
+        desc += f", weights {str(stamp['weights_sha256'])[:12]}"
     if stamp.get("dims"):
         desc += f", {stamp['dims']}-d"
     pre = stamp.get("preprocessing")
