@@ -4,6 +4,7 @@ feature caches of different modules never collide)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.metrics.extractors.base import ExtractorStamp, FeatureExtractor
 
@@ -31,3 +32,20 @@ def counting_extractor_class(name: str, batch_size: int = 8) -> type[FeatureExtr
 
     CountingExtractor.name = name
     return CountingExtractor
+
+
+def registered_counting_extractor(name: str, batch_size: int = 8):
+    """``(CountingExtractor, fixture)``: the class, and an autouse fixture that registers it under ``name`` for
+    each test (calls reset) and unregisters it after. A test module assigns both at module level."""
+    from services.metrics.extractors import register_extractor, unregister_extractor
+
+    cls = counting_extractor_class(name, batch_size)
+
+    @pytest.fixture(autouse=True)
+    def registered():
+        register_extractor(name, lambda **kw: cls(**kw), replace=True)
+        cls.calls = 0
+        yield cls
+        unregister_extractor(name)
+
+    return cls, registered

@@ -12,20 +12,11 @@ from PIL import Image
 
 from services.metrics.cache import FeatureCache
 from services.metrics.errors import MetricsError
-from services.metrics.extractors import register_extractor, unregister_extractor
-from metrics_fakes import counting_extractor_class
+from metrics_fakes import registered_counting_extractor
 from services.metrics.extractors.base import ExtractorStamp
 
 
-CountingExtractor = counting_extractor_class("counting", batch_size=8)
-
-
-@pytest.fixture(autouse=True)
-def counting_extractor():
-    register_extractor("counting", lambda **kw: CountingExtractor(**kw), replace=True)
-    CountingExtractor.calls = 0
-    yield
-    unregister_extractor("counting")
+CountingExtractor, counting_extractor = registered_counting_extractor("counting", batch_size=8)
 
 
 def _write_folder(root: Path, n: int, seed: int, blur: float = 0.0, classes=("a", "b")) -> Path:

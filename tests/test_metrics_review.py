@@ -13,19 +13,10 @@ from PIL import Image
 
 from services.metrics.cache import FeatureCache
 from services.metrics.errors import MetricsError
-from services.metrics.extractors import register_extractor, unregister_extractor
-from metrics_fakes import counting_extractor_class
+from metrics_fakes import registered_counting_extractor
 
 
-CountingExtractor = counting_extractor_class("review-counting", batch_size=4)
-
-
-@pytest.fixture(autouse=True)
-def counting_extractor():
-    register_extractor("review-counting", lambda **kw: CountingExtractor(**kw), replace=True)
-    CountingExtractor.calls = 0
-    yield
-    unregister_extractor("review-counting")
+CountingExtractor, counting_extractor = registered_counting_extractor("review-counting", batch_size=4)
 
 
 @pytest.fixture

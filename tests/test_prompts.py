@@ -87,6 +87,13 @@ def test_otherwise_normal_makes_unnamed_findings_absent():
 
 
 # ---- findings outside the vocabulary ----------------------------------------------------
+def refusal(text: str) -> str:
+    """The message of the PromptError that ``text`` raises."""
+    with pytest.raises(PromptError) as e:
+        parse_prompt(text)
+    return str(e.value)
+
+
 @pytest.mark.parametrize("text, name", [
     ("effusion and pneumothorax", "pneumothorax"),
     ("Right upper lobe nodule. No effusion.", "nodule"),
@@ -101,9 +108,7 @@ def test_otherwise_normal_makes_unnamed_findings_absent():
     ("support devices in place, atelectasis", "support devices"),
 ])
 def test_unsupported_present_finding_is_refused(text, name):
-    with pytest.raises(PromptError) as e:
-        parse_prompt(text)
-    msg = str(e.value)
+    msg = refusal(text)
     assert name in msg and "unsupported" in msg
     assert "Supported findings: atelectasis, lung opacity, pleural effusion, enlarged cardiac silhouette" in msg
 
@@ -141,9 +146,7 @@ def test_negated_unsupported_finding_is_ignored(text, expected):
     ("No cardiomegaly. Possible small effusion.", "pleural effusion"),
 ])
 def test_hedged_mention_is_refused_as_uncertain(text, name):
-    with pytest.raises(PromptError) as e:
-        parse_prompt(text)
-    msg = str(e.value)
+    msg = refusal(text)
     assert "uncertain" in msg and name in msg and "present or absent" in msg
 
 

@@ -9,22 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metrics_fakes import counting_extractor_class
+from metrics_fakes import registered_counting_extractor
 from services.common.findings import Condition
 from services.common.store import BatchDamaged, BatchStore
 from services.metrics.cache import FeatureCache
 from services.metrics.errors import MetricsError
-from services.metrics.extractors import register_extractor, unregister_extractor
 
-Counting = counting_extractor_class("counting-integrity", batch_size=8)
-
-
-@pytest.fixture(autouse=True)
-def counting():
-    register_extractor("counting-integrity", lambda **kw: Counting(**kw), replace=True)
-    Counting.calls = 0
-    yield
-    unregister_extractor("counting-integrity")
+Counting, counting = registered_counting_extractor("counting-integrity", batch_size=8)
 
 
 def _setup(tmp_path: Path, fmt: str) -> tuple[BatchStore, str, Path]:

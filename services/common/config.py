@@ -136,12 +136,13 @@ class SecuritySettings(BaseModel):
 
 
 class ServeSettings(BaseModel):
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 9000
-    num_cpus: int | None = None
-    generator_max_batch_size: int = 16
-    generator_batch_wait_s: float = 0.02
+    host: str = Field("127.0.0.1", description="Address the HTTP and gRPC proxies bind (loopback by default).")
+    http_port: int = Field(8000, description="REST port (0: a free one).")
+    grpc_port: int = Field(9000, description="gRPC port (0: a free one).")
+    num_cpus: int | None = Field(None, description="CPUs the private local Ray may use (default: max(4, cores)).")
+    generator_max_batch_size: int = Field(16, ge=1, description="Most images per forward pass of a generator "
+                                                               "replica (@serve.batch); also the chunk size.")
+    generator_batch_wait_s: float = Field(0.02, ge=0, description="How long a replica waits to fill a batch.")
     # The private Ray of a local serve binds 127.0.0.1 only; token auth also keeps other users of this machine
     # out of it (its dashboard agent runs any job it is sent). Ignored on a Ray cluster we did not start.
     ray_token_auth: bool = Field(True, description="Ray token authentication for the private local Ray "

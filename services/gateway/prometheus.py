@@ -32,79 +32,46 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-IMAGES_GENERATED = Counter(
-    "synthrad_images_generated_total",
+
+def _metric(kind, name: str, labels: list[str], documentation: str, **kw):
+    """One metric of this module's registry (every series the gateway's ``/metrics`` shows is defined below);
+    histograms default to the latency buckets."""
+    if kind is Histogram:
+        kw.setdefault("buckets", _LATENCY_BUCKETS)
+    return kind(name, documentation, labels, registry=REGISTRY, **kw)
+
+
+IMAGES_GENERATED = _metric(Counter, "synthrad_images_generated_total", ["model", "backend", "finding"], documentation=(
     "Synthetic images generated, by model, backend and finding label (present findings joined by '+', "
-    "'no_finding' when all are absent, 'unspecified' when none is constrained).",
-    ["model", "backend", "finding"], registry=REGISTRY,
-)
-GENERATION_LATENCY = Histogram(
-    "synthrad_generation_latency_seconds",
+    "'no_finding' when all are absent, 'unspecified' when none is constrained)."))
+GENERATION_LATENCY = _metric(Histogram, "synthrad_generation_latency_seconds", ["model", "backend"], documentation=(
     "Time from the gateway sending a generation request (a chunk of at most max_batch_size images) to a "
-    "generator deployment until its images are back (queueing + batching wait + forward pass + transfer).",
-    ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)
-GENERATION_QUEUE = Histogram(
-    "synthrad_generation_queue_seconds",
+    "generator deployment until its images are back (queueing + batching wait + forward pass + transfer)."))
+GENERATION_QUEUE = _metric(Histogram, "synthrad_generation_queue_seconds", ["model", "backend"], documentation=(
     "Time a generation request waited in the replica's @serve.batch queue before its forward pass "
-    "(Triton: queue duration).",
-    ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)
-GENERATION_COMPUTE = Histogram(
-    "synthrad_generation_compute_seconds",
-    "Duration of one batched forward pass on a generator replica (Triton: compute infer duration).",
-    ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)
-BATCH_SIZE = Histogram(
-    "synthrad_generation_batch_size",
-    "Images per forward pass formed by dynamic batching (observed once per forward pass).",
-    ["model", "backend"], buckets=_BATCH_BUCKETS, registry=REGISTRY,
-)
-QUEUE_DEPTH = Gauge(
-    "synthrad_generation_queue_depth",
-    "Images requested from a model's deployment and not yet returned (Triton: pending request count).",
-    ["model"], registry=REGISTRY,
-)
-REQUESTS = Counter(
-    "synthrad_requests_total",
-    "API requests handled by the gateway, by protocol, operation and outcome code.",
-    ["protocol", "operation", "code"], registry=REGISTRY,
-)
-CHUNK_RETRIES = Counter(
-    "synthrad_generation_chunk_retries_total",
-    "Generation chunks sent again because the generator replica died or was unavailable (Serve restarts it).",
-    ["model"], registry=REGISTRY,
-)
-JOBS = Gauge(
-    "synthrad_jobs",
-    "Jobs known to this gateway, by kind (batch, score) and state (queued, running, succeeded, failed).",
-    ["kind", "state"], registry=REGISTRY,
-)
-JOBS_FINISHED = Counter(
-    "synthrad_jobs_finished_total",
-    "Jobs that finished, by kind and final state.",
-    ["kind", "state"], registry=REGISTRY,
-)
-SCORING_LATENCY = Histogram(
-    "synthrad_scoring_latency_seconds",
-    "Duration of one scoring job (feature extraction of the batch + measures), by reference and extractor.",
-    ["reference", "extractor"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)
-GPU_MEMORY = Gauge(
-    "synthrad_gpu_memory_used_bytes",
-    "GPU memory in use on a generator replica's device (last report; only when the replica has a GPU).",
-    ["model", "replica", "gpu"], registry=REGISTRY,
-)
-GPU_MEMORY_TOTAL = Gauge(
-    "synthrad_gpu_memory_total_bytes",
-    "GPU memory of a generator replica's device.",
-    ["model", "replica", "gpu"], registry=REGISTRY,
-)
-GPU_UTIL = Gauge(
-    "synthrad_gpu_utilization_ratio",
-    "GPU utilisation (0-1) of a generator replica's device over the driver's last sample period (needs pynvml).",
-    ["model", "replica", "gpu"], registry=REGISTRY,
-)
+    "(Triton: queue duration)."))
+GENERATION_COMPUTE = _metric(Histogram, "synthrad_generation_compute_seconds", ["model", "backend"], documentation=(
+    "Duration of one batched forward pass on a generator replica (Triton: compute infer duration)."))
+BATCH_SIZE = _metric(Histogram, "synthrad_generation_batch_size", ["model", "backend"], documentation=(
+    "Images per forward pass formed by dynamic batching (observed once per forward pass)."), buckets=_BATCH_BUCKETS)
+QUEUE_DEPTH = _metric(Gauge, "synthrad_generation_queue_depth", ["model"], documentation=(
+    "Images requested from a model's deployment and not yet returned (Triton: pending request count)."))
+REQUESTS = _metric(Counter, "synthrad_requests_total", ["protocol", "operation", "code"], documentation=(
+    "API requests handled by the gateway, by protocol, operation and outcome code."))
+CHUNK_RETRIES = _metric(Counter, "synthrad_generation_chunk_retries_total", ["model"], documentation=(
+    "Generation chunks sent again because the generator replica died or was unavailable (Serve restarts it)."))
+JOBS = _metric(Gauge, "synthrad_jobs", ["kind", "state"], documentation=(
+    "Jobs known to this gateway, by kind (batch, score) and state (queued, running, succeeded, failed)."))
+JOBS_FINISHED = _metric(Counter, "synthrad_jobs_finished_total", ["kind", "state"], documentation=(
+    "Jobs that finished, by kind and final state."))
+SCORING_LATENCY = _metric(Histogram, "synthrad_scoring_latency_seconds", ["reference", "extractor"], documentation=(
+    "Duration of one scoring job (feature extraction of the batch + measures), by reference and extractor."))
+GPU_MEMORY = _metric(Gauge, "synthrad_gpu_memory_used_bytes", ["model", "replica", "gpu"], documentation=(
+    "GPU memory in use on a generator replica's device (last report; only when the replica has a GPU)."))
+GPU_MEMORY_TOTAL = _metric(Gauge, "synthrad_gpu_memory_total_bytes", ["model", "replica", "gpu"], documentation=(
+    "GPU memory of a generator replica's device."))
+GPU_UTIL = _metric(Gauge, "synthrad_gpu_utilization_ratio", ["model", "replica", "gpu"], documentation=(
+    "GPU utilisation (0-1) of a generator replica's device over the driver's last sample period (needs pynvml)."))
 
 JOB_KINDS = ("batch", "score")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
