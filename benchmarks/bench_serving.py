@@ -93,8 +93,8 @@ def main() -> None:
     from services.common.config import get_settings
     from services.common.findings import Condition
     from services.gateway.app import APP_NAME, start_local
-    from services.generator.deployment import GenChunk
-    from synthrad.v1 import generator_pb2, generator_pb2_grpc
+    from services.generator.chunks import GenChunk
+    from services.gateway.stubs import generator_pb2, generator_pb2_grpc
 
     settings = get_settings()
     settings = settings.model_copy(update={"serve": settings.serve.model_copy(update={
@@ -159,11 +159,11 @@ def main() -> None:
                 out.append(summary("handle, batch-1 (unbatched method), sequential", lat, wall, args.requests))
                 lat, wall, res = await run_concurrent(via_handle_batched, args.requests, 1)
                 out.append(summary("handle, @serve.batch method, sequential", lat, wall, args.requests,
-                                   {"mean_batch": statistics.fmean(r.stats["batch_images"] for r in res)}))
+                                   {"mean_batch": statistics.fmean(r.stats.batch_images for r in res)}))
                 n = max(args.requests, 4 * args.concurrency)
                 lat, wall, res = await run_concurrent(via_handle_batched, n, args.concurrency)
                 out.append(summary(f"handle, @serve.batch, {args.concurrency} concurrent", lat, wall, n,
-                                   {"mean_batch": statistics.fmean(r.stats["batch_images"] for r in res)}))
+                                   {"mean_batch": statistics.fmean(r.stats.batch_images for r in res)}))
                 lat, wall, res = await run_concurrent(via_handle_unbatched, n, args.concurrency)
                 out.append(summary(f"handle, batch-1 (unbatched), {args.concurrency} concurrent", lat, wall, n))
                 lat, wall, _ = await run_concurrent(via_rest, args.requests, 1)

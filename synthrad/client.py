@@ -45,8 +45,11 @@ class SynthradError(RuntimeError):
 
 
 class JobFailed(SynthradError):
+    """A batch or scoring job that failed: ``job`` is its record (``error`` says why)."""
+
     def __init__(self, job: dict):
-        super().__init__(f"job {job.get('job_id')} failed: {job.get('error')}")
+        what = {"batch": "batch job", "score": "scoring job"}.get(job.get("kind"), "job")
+        super().__init__(f"{what} {job.get('job_id')} failed: {job.get('error')}")
         self.job = job
 
 
@@ -448,13 +451,24 @@ class SynthradClient:
 
     def score(self, batch: str | dict, reference: str = "nih-cxr64", metrics: list[str] | tuple = ("fid",),
               extractor: str = "inception", wait: bool = True, progress: bool = False) -> dict:
-        """Score a stored batch against a registered reference; returns the scoring job's result."""
+        """Score a stored batch against a registered reference; returns the scoring job's result (with
+        ``wait=False`` the job: pass it to :meth:`score_result` later). A failed scoring job raises
+        :class:`JobFailed` with the server's reason."""
         job = self._post("/v1/scores", {"batch_id": _batch_id(batch), "reference": reference,
                                         "metrics": list(metrics), "extractor": extractor})
         if not wait:
             return job
         self.wait(job, progress=progress)
-        return self._get(f"/v1/scores/{job['job_id']}")["result"]
+        return self.score_result(job)
+
+    def score_result(self, job: str | dict) -> dict:
+        """The result of a finished scoring job; :class:`JobFailed` when it failed, :class:`SynthradError`
+        (status 409) while it still runs."""
+        job_id = job["job_id"] if isinstance(job, dict) else job
+        res = self._get(f"/v1/scores/{job_id}")  # a failed job is a 200 with state "failed" and its error
+        if res["state"] == "failed":
+            raise JobFailed(res)
+        return res["result"]
 
     # ---- health ------------------------------------------------------------------------------------
     def ready(self) -> bool:

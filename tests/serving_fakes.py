@@ -126,7 +126,8 @@ async def serve_grpc(platform):
     """The gRPC API of ``platform`` on a real grpc.aio server on 127.0.0.1; returns (server, channel)."""
     import grpc
 
-    from services.gateway.grpc_api import GrpcApi, add_to_server
+    from services.gateway.grpc_api import GrpcApi
+    from services.gateway.grpc_servicer import add_to_server
 
     server = grpc.aio.server()
     add_to_server(GrpcApi(platform), server)

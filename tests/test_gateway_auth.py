@@ -206,8 +206,8 @@ def test_grpc_metadata_that_is_not_text_is_refused_not_a_crash():
 def test_grpc_scopes_visibility_and_bad_metadata(tmp_path):
     from test_grpc_api import _serve
 
-    from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
-    from synthrad.v1 import metrics_pb2_grpc
+    from services.gateway.stubs import (batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc,
+                                         metrics_pb2, metrics_pb2_grpc)
 
     async def go():
         server, channel, store, gen = await _serve(tmp_path, api_keys=KEYS)

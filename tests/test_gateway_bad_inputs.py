@@ -38,9 +38,10 @@ class Odd(ValueError):
 def _platform(tmp_path, gens, **settings_kw):
     from services.common.config import Settings
     from services.common.store import BatchStore
-    from services.gateway.clients import LocalGenerators, LocalScorer
+    from services.gateway.clients import LocalScorer
+    from services.generator.generation import LocalGenerators
     from services.gateway.core import Platform
-    from services.generator.deployment import GeneratorReplica
+    from services.generator.replica import GeneratorReplica
 
     settings = Settings(home=tmp_path / "home", **settings_kw)
     store = BatchStore(settings.resolved_store_url)
@@ -320,7 +321,7 @@ def test_generator_errors_survive_pickling_as_ray_does_it():
     import ray.cloudpickle as cloudpickle
 
     from services.generator.base import UnsupportedResolution, UnusedParam
-    from services.generator.deployment import portable_error
+    from services.generator.chunks import portable_error
     from services.gateway.errors import RateLimited, api_error
 
     for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
@@ -396,3 +397,29 @@ def test_openapi_documents_id_formats_and_error_bodies(env):
     assert link["parameters"] == {"job_id": "$response.body#/job_id"}
     assert link["operationId"] == spec["paths"]["/v1/jobs/{job_id}"]["get"]["operationId"]
     assert "GetManifest" in spec["paths"]["/v1/batches/{batch_id}"]["get"]["responses"]["200"]["links"]
+
+
+def test_one_error_vocabulary_one_mapping():
+    import json
+
+    import grpc
+
+    from services.gateway import errors
+
+    kinds = {}
+    todo = [errors.ApiError]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        kinds[cls.kind] = cls
+        assert (cls.http_status, cls.grpc_code) == errors.STATUS[cls.kind], cls
+        assert "body" not in vars(cls) or cls is errors.ApiError  # the one body, extras through attributes
+    assert set(kinds) == set(errors.STATUS)  # no mapping without an error, no error without a mapping
+    r = errors.error_response(errors.RateLimited("slow down", retry_after_s=0.2))
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert json.loads(r.body) == {"error": "rate_limited", "detail": "slow down", "retry_after_s": 0.2}
+    r = errors.error_response(errors.Unauthenticated("who?"))
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert len(json.loads(errors.error_response(errors.BadId("x" * 10_000)).body)["detail"]) == errors.MAX_DETAIL_CHARS
+    code, details = errors.grpc_status(errors.NotFound("é" * 5000))
+    assert code == grpc.StatusCode.NOT_FOUND and len(details.encode()) <= errors.MAX_DETAILS_BYTES

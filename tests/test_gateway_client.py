@@ -65,3 +65,21 @@ def test_errors_and_failed_jobs(tmp_path):
         assert c.ready()
         res = c.score(c.create_batch(count=2, seed=100, progress=False), reference="fake-ref")
         assert res["scores"][0]["name"] == "mean_intensity"
+
+
+def test_a_failed_score_raises_job_failed(tmp_path):
+    platform, *_ = make_platform(tmp_path)
+
+    async def broken(*args):
+        raise ValueError("the reference features are unreadable")
+
+    platform.scorer.score = broken
+    with TestClient(create_app(platform), base_url="http://localhost") as http:
+        c = SynthradClient(http=http)
+        batch = c.create_batch(count=2, progress=False)
+        with pytest.raises(JobFailed, match="ValueError") as ei:
+            c.score(batch, reference="fake-ref")
+        assert ei.value.job["kind"] == "score" and ei.value.job["state"] == "failed"
+        job = c.score(batch, reference="fake-ref", wait=False)  # not waiting: the job, to poll
+        with pytest.raises(JobFailed, match="scoring job"):
+            c.score_result(job)

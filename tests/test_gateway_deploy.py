@@ -20,7 +20,7 @@ def test_rayservice_serve_config_is_valid_and_matches_the_app():
     from ray.serve.schema import ServeDeploySchema
 
     from services.gateway.app import build_app
-    from services.gateway.grpc_api import SERVICER_FUNCTIONS
+    from services.gateway.grpc_servicer import SERVICER_FUNCTIONS
 
     cfg = ServeDeploySchema(**_serve_config())
     assert cfg.grpc_options.grpc_servicer_functions == SERVICER_FUNCTIONS

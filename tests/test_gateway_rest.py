@@ -232,6 +232,22 @@ def test_scoring_job(env):
     assert client.get("/v1/jobs?kind=score").json()[0]["kind"] == "score"
 
 
+def test_failed_scoring_job_is_read_as_a_failed_result(env):
+    """Same as gRPC GetScore: a finished-but-failed job is a 200 with state failed and the error; 409 only while
+    the job is queued or running."""
+    client, _, _, platform = env
+    bid = wait_job(client, client.post("/v1/batches", json={"count": 2}).json()["job_id"])["batch_id"]
+
+    async def broken(*args):
+        raise ValueError("the reference features are unreadable")
+
+    platform.scorer.score = broken
+    job = wait_job(client, client.post("/v1/scores", json={"batch_id": bid, "reference": "fake-ref"}).json()["job_id"])
+    r = client.get(f"/v1/scores/{job['job_id']}")
+    assert r.status_code == 200
+    res = r.json()
+    assert res["state"] == "failed" and "ValueError" in res["error"] and res["result"] is None
+
 def test_metrics_after_requests(env):
     client, *_ = env
     client.post("/v1/generate", json={"condition": {"no_finding": True}, "count": 2})

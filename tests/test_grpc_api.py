@@ -11,8 +11,8 @@ import pytest
 from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform, serve_grpc
 from services.common.findings import Condition
 from services.gateway.grpc_api import condition_from_pb, condition_to_pb, decode_pb_image
-from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
-from synthrad.v1 import metrics_pb2_grpc
+from services.gateway.stubs import (batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc,
+                                     metrics_pb2, metrics_pb2_grpc)
 
 
 def run(coro):
@@ -30,7 +30,9 @@ class Env:
         self.tmp_path, self.kw = tmp_path, kw
 
     async def __aenter__(self):
-        self.server, self.channel, self.store, self.gen = await _serve(self.tmp_path, **self.kw)
+        gen = self.kw.pop("gen", None) or TinyGenerator("tiny")
+        self.platform, self.store, self.gen = make_platform(self.tmp_path, gen, **self.kw)
+        self.server, self.channel = await serve_grpc(self.platform)
         self.gen_stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
         self.batch_stub = batch_pb2_grpc.BatchServiceStub(self.channel)
         self.metrics_stub = metrics_pb2_grpc.MetricsServiceStub(self.channel)
@@ -191,5 +193,124 @@ def test_grpc_api_keys(tmp_path):
             ok = await env.gen_stub.ListModels(generator_pb2.ListModelsRequest(),
                                                metadata=(("authorization", "Bearer k1"),))
             assert ok.models
+
+    run(go())
+
+
+async def _stored_batch(env, count: int = 4) -> str:
+    job = await env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(count=count, seed=1))
+    final = [j async for j in env.batch_stub.WatchJob(common_pb2.GetJobRequest(job_id=job.job_id))][-1]
+    assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final
+    return final.batch_id
+
+
+def test_get_score_of_a_failed_job_is_ok_with_state_and_error(tmp_path):
+    """A finished-but-failed scoring job is a successful read of a failed result (as REST's 200 + state failed)."""
+    async def go():
+        async with Env(tmp_path) as env:
+            bid = await _stored_batch(env)
+
+            async def broken(*args):
+                raise ValueError("the reference features are unreadable")
+
+            env.platform.scorer.score = broken
+            sj = await env.metrics_stub.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=bid, reference="fake-ref"))
+            [j async for j in env.batch_stub.WatchJob(common_pb2.GetJobRequest(job_id=sj.job_id))]
+            score = await env.metrics_stub.GetScore(common_pb2.GetJobRequest(job_id=sj.job_id))
+            assert score.state == common_pb2.JOB_STATE_FAILED and score.job_id == sj.job_id
+            assert "ValueError" in score.error and "error id" in score.error  # the job's error (scrubbed summary)
+            assert not score.scores and score.result_json == "" and score.batch_id == bid
+            job = await env.batch_stub.GetJob(common_pb2.GetJobRequest(job_id=sj.job_id))
+            assert job.error == score.error  # the same record as GetJob
+
+    run(go())
+
+
+def test_get_score_while_running_is_failed_precondition(tmp_path):
+    async def go():
+        async with Env(tmp_path) as env:
+            bid = await _stored_batch(env)
+            release = asyncio.Event()
+            real = env.platform.scorer.score
+
+            async def slow(*args):
+                await release.wait()
+                return await real(*args)
+
+            env.platform.scorer.score = slow
+            sj = await env.metrics_stub.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=bid, reference="fake-ref"))
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.metrics_stub.GetScore(common_pb2.GetJobRequest(job_id=sj.job_id))
+            assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "poll again" in ei.value.details()
+            release.set()
+            [j async for j in env.batch_stub.WatchJob(common_pb2.GetJobRequest(job_id=sj.job_id))]
+            score = await env.metrics_stub.GetScore(common_pb2.GetJobRequest(job_id=sj.job_id))
+            assert score.state == common_pb2.JOB_STATE_SUCCEEDED and score.error == "" and score.scores
+
+    run(go())
+
+
+def test_score_to_pb_reads_the_stamp_once():
+    from services.gateway.grpc_api import stamp_to_pb
+
+    new = stamp_to_pb({"name": "inception", "weights_sha256": "ab" * 32, "preprocessing": {"size": 299},
+                       "dtype": "float32"})
+    assert new.weights_hash == "ab" * 32 and new.preprocessing == '{"size": 299}' and new.dtype == "float32"
+    assert stamp_to_pb({"name": "x", "weights_hash": "cd"}).weights_hash == "cd"  # records of older gateways
+    assert stamp_to_pb("inception").name == "inception" and stamp_to_pb(None).name == ""
+
+
+class FakeServeContext:
+    """The parts of Serve's RayServegRPCContext the ingress methods use."""
+
+    def __init__(self, peer: str = "ipv4:127.0.0.1:5555", metadata=()):
+        self._peer, self._md = peer, list(metadata)
+        self.code, self.details = None, None
+
+    def peer(self):
+        return self._peer
+
+    def invocation_metadata(self):
+        return self._md
+
+    def set_code(self, code):
+        self.code = code
+
+    def set_details(self, details):
+        self.details = details
+
+
+def test_serve_ingress_methods(tmp_path):
+    """The methods Serve's gRPC proxy calls by name: generated from the protos over the same GrpcApi."""
+    from services.gateway.grpc_api import GrpcApi
+    from services.gateway.grpc_servicer import GrpcFailure, GrpcIngress
+
+    async def go():
+        platform, store, gen = make_platform(tmp_path, TinyGenerator("tiny"))
+        ingress = GrpcIngress()
+        ingress.serve_grpc(GrpcApi(platform), loopback_only=True)
+        models = await ingress.ListModels(generator_pb2.ListModelsRequest(), grpc_context=FakeServeContext())
+        assert [m.model_id for m in models.models] == ["tiny"]
+        got = [m async for m in ingress.StreamGenerate(generator_pb2.GenerateRequest(count=3, seed=4),
+                                                       grpc_context=FakeServeContext("ipv6:[::1]:4000"))]
+        assert [m.seed for m in got] == [4, 5, 6]
+        # errors: the status is set on Serve's context (the proxy sends it), and the call raises
+        ctx = FakeServeContext()
+        with pytest.raises(GrpcFailure):
+            await ingress.GetBatch(batch_pb2.GetBatchRequest(batch_id="../../etc"), grpc_context=ctx)
+        assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT and "invalid batch id" in ctx.details
+        # local mode: peers that are not on this machine are refused, unary and streaming alike
+        for call in (ingress.ListModels(generator_pb2.ListModelsRequest(), grpc_context=(ctx := FakeServeContext(
+                "ipv4:10.1.2.3:5555"))),):
+            with pytest.raises(GrpcFailure):
+                await call
+            assert ctx.code == grpc.StatusCode.UNAUTHENTICATED and "API key" in ctx.details
+        ctx = FakeServeContext("ipv4:10.1.2.3:5555")
+        with pytest.raises(GrpcFailure):
+            [m async for m in ingress.StreamGenerate(generator_pb2.GenerateRequest(count=1), grpc_context=ctx)]
+        assert ctx.code == grpc.StatusCode.UNAUTHENTICATED
+        # a deployment-handle call has no gRPC context: no peer to judge
+        assert (await ingress.Ready(generator_pb2.ReadyRequest())).ready
+        await platform.shutdown()
 
     run(go())

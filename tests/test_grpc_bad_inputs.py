@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform, serve_grpc
-from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
-from synthrad.v1 import metrics_pb2_grpc
+from services.gateway.stubs import (batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc,
+                                     metrics_pb2, metrics_pb2_grpc)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

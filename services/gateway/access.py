@@ -11,15 +11,13 @@ quotas, audit).
 
 from __future__ import annotations
 
-from typing import Callable
-
 from starlette.requests import Request
 from starlette.routing import Match
 
 from . import prometheus as m
 from .audit import AuditLog
 from .auth import LOCAL, REST_OPERATIONS, ApiKeyAuth
-from .errors import ApiError, Forbidden
+from .errors import ApiError, Forbidden, error_response
 
 _FALSE = ("", "0", "false", "f", "no", "n", "off")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -39,8 +37,8 @@ def rest_operation(app, scope) -> str | None:
 
 
 class AccessControl:
-    def __init__(self, app, fastapi_app, auth: ApiKeyAuth, audit: AuditLog, render: Callable):
-        self.app, self.fastapi_app, self.auth, self.audit, self.render = app, fastapi_app, auth, audit, render
+    def __init__(self, app, fastapi_app, auth: ApiKeyAuth, audit: AuditLog):
+        self.app, self.fastapi_app, self.auth, self.audit = app, fastapi_app, auth, audit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -65,7 +63,7 @@ class AccessControl:
                         raise
         except ApiError as e:
             m.REQUESTS.labels("rest", op or "unmatched", str(e.http_status)).inc()
-            return await self.render(e)(scope, receive, send)
+            return await error_response(e)(scope, receive, send)
         scope.setdefault("state", {})["caller"] = caller
         status = {"code": 500}
 

@@ -2,7 +2,8 @@
 
 Deployments (composed by deployment handles)::
 
-    gateway  (ingress: FastAPI REST + the gRPC methods of Serve's gRPC proxy + /metrics)
+    gateway  (ingress: FastAPI REST (rest.py) + the gRPC methods Serve's gRPC proxy calls (grpc_servicer.py,
+              over grpc_api.GrpcApi) + /metrics)
       |-- generator-<model_id>   one per served model; @serve.batch dynamic batching; autoscaling; GPU share
       `-- metrics                scoring of stored batches against registered references
 
@@ -36,8 +37,7 @@ from services.common.logging import get_logger
 from services.generator.deployment import GeneratorDeployment
 from services.metrics.deployment import MetricsDeployment
 
-from .errors import ApiError, Unauthenticated
-from .net import peer_host, peer_is_loopback
+from .grpc_servicer import SERVICER_FUNCTIONS, GrpcIngress
 
 log = get_logger(__name__)
 
@@ -50,18 +50,6 @@ def _settings_from(data: dict | None) -> Settings:
     return Settings.model_validate(data)
 
 
-def _peer(ctx) -> str:
-    """The client address of a gRPC call (``ipv4:1.2.3.4:5555`` -> ``1.2.3.4``), '' when unknown."""
-    try:
-        return peer_host(ctx.peer() if ctx is not None else "")
-    except Exception:  # noqa: BLE001 - Serve's context may not know it
-        return ""
-
-
-class _GrpcFailure(Exception):
-    """Raised after setting the gRPC status on Serve's context; the proxy sends that status."""
-
-
 @serve.deployment(
     name="gateway",
     num_replicas=1,
@@ -71,8 +59,9 @@ class _GrpcFailure(Exception):
     graceful_shutdown_timeout_s=30,
 )
 @serve.ingress()
-class Gateway:
-    """Ingress: REST (FastAPI, built per replica), gRPC methods, jobs (asyncio tasks in this replica)."""
+class Gateway(GrpcIngress):
+    """Ingress: REST (FastAPI, built per replica), the gRPC methods (one per RPC, from :class:`GrpcIngress`), jobs
+    (asyncio tasks in this replica)."""
 
     def __init__(self, generators: dict, metrics=None, options: dict | None = None):
         from services.common.store import BatchStore
@@ -92,8 +81,9 @@ class Gateway:
             store, settings, jobs_dir=jobs_dir, default_model=options.get("default_model"),
         )
         self.auth = self.platform.auth
-        self.api = GrpcApi(self.platform, self.auth)
-        self.grpc_loopback_only = bool(options.get("grpc_loopback_only", not self.auth.enabled))
+        # local mode (no API keys): gRPC only from loopback peers (Serve's gRPC proxy may listen on every interface)
+        self.serve_grpc(GrpcApi(self.platform, self.auth),
+                        loopback_only=bool(options.get("grpc_loopback_only", not self.auth.enabled)))
 
     def __serve_build_asgi_app__(self):
         from .rest import create_app
@@ -102,91 +92,6 @@ class Gateway:
 
     async def __del__(self):
         await self.platform.shutdown()
-
-    # ---- gRPC plumbing --------------------------------------------------------------------------
-    def _guard(self, ctx) -> None:
-        if ctx is not None and self.grpc_loopback_only and not peer_is_loopback(ctx.peer()):
-            raise Unauthenticated("gRPC from non-loopback peers needs an API key configured on the server "
-                                  "(SYNTHRAD_API_KEYS); this platform runs in local mode")
-
-    def _on_error(self, ctx):
-        async def on_error(err: ApiError):
-            if ctx is not None:
-                ctx.set_code(err.grpc_code)
-                ctx.set_details(err.message)
-            raise _GrpcFailure(err.message)
-
-        return on_error
-
-    async def _unary(self, name: str, request, ctx):
-        from .grpc_api import call_unary
-
-        md = ctx.invocation_metadata() if ctx is not None else []
-        try:
-            self._guard(ctx)
-        except ApiError as e:
-            return await self._on_error(ctx)(e)
-        return await call_unary(self.api, name, request, md, self._on_error(ctx), _peer(ctx))
-
-    async def _stream(self, name: str, request, ctx):
-        from .grpc_api import call_stream
-
-        md = ctx.invocation_metadata() if ctx is not None else []
-        try:
-            self._guard(ctx)
-        except ApiError as e:
-            await self._on_error(ctx)(e)
-        async for item in call_stream(self.api, name, request, md, self._on_error(ctx), _peer(ctx)):
-            yield item
-
-    # ---- gRPC methods (names = RPC names; Serve's gRPC proxy routes by method name) ------------------
-    async def ListModels(self, request, grpc_context=None):
-        return await self._unary("ListModels", request, grpc_context)
-
-    async def Generate(self, request, grpc_context=None):
-        return await self._unary("Generate", request, grpc_context)
-
-    async def StreamGenerate(self, request, grpc_context=None):
-        async for item in self._stream("StreamGenerate", request, grpc_context):
-            yield item
-
-    async def Ready(self, request, grpc_context=None):
-        return await self._unary("Ready", request, grpc_context)
-
-    async def CreateBatch(self, request, grpc_context=None):
-        return await self._unary("CreateBatch", request, grpc_context)
-
-    async def GetJob(self, request, grpc_context=None):
-        return await self._unary("GetJob", request, grpc_context)
-
-    async def ListJobs(self, request, grpc_context=None):
-        return await self._unary("ListJobs", request, grpc_context)
-
-    async def WatchJob(self, request, grpc_context=None):
-        async for item in self._stream("WatchJob", request, grpc_context):
-            yield item
-
-    async def ListBatches(self, request, grpc_context=None):
-        return await self._unary("ListBatches", request, grpc_context)
-
-    async def GetBatch(self, request, grpc_context=None):
-        return await self._unary("GetBatch", request, grpc_context)
-
-    async def DeleteBatch(self, request, grpc_context=None):
-        return await self._unary("DeleteBatch", request, grpc_context)
-
-    async def StreamBatchImages(self, request, grpc_context=None):
-        async for item in self._stream("StreamBatchImages", request, grpc_context):
-            yield item
-
-    async def ListReferences(self, request, grpc_context=None):
-        return await self._unary("ListReferences", request, grpc_context)
-
-    async def CreateScore(self, request, grpc_context=None):
-        return await self._unary("CreateScore", request, grpc_context)
-
-    async def GetScore(self, request, grpc_context=None):
-        return await self._unary("GetScore", request, grpc_context)
 
 
 # ---- building the application -------------------------------------------------------------------
@@ -336,7 +241,6 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
     gRPC, deploy the app, wait until ready. Reuses an already initialised Ray (then nothing of it is changed)."""
     import ray
 
-    from .grpc_api import SERVICER_FUNCTIONS
     from .ray_local import grpc_bind_host, start_ray, stop_ray
 
     settings = settings or get_settings()
@@ -361,7 +265,7 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
             token_auth=sv.ray_token_auth,
             token_file=sv.ray_auth_token_file,
             grpc_proxy_host=grpc_bind_host(host),
-            log_to_driver=bool(int(os.environ.get("SYNTHRAD_RAY_LOG_TO_DRIVER", "0"))),
+            log_to_driver=settings.runtime.ray_log_to_driver,
         )
     http_url = f"http://{host}:{http_port}"
     try:

@@ -14,7 +14,6 @@ from typing import Mapping, Protocol
 
 from services.generator.base import GenerationParams
 from services.generator.chunks import ChunkResult, GenChunk
-from services.generator.generation import LocalGenerators
 from services.generator.registry import UnknownModel
 from services.generator.replica import ServedModel
 from services.metrics.summary import ScoreSummary

@@ -1,8 +1,11 @@
-"""Transport-neutral API errors: each carries its HTTP status and its gRPC status code.
+"""Transport-neutral API errors, and their ONE mapping onto each transport.
 
-The gateway core raises these; ``rest.py`` turns them into JSON error responses (:meth:`ApiError.body`, the
-``ErrorBody`` schema) and ``grpc_api.py`` into gRPC statuses. Errors of the shared layers (conditions, prompts,
-models, store, metrics) are mapped by :func:`api_error`.
+The gateway core raises :class:`ApiError` subclasses; errors of the shared layers (conditions, prompts, models,
+store, metrics) are mapped onto them by :func:`api_error`. :data:`STATUS` is the one table of each kind's HTTP
+status and gRPC status code; :meth:`ApiError.body` is the one JSON error body (``ErrorBody``) and
+:meth:`ApiError.headers` its HTTP headers (subclasses add data through attributes, never by overriding them),
+:func:`error_response` the one HTTP error response (REST routes and every ASGI middleware), :func:`grpc_status`
+the one gRPC status (code, details) of an error.
 
 Nothing internal reaches a client: an exception that is not one of ours becomes :class:`Internal` with a
 generic message and a short error id; the full exception (traceback included) is logged server-side under the
@@ -17,34 +20,83 @@ import re
 import secrets
 
 import grpc
+from starlette.responses import JSONResponse
 
 from services.common.logging import get_logger
 
 log = get_logger("gateway.errors")
 
+_C = grpc.StatusCode
+#: The one mapping of the error vocabulary onto the transports: kind -> (HTTP status, gRPC status code).
+STATUS: dict[str, tuple[int, grpc.StatusCode]] = {
+    "invalid_argument": (422, _C.INVALID_ARGUMENT),
+    "bad_id": (400, _C.INVALID_ARGUMENT),
+    "bad_request": (400, _C.INVALID_ARGUMENT),
+    "unauthenticated": (401, _C.UNAUTHENTICATED),
+    "forbidden": (403, _C.PERMISSION_DENIED),
+    "not_found": (404, _C.NOT_FOUND),
+    "method_not_allowed": (405, _C.UNIMPLEMENTED),
+    "not_ready": (409, _C.FAILED_PRECONDITION),
+    "too_large": (413, _C.RESOURCE_EXHAUSTED),
+    "unsupported_media_type": (415, _C.INVALID_ARGUMENT),
+    "too_many_jobs": (429, _C.RESOURCE_EXHAUSTED),
+    "rate_limited": (429, _C.RESOURCE_EXHAUSTED),
+    "internal": (500, _C.INTERNAL),
+    "batch_damaged": (500, _C.DATA_LOSS),
+    "unavailable": (503, _C.UNAVAILABLE),
+    "http_error": (400, _C.UNKNOWN),  # HttpError: the web framework's own status (REST only)
+}
+#: Most characters of an HTTP error's ``detail`` (an echoed 1 MB id is not a useful error message).
+MAX_DETAIL_CHARS = 2000
+#: Most UTF-8 bytes of a gRPC status message: grpc-message travels percent-encoded in trailing metadata, whose
+#: soft limit is 8 KiB; a longer one (a 100 kB id echoed back) reaches the client as RESOURCE_EXHAUSTED instead.
+MAX_DETAILS_BYTES = 1000
+
 
 class ApiError(Exception):
-    http_status = 400
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    """One error of the API. Subclasses set ``kind``; :data:`STATUS` gives their HTTP status and gRPC code."""
+
     kind = "invalid_argument"
+    http_status: int
+    grpc_code: grpc.StatusCode
 
     #: request validation: one ``{"loc", "msg", "type"}`` per problem (``ErrorBody.errors``)
     errors: list[dict] | None = None
+    #: rate limits: seconds until a retry can succeed (``ErrorBody.retry_after_s``, ``Retry-After``)
+    retry_after_s: float | None = None
+    #: server errors: the id the server logged the details under (``ErrorBody.error_id``)
+    error_id: str | None = None
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.http_status, cls.grpc_code = STATUS[cls.kind]  # a kind missing from STATUS fails at import
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
     def body(self) -> dict:
-        """The JSON error body (``ErrorBody``): ``{"error": kind, "detail": message}`` plus extras."""
-        out = {"error": self.kind, "detail": self.message}
-        if self.errors is not None:
-            out["errors"] = self.errors
+        """THE JSON error body (``ErrorBody``): ``{"error": kind, "detail": message}`` plus ``errors``,
+        ``retry_after_s`` and ``error_id`` when the error has them; valid UTF-8, ``detail`` at most
+        MAX_DETAIL_CHARS."""
+        detail = _clean(self.message)
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[:MAX_DETAIL_CHARS - 1] + "…"
+        out = {"error": self.kind, "detail": detail}
+        for key in ("errors", "retry_after_s", "error_id"):
+            if getattr(self, key) is not None:
+                out[key] = _clean(getattr(self, key))
         return out
 
     def headers(self) -> dict[str, str]:
-        """HTTP headers that go with the error response (e.g. ``Retry-After``)."""
-        return {}
+        """HTTP headers of the error response: ``Retry-After`` (whole seconds) when a retry can succeed later,
+        ``WWW-Authenticate`` on 401."""
+        out = {}
+        if self.retry_after_s is not None:
+            out["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        if self.http_status == 401:
+            out["WWW-Authenticate"] = "Bearer"
+        return out
 
     @property
     def summary(self) -> str:
@@ -56,6 +108,9 @@ class ApiError(Exception):
         return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
+ApiError.http_status, ApiError.grpc_code = STATUS[ApiError.kind]
+
+
 def _rebuild(cls, args, state):
     exc = cls.__new__(cls)
     Exception.__init__(exc, *args)
@@ -64,113 +119,86 @@ def _rebuild(cls, args, state):
 
 
 class InvalidArgument(ApiError):
-    http_status = 422
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     kind = "invalid_argument"
 
 
 class BadId(ApiError):
     """A malformed id (batch, job, file name): never touches the store (path traversal guard)."""
 
-    http_status = 400
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     kind = "bad_id"
 
 
 class BadRequest(ApiError):
     """A request that cannot be read at all (body not UTF-8 / not JSON text)."""
 
-    http_status = 400
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     kind = "bad_request"
 
 
 class NotFound(ApiError):
-    http_status = 404
-    grpc_code = grpc.StatusCode.NOT_FOUND
     kind = "not_found"
 
 
 class MethodNotAllowed(ApiError):
-    http_status = 405
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
     kind = "method_not_allowed"
 
 
 class TooLarge(ApiError):
-    http_status = 413
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """A request over ``limits.max_request_bytes``: a REST body (413) or a gRPC request message."""
+
     kind = "too_large"
 
 
 class UnsupportedMediaType(ApiError):
-    http_status = 415
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     kind = "unsupported_media_type"
 
 
 class TooManyJobs(ApiError):
-    http_status = 429
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     kind = "too_many_jobs"
 
 
 class RateLimited(ApiError):
     """Too many requests for this key / client; retry after ``retry_after_s`` seconds (``Retry-After``)."""
 
-    http_status = 429
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     kind = "rate_limited"
 
     def __init__(self, message: str, retry_after_s: float | None = None):
         super().__init__(message)
         self.retry_after_s = None if retry_after_s is None else max(0.0, float(retry_after_s))
 
-    def body(self) -> dict:
-        out = super().body()
-        if self.retry_after_s is not None:
-            out["retry_after_s"] = self.retry_after_s
-        return out
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after_s is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
-
 
 class NotReady(ApiError):
     """A job result asked for before the job finished."""
 
-    http_status = 409
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
     kind = "not_ready"
 
 
 class Unauthenticated(ApiError):
-    http_status = 401
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
     kind = "unauthenticated"
 
 
 class Forbidden(ApiError):
     """A valid API key without the scope this operation needs."""
 
-    http_status = 403
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
     kind = "forbidden"
 
 
 class Unavailable(ApiError):
-    http_status = 503
-    grpc_code = grpc.StatusCode.UNAVAILABLE
     kind = "unavailable"
+
+
+class HttpError(ApiError):
+    """An HTTP error of the web framework itself that none of our kinds describes (keeps its status)."""
+
+    kind = "http_error"
+
+    def __init__(self, message: str, http_status: int):
+        super().__init__(message)
+        self.http_status = int(http_status)
 
 
 class Internal(ApiError):
     """A server-side failure. The message is generic; ``error_id`` names the server log entry with the details."""
 
-    http_status = 500
-    grpc_code = grpc.StatusCode.INTERNAL
     kind = "internal"
 
     def __init__(self, message: str = "", error_id: str | None = None, summary: str | None = None):
@@ -182,8 +210,39 @@ class Internal(ApiError):
         #: paths, addresses or traceback) for a failed job's ``error``; responses send the generic ``message``
         self._summary = summary or message
 
-    def body(self) -> dict:
-        return {**super().body(), "error_id": self.error_id}
+
+class BatchDamagedError(ApiError):
+    """Stored data that no longer matches its manifest (a missing or corrupt file): the server's fault, not
+    the request's, and not transient. The message names the batch and the file only."""
+
+    kind = "batch_damaged"
+
+
+# ---- the two transports ---------------------------------------------------------------------------
+def _clean(x):
+    """A JSON-safe copy: text as valid UTF-8 (no lone surrogates), no NaN/Infinity."""
+    if isinstance(x, str):
+        return x.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(x, dict):
+        return {_clean(str(k)): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    """THE HTTP error response (an ASGI app too: middleware ``await error_response(err)(scope, receive, send)``)."""
+    return JSONResponse(err.body(), status_code=err.http_status, headers=err.headers())
+
+
+def grpc_status(err: ApiError) -> tuple[grpc.StatusCode, str]:
+    """THE gRPC status of an error: (code, details), the details cut to MAX_DETAILS_BYTES of UTF-8."""
+    raw = err.message.encode("utf-8", "backslashreplace")
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return err.grpc_code, raw.decode("utf-8")
+    return err.grpc_code, raw[:MAX_DETAILS_BYTES - 3].decode("utf-8", "ignore") + "…"
 
 
 def new_error_id() -> str:
@@ -206,7 +265,6 @@ _IP_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?(?![\w.])|\[[0-9
 _PATH_RE = re.compile(r"(?<![\w/.:])(?:~|\.{1,2})?/(?!v1/)(?:[\w.@+%-]+/)+[\w.@+%-]*|(?<![\w/])[A-Za-z]:\\[^\s'\"]+")
 _PID_RE = re.compile(r"\bpid[=: ]\s*\d+", re.IGNORECASE)
 _NOT_FOUND_IN_RE = re.compile(r" (?:not found )?in (?:<store>|<path>)$")
-MAX_DETAIL_CHARS = 2000
 
 
 def scrub(message: str, limit: int = MAX_DETAIL_CHARS) -> str:
@@ -223,25 +281,16 @@ def scrub(message: str, limit: int = MAX_DETAIL_CHARS) -> str:
     return s
 
 
-class BatchDamagedError(ApiError):
-    """Stored data that no longer matches its manifest (a missing or corrupt file): the server's fault, not
-    the request's, and not transient. The message names the batch and the file only."""
-
-    http_status = 500
-    grpc_code = grpc.StatusCode.DATA_LOSS
-    kind = "batch_damaged"
-
-
-def api_error(exc: BaseException) -> ApiError:
+def api_error(exc: BaseException, where: str = "") -> ApiError:
     """Map an exception of the shared layers onto an :class:`ApiError` (unknown ones -> :class:`Internal`,
-    logged with an error id; the client sees only the id)."""
+    logged with an error id, and ``where`` it happened; the client sees only the id)."""
     if isinstance(exc, ApiError):
         return exc
     # Exceptions raised inside a Ray replica arrive as RayTaskError (which also subclasses the original type
     # when it can, but its message carries the remote traceback): judge and report the original.
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException) and cause is not exc:
-        return api_error(cause)
+        return api_error(cause, where)
     from services.common.findings import ConditionError
     from services.common.store import BatchDamaged, BatchNotFound, InvalidBatchId
     from services.generator.base import GeneratorError
@@ -257,7 +306,7 @@ def api_error(exc: BaseException) -> ApiError:
         return NotFound(_NOT_FOUND_IN_RE.sub(" not found", scrub(str(exc))))
     if isinstance(exc, (ConditionError, GeneratorError, MetricsError)):  # UnknownModel is a GeneratorError
         return InvalidArgument(scrub(str(exc)))
-    return internal_error(exc)
+    return internal_error(exc, where)
 
 
 def quoted(value: object, limit: int = 80) -> str:

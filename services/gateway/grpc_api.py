@@ -1,43 +1,31 @@
 """gRPC API (``protos/synthrad/v1``): the same operations as REST, on :class:`~services.gateway.core.Platform`.
 
-:class:`GrpcApi` holds one coroutine (or async generator, for server-streaming RPCs) per RPC, taking the
-request message and the call's metadata and raising :class:`~services.gateway.errors.ApiError` for failures.
-Two thin adapters serve it:
-
-* in the Ray Serve application the gateway ingress deployment exposes methods with the RPC names
-  (``Generate``, ``StreamGenerate``, ...) that Serve's gRPC proxy calls (see ``app.py``);
-* :func:`add_to_server` registers it on a plain ``grpc.aio`` server (tests, embedding without Ray).
-
-Serve's proxy routes by method name, so RPC names are unique across the three services.
+:class:`GrpcApi` holds one coroutine (or async generator, for server-streaming RPCs) per RPC, named like the RPC,
+taking the request message and the :class:`~services.gateway.auth.Caller` and raising
+:class:`~services.gateway.errors.ApiError` for failures; :meth:`GrpcApi.authenticate` turns a call's metadata
+into the caller. The transports — Ray Serve's gRPC proxy and a plain ``grpc.aio`` server — are adapters generated
+from the protos' service descriptors in :mod:`services.gateway.grpc_servicer`. Below: the conversions between
+protobuf messages and the platform's types.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Sequence
+import json
+from typing import Any, AsyncIterator
 
-import grpc
 import numpy as np
 from pydantic import ValidationError
 
 from services.common.findings import FINDINGS, NO_FINDING, Condition, ConditionError, FindingState, canonical_finding
 from services.common.provenance import Provenance
 from services.generator.base import GenerationParams
-from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
-from synthrad.v1 import metrics_pb2_grpc
 
-from . import prometheus as m
 from .auth import LOCAL, ApiKeyAuth, Caller
 from .core import Platform
-from .errors import ApiError, Forbidden, InvalidArgument, TooLarge, api_error
+from .errors import Forbidden, InvalidArgument, TooLarge
 from .jobs import JobRecord, JobState
-from .net import peer_host
-
-SERVICER_FUNCTIONS = [
-    "synthrad.v1.generator_pb2_grpc.add_GeneratorServiceServicer_to_server",
-    "synthrad.v1.batch_pb2_grpc.add_BatchServiceServicer_to_server",
-    "synthrad.v1.metrics_pb2_grpc.add_MetricsServiceServicer_to_server",
-]
+from .stubs import batch_pb2, common_pb2, generator_pb2, metrics_pb2
 
 _STATE_TO_PB = {FindingState.UNSPECIFIED: common_pb2.FINDING_STATE_UNSPECIFIED,
                 FindingState.ABSENT: common_pb2.FINDING_STATE_ABSENT,
@@ -145,8 +133,6 @@ def decode_pb_image(msg: common_pb2.GeneratedImage) -> np.ndarray:
 
 
 def job_to_pb(rec: JobRecord) -> common_pb2.Job:
-    import json
-
     return common_pb2.Job(
         job_id=rec.job_id, kind=rec.kind, state=_JOB_STATE[rec.state], done=rec.done, total=rec.total,
         batch_id=rec.batch_id or "", error=rec.error or "", created=rec.created, updated=rec.updated,
@@ -180,12 +166,9 @@ class GrpcApi:
         out = generator_pb2.ListModelsResponse()
         for info in await self.p.model_infos():
             out.models.append(generator_pb2.ModelInfo(
-                model_id=info["model_id"], family=str(info.get("family", "")),
-                resolution=int(info.get("resolution", 0)), model_hash=str(info.get("model_hash", "")),
-                text_conditioned=bool(info.get("text_conditioned", False)),
-                description=str(info.get("description") or ""), card=str(info.get("card") or ""),
-                backend=str(info.get("backend") or ""), device=str(info.get("device") or ""),
-                is_default=bool(info.get("is_default", False)),
+                model_id=info.model_id, family=info.family, resolution=info.resolution, model_hash=info.model_hash,
+                text_conditioned=info.text_conditioned, description=info.description or "", card=info.card or "",
+                backend=info.backend or "", device=info.device or "", is_default=info.is_default,
             ))
         return out
 
@@ -195,14 +178,11 @@ class GrpcApi:
                                  params_from_pb(request.params) if request.HasField("params") else None, limit, what)
 
     def _image_pb(self, plan, index: int, img: np.ndarray, encoding: int) -> common_pb2.GeneratedImage:
-        prov = Provenance(model_id=plan.model_id, model_hash=str(plan.info.get("model_hash", "")),
-                          seed=int(plan.seeds[index]), condition=plan.conditions[index], prompt=plan.prompt,
-                          backend=str(plan.info.get("backend", "")), params=plan.recorded_params())
-        enc, data = encode_pb_image(img, encoding, prov)
+        enc, data = encode_pb_image(img, encoding, plan.provenance(index))
         return common_pb2.GeneratedImage(
             index=index, seed=plan.seeds[index], condition=condition_to_pb(plan.conditions[index]),
             prompt=plan.prompt or "", width=int(img.shape[1]), height=int(img.shape[0]), encoding=enc, data=data,
-            model_id=plan.model_id, backend=str(plan.info.get("backend", "")),
+            model_id=plan.model_id, backend=plan.model.backend,
         )
 
     async def Generate(self, request, caller: Caller = LOCAL):
@@ -248,8 +228,6 @@ class GrpcApi:
 
     @staticmethod
     def _batch_pb(man, with_images: bool) -> batch_pb2.Batch:
-        import json
-
         out = batch_pb2.Batch(batch_id=man.batch_id, model_id=man.model_id, model_hash=man.model_hash,
                               backend=man.backend, format=man.format, created=man.created, count=man.count,
                               params_json=json.dumps(man.params, sort_keys=True))
@@ -280,9 +258,7 @@ class GrpcApi:
             if item is done:
                 return
             rec, img = item
-            prov = Provenance(model_id=man.model_id, model_hash=man.model_hash, seed=rec.seed, condition=rec.condition,
-                              prompt=rec.prompt, backend=man.backend, params=man.params, batch_id=man.batch_id)
-            enc, data = encode_pb_image(img, request.encoding, prov)
+            enc, data = encode_pb_image(img, request.encoding, man.provenance(rec))
             yield common_pb2.GeneratedImage(index=rec.index, seed=rec.seed, condition=condition_to_pb(rec.condition),
                                             prompt=rec.prompt or "", width=int(img.shape[1]), height=int(img.shape[0]),
                                             encoding=enc, data=data, model_id=man.model_id, backend=man.backend)
@@ -297,30 +273,32 @@ class GrpcApi:
         return job_to_pb(rec)
 
     async def GetScore(self, request, caller: Caller = LOCAL):
-        rec = self.p.score_result(request.job_id, caller)
-        if rec.state == JobState.FAILED:
-            from .errors import NotReady
+        """A finished scoring job's result; a failed one is a result too (state FAILED, its error, no scores),
+        as over REST. Still queued or running: FAILED_PRECONDITION (``Platform.score_result``)."""
+        return score_to_pb(self.p.score_result(request.job_id, caller))
 
-            err = NotReady(f"scoring job {rec.job_id} failed: {rec.error}")
-            raise err
-        return score_to_pb(rec)
+
+def stamp_to_pb(stamp: dict | str | None) -> metrics_pb2.ExtractorStamp:
+    """A result's extractor stamp (``{name, weights_sha256, preprocessing, dtype}``; a bare name) -> protobuf.
+    The one reader of the stamp's weights hash: ``weights_sha256`` (``weights_hash`` in job records written
+    before the stamp had one key name)."""
+    ext = {"name": stamp} if isinstance(stamp, str) else dict(stamp or {})
+    prep = ext.get("preprocessing", "")
+    return metrics_pb2.ExtractorStamp(
+        name=str(ext.get("name", "")), weights_hash=str(ext.get("weights_sha256") or ext.get("weights_hash") or ""),
+        preprocessing=prep if isinstance(prep, str) else json.dumps(prep, sort_keys=True),
+        dtype=str(ext.get("dtype", "")))
 
 
 def score_to_pb(rec: JobRecord) -> metrics_pb2.ScoreResult:
-    import json
-
+    """A finished scoring job -> ScoreResult: its state and error, and (when it succeeded) the scores."""
     res = dict(rec.result or {})
-    ext = res.get("extractor") or {}
-    if isinstance(ext, str):
-        ext = {"name": ext}
     out = metrics_pb2.ScoreResult(
-        job_id=rec.job_id, batch_id=rec.batch_id or "", reference=str(rec.request.get("reference", "")),
-        extractor=metrics_pb2.ExtractorStamp(
-            name=str(ext.get("name", "")), weights_hash=str(ext.get("weights_hash", ext.get("weights_sha256", ""))),
-            preprocessing=json.dumps(ext.get("preprocessing", ""), sort_keys=True) if not isinstance(ext.get("preprocessing", ""), str) else ext.get("preprocessing", ""),
-            dtype=str(ext.get("dtype", ""))),
+        job_id=rec.job_id, batch_id=rec.batch_id or str(rec.request.get("batch_id", "")),
+        reference=str(rec.request.get("reference", "")), extractor=stamp_to_pb(res.get("extractor")),
         n_real=int(res.get("n_real", 0) or 0), n_synthetic=int(res.get("n_synthetic", 0) or 0),
-        result_json=json.dumps(res, sort_keys=True, default=str),
+        result_json=json.dumps(res, sort_keys=True, default=str) if rec.result is not None else "",
+        state=_JOB_STATE[rec.state], error=rec.error or "",
     )
     for s in res.get("scores", []) or []:
         sc = metrics_pb2.Score(name=str(s.get("name")), value=float(s.get("value", float("nan"))))
@@ -331,95 +309,6 @@ def score_to_pb(rec: JobRecord) -> metrics_pb2.ScoreResult:
     return out
 
 
-# ---- adapters -----------------------------------------------------------------------------------
-STREAMING = {"StreamGenerate", "WatchJob", "StreamBatchImages"}
-METHODS = {
-    "GeneratorService": ["ListModels", "Generate", "StreamGenerate", "Ready"],
-    "BatchService": ["CreateBatch", "GetJob", "ListJobs", "WatchJob", "ListBatches", "GetBatch", "DeleteBatch",
-                     "StreamBatchImages"],
-    "MetricsService": ["ListReferences", "CreateScore", "GetScore"],
-}
-
-
-#: Most UTF-8 bytes of a status message: grpc-message travels percent-encoded in trailing metadata, whose soft
-#: limit is 8 KiB; a longer one (a 100 kB id echoed back) reaches the client as RESOURCE_EXHAUSTED instead.
-MAX_DETAILS_BYTES = 1000
-
-
-def _classify(e: BaseException) -> tuple[str, ApiError | None]:
-    """(status code name for the request counter, ApiError to send) — no ApiError for a cancelled call."""
-    if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
-        return "CANCELLED", None
-    err = api_error(e)
-    raw = err.message.encode("utf-8", "backslashreplace")
-    if len(raw) > MAX_DETAILS_BYTES:
-        import copy
-
-        err = copy.copy(err)
-        err.message = raw[:MAX_DETAILS_BYTES - 3].decode("utf-8", "ignore") + "…"
-    return err.grpc_code.name, err
-
-
-async def call_unary(api: GrpcApi, name: str, request, metadata, on_error, peer: str = "") -> Any:
-    """Run one unary RPC: auth, call, count, map errors (``on_error(ApiError)`` must raise)."""
-    code = "OK"
-    try:
-        caller = api.authenticate(name, metadata, peer, request)
-        return await getattr(api, name)(request, caller)
-    except BaseException as e:  # noqa: BLE001
-        code, err = _classify(e)
-        if err is None:
-            raise
-        return await on_error(err)
-    finally:
-        m.REQUESTS.labels("grpc", name, code).inc()
-
-
-async def call_stream(api: GrpcApi, name: str, request, metadata, on_error, peer: str = "") -> AsyncIterator:
-    code = "OK"
-    try:
-        caller = api.authenticate(name, metadata, peer, request)
-        async for item in getattr(api, name)(request, caller):
-            yield item
-    except BaseException as e:  # noqa: BLE001
-        code, err = _classify(e)
-        if err is None:
-            raise
-        await on_error(err)
-    finally:
-        m.REQUESTS.labels("grpc", name, code).inc()
-
-
-def add_to_server(api: GrpcApi, server: grpc.aio.Server) -> None:
-    """Register the three services of ``api`` on a plain ``grpc.aio`` server."""
-
-    def unary(name):
-        async def handler(self, request, context):
-            async def abort(err: ApiError):
-                await context.abort(err.grpc_code, err.message)
-
-            return await call_unary(api, name, request, context.invocation_metadata(), abort, peer_host(context.peer()))
-
-        return handler
-
-    def stream(name):
-        async def handler(self, request, context):
-            async def abort(err: ApiError):
-                await context.abort(err.grpc_code, err.message)
-
-            async for item in call_stream(api, name, request, context.invocation_metadata(), abort,
-                                          peer_host(context.peer())):
-                yield item
-
-        return handler
-
-    for service, mod in (("GeneratorService", generator_pb2_grpc), ("BatchService", batch_pb2_grpc),
-                         ("MetricsService", metrics_pb2_grpc)):
-        base = getattr(mod, f"{service}Servicer")
-        attrs = {n: (stream(n) if n in STREAMING else unary(n)) for n in METHODS[service]}
-        servicer = type(f"Synthrad{service}", (base,), attrs)()
-        getattr(mod, f"add_{service}Servicer_to_server")(servicer, server)
-
-
-__all__ = ["GrpcApi", "add_to_server", "SERVICER_FUNCTIONS", "condition_from_pb", "condition_to_pb",
-           "params_from_pb", "decode_pb_image", "job_to_pb", "score_to_pb", "call_unary", "call_stream"]
+# ---- moved --------------------------------------------------------------------------------------
+__all__ = ["GrpcApi", "condition_from_pb", "condition_to_pb", "params_from_pb", "check_encoding", "encode_pb_image",
+           "decode_pb_image", "job_to_pb", "stamp_to_pb", "score_to_pb"]

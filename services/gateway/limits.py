@@ -7,7 +7,7 @@ counts, resolution and steps by the generation use case's planner
 
 from __future__ import annotations
 
-import json
+from .errors import TooLarge, error_response
 
 
 class BodySizeLimit:
@@ -23,7 +23,7 @@ class BodySizeLimit:
             if k == b"content-length":
                 try:
                     if int(v) > self.max_bytes:
-                        return await self._reject(send)
+                        return await self._reject(scope, receive, send)
                 except ValueError:
                     pass
         if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -39,7 +39,7 @@ class BodySizeLimit:
             body = msg.get("body", b"")
             seen += len(body)
             if seen > self.max_bytes:
-                return await self._reject(send)
+                return await self._reject(scope, receive, send)
             parts.append(body)
             if not msg.get("more_body", False):
                 break
@@ -54,9 +54,6 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send) -> None:
-        body = json.dumps({"error": "too_large",
-                           "detail": f"request body exceeds the limit of {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope, receive, send) -> None:
+        err = TooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+        await error_response(err)(scope, receive, send)

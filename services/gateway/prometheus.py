@@ -172,6 +172,8 @@ def ray_metrics_text(timeout_s: float = 2.0) -> str:
 
         import ray
 
+        if not ray.is_initialized():  # in-process platform (tests, benchmarks): no Ray, and never start one
+            return ""
         here = ray.get_runtime_context().get_node_id()
         node = next(n for n in ray.nodes() if n.get("NodeID") == here and n.get("Alive"))
         url = f"http://{node['NodeManagerAddress']}:{int(node['MetricsExportPort'])}/metrics"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import zipfile
 from typing import Literal
 
@@ -17,20 +16,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.provenance import Provenance
-
 from . import prometheus as m
 from .auth import LOCAL, ApiKeyAuth, Caller
 from .core import Platform
-from .errors import (MAX_DETAIL_CHARS, ApiError, BadId, BadRequest, InvalidArgument, MethodNotAllowed, NotFound,
-                     UnsupportedMediaType, api_error, internal_error, quoted, scrub)
+from .errors import (ApiError, BadId, BadRequest, HttpError, InvalidArgument, MethodNotAllowed, NotFound,
+                     UnsupportedMediaType, api_error, error_response, quoted, scrub)
 from .access import AccessControl
 from .limits import BodySizeLimit
 from .schemas import (BATCH_ID_EXAMPLE, BATCH_ID_PATTERN, FILE_NAME_PATTERN, JOB_ID_EXAMPLE, JOB_ID_PATTERN,
                       BatchRequest, BatchSummary, ErrorBody, GenerateRequest, JobView, ModelView, Readiness,
                       ScoreRequest)
 
-API_VERSION = "v1"
 _MEDIA = {".png": "image/png", ".dcm": "application/dicom", ".npz": "application/x-npz", ".tar": "application/x-tar",
           ".json": "application/json"}
 #: Every error response the API documents; each has the ErrorBody JSON body. Routes pick theirs with _errors().
@@ -74,19 +70,6 @@ _JSON_TYPES = (_JSON,)
 def _is_json(content_type: str | None) -> bool:
     base = (content_type or "").split(";", 1)[0].strip().lower()
     return base in _JSON_TYPES or (base.startswith("application/") and base.endswith("+json"))
-
-
-def _clean(x):
-    """A JSON-safe copy of an error body: text as valid UTF-8 (no lone surrogates), no NaN/Infinity."""
-    if isinstance(x, str):
-        return x.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(x, dict):
-        return {_clean(str(k)): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict]:
@@ -160,15 +143,24 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> ApiError:
     if exc.status_code == 400:
         return BadRequest("the request body could not be read: send UTF-8 encoded JSON with "
                           "Content-Type: application/json")
-    err = ApiError(scrub(str(exc.detail)))
-    err.http_status, err.kind = exc.status_code, "http_error"
-    return err
+    return HttpError(scrub(str(exc.detail)), exc.status_code)
+
+
+def _as_api_error(request: Request, exc: Exception) -> ApiError:
+    """The ApiError of anything a route or middleware raised: FastAPI's validation errors, Starlette's own HTTP
+    errors, ours, the shared layers' (:func:`~services.gateway.errors.api_error`), else a logged 500."""
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return _http_error(request, exc)
+    return api_error(exc, f"{request.method} {request.url.path}")
 
 
 class _CatchAll:
-    """Innermost app-level safety net (pure ASGI): an exception no handler took becomes a JSON 500 with an error
-    id (logged with its traceback), so the request counter and the client see a normal response. Once a
-    response has started (a streamed download), it can only be logged and the connection cut."""
+    """Innermost app-level safety net (pure ASGI): an exception no handler took becomes its JSON error (the
+    shared layers' errors their status, anything else a 500 with an error id, logged with its traceback), so the
+    request counter and the client see a normal response. Once a response has started (a streamed download), it
+    can only be logged and the connection cut."""
 
     def __init__(self, app):
         self.app = app
@@ -187,7 +179,7 @@ class _CatchAll:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:  # noqa: BLE001 - the point of this middleware
-            err = internal_error(exc, f"{scope.get('method')} {scope.get('path')}")
+            err = api_error(exc, f"{scope.get('method')} {scope.get('path')}")
             if started:
                 raise
             await error_response(err)(scope, receive, send)
@@ -204,18 +196,6 @@ def _batch_summary(man) -> BatchSummary:
 
 def caller_of(request: Request) -> Caller:
     return getattr(request.state, "caller", LOCAL)
-
-
-def error_response(err: ApiError) -> JSONResponse:
-    """The one JSON error body of the REST API (``ApiError.body``/``headers``: Retry-After on 429), with
-    WWW-Authenticate on 401."""
-    headers = dict(err.headers())
-    if err.http_status == 401:
-        headers.setdefault("WWW-Authenticate", "Bearer")
-    body = _clean(err.body())
-    if len(body["detail"]) > MAX_DETAIL_CHARS:  # an echoed 1 MB id is not a useful error message
-        body["detail"] = body["detail"][:MAX_DETAIL_CHARS - 1] + "…"
-    return JSONResponse(body, status_code=err.http_status, headers=headers)
 
 
 def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
@@ -250,28 +230,19 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
     app.state.platform = platform
 
     # ---- errors ---------------------------------------------------------------------------------
-    # Every error is JSON (ErrorBody): ours, FastAPI's validation errors, Starlette's 404/405/400, and anything
-    # unexpected (500 with an error id; the traceback stays in the server log).
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc)
+    # Every error is JSON (ErrorBody, errors.error_response): ours, FastAPI's validation errors, Starlette's
+    # 404/405/400, the shared layers' (by _CatchAll), and anything unexpected (500 with an error id; the traceback
+    # stays in the server log). Exception: ServerErrorMiddleware calls that handler for errors outside the routes.
+    async def _error(request: Request, exc: Exception):
+        return error_response(_as_api_error(request, exc))
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        return error_response(_validation_error(request, exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(_http_error(request, exc))
-
-    @app.exception_handler(Exception)  # errors outside the routes (middleware); ServerErrorMiddleware calls it
-    async def _unexpected(request: Request, exc: Exception):
-        return error_response(internal_error(exc, f"{request.method} {request.url.path}"))
+    for exc_type in (ApiError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, _error)
 
     app.add_middleware(_CatchAll)  # added before the middleware below, so it sits inside it (counted)
 
     # ---- middleware: request counting + auth (body size limit wraps everything, added last) ------
-    app.add_middleware(AccessControl, fastapi_app=app, auth=auth, audit=platform.audit, render=error_response)
+    app.add_middleware(AccessControl, fastapi_app=app, auth=auth, audit=platform.audit)
 
     # ---- health -------------------------------------------------------------------------------
     @app.get("/v1/healthz", tags=["health"], summary="Liveness: the gateway answers.", responses=_errors(422, 500))
@@ -322,7 +293,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
                                    platform.limits.max_inline_images, "inline generation (use /v1/batches for more)")
         images = await platform.generate(plan, caller_of(request))
         headers = {
-            "X-Synthrad-Model": plan.model_id, "X-Synthrad-Backend": str(plan.info.get("backend", "")),
+            "X-Synthrad-Model": plan.model_id, "X-Synthrad-Backend": plan.model.backend,
             "X-Synthrad-Seeds": ",".join(str(s) for s in plan.seeds), "X-Synthrad-Condition": plan.condition.key(),
             "X-Synthrad-Synthetic": "true",
         }
@@ -331,13 +302,13 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
             np.savez_compressed(
                 buf, images=images.astype(np.float32), seeds=np.asarray(plan.seeds, dtype=np.uint64),
                 condition_codes=np.asarray([c.codes() for c in plan.conditions], dtype=np.int8),
-                provenance=np.asarray(_provenance(plan, 0).to_json()),
+                provenance=np.asarray(plan.provenance(0).to_json()),
             )
             return Response(buf.getvalue(), media_type="application/x-npz", headers={
                 **headers, "Content-Disposition": 'attachment; filename="synthrad.npz"'})
         from services.common.codecs import encode_image
 
-        pngs = [encode_image(images[i], body.format, _provenance(plan, i))[1] for i in range(len(images))]
+        pngs = [encode_image(images[i], body.format, plan.provenance(i))[1] for i in range(len(images))]
         if len(pngs) == 1:
             return Response(pngs[0], media_type="image/png", headers=headers)
         buf = io.BytesIO()
@@ -442,21 +413,11 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
                             headers={"Location": f"/v1/scores/{rec.job_id}"})
 
     @app.get("/v1/scores/{job_id}", tags=["scores"], response_model=JobView, responses=_errors(*_API, 400, 404, 409),
-             summary="The scores of a finished scoring job (409 while it runs).")
+             summary="The scores of a finished scoring job (409 while it runs); a failed job is its record "
+                     "with state failed and the error.")
     async def get_score(request: Request, job_id: str = _JOB_ID):
         rec = platform.score_result(job_id, caller_of(request))
         return JobView.of(rec)
-
-    from services.common.findings import ConditionError
-    from services.common.store import StoreError
-    from services.generator.base import GeneratorError
-    from services.metrics.errors import MetricsError
-
-    async def _shared_error(request: Request, exc: Exception):
-        return error_response(api_error(exc))
-
-    for exc_type in (ConditionError, GeneratorError, StoreError, MetricsError):
-        app.add_exception_handler(exc_type, _shared_error)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
     _document_links(app)
@@ -504,12 +465,5 @@ def _document_links(app: FastAPI) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-def _provenance(plan, i: int) -> Provenance:
-    return Provenance(
-        model_id=plan.model_id, model_hash=str(plan.info.get("model_hash", "")), seed=int(plan.seeds[i]),
-        condition=plan.conditions[i], prompt=plan.prompt, backend=str(plan.info.get("backend", "")),
-        params=plan.recorded_params(),
-    )
 
-
-__all__ = ["create_app", "API_VERSION"]
+__all__ = ["create_app"]

@@ -172,13 +172,6 @@ class ModelView(ModelInfo):
     def of(cls, served: ServedModel, is_default: bool = False) -> "ModelView":
         return cls(**served.model_dump(exclude={"replica"}), is_default=is_default)
 
-    def get(self, key: str, default=None):
-        """Mapping-style read (kept for the gRPC conversion that reads fields by name)."""
-        return getattr(self, key, default)
-
-    def __getitem__(self, key: str):
-        return getattr(self, key)
-
 
 class BatchSummary(BaseModel):
     batch_id: str

@@ -6,8 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
-from synthrad.v1 import batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc, metrics_pb2
-from synthrad.v1 import metrics_pb2_grpc
+from services.gateway.stubs import (batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc,
+                                     metrics_pb2, metrics_pb2_grpc)
 
 pytestmark = pytest.mark.slow
 

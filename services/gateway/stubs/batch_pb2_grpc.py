@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from synthrad.v1 import batch_pb2 as synthrad_dot_v1_dot_batch__pb2
-from synthrad.v1 import common_pb2 as synthrad_dot_v1_dot_common__pb2
+from services.gateway.stubs import batch_pb2 as synthrad_dot_v1_dot_batch__pb2
+from services.gateway.stubs import common_pb2 as synthrad_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in synthrad/v1/batch_pb2_grpc.py depends on'
+        + ' but the generated code in services/gateway/stubs/batch_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'

@@ -22,14 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from synthrad.v1 import common_pb2 as synthrad_dot_v1_dot_common__pb2
+from services.gateway.stubs import common_pb2 as synthrad_dot_v1_dot_common__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsynthrad/v1/generator.proto\x12\x0bsynthrad.v1\x1a\x18synthrad/v1/common.proto\"\x13\n\x11ListModelsRequest\"\xc7\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x12\n\nresolution\x18\x03 \x01(\r\x12\x12\n\nmodel_hash\x18\x04 \x01(\t\x12\x18\n\x10text_conditioned\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x0c\n\x04\x63\x61rd\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x12\n\nis_default\x18\n \x01(\x08\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.synthrad.v1.ModelInfo\"\xd8\x01\n\x0fGenerateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12)\n\tcondition\x18\x02 \x01(\x0b\x32\x16.synthrad.v1.Condition\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12-\n\x06params\x18\x06 \x01(\x0b\x32\x1d.synthrad.v1.GenerationParams\x12,\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1a.synthrad.v1.ImageEncoding\"?\n\x10GenerateResponse\x12+\n\x06images\x18\x01 \x03(\x0b\x32\x1b.synthrad.v1.GeneratedImage\"\x0e\n\x0cReadyRequest\"\x91\x01\n\rReadyResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12>\n\ncomponents\x18\x02 \x03(\x0b\x32*.synthrad.v1.ReadyResponse.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xb9\x02\n\x10GeneratorService\x12M\n\nListModels\x12\x1e.synthrad.v1.ListModelsRequest\x1a\x1f.synthrad.v1.ListModelsResponse\x12G\n\x08Generate\x12\x1c.synthrad.v1.GenerateRequest\x1a\x1d.synthrad.v1.GenerateResponse\x12M\n\x0eStreamGenerate\x12\x1c.synthrad.v1.GenerateRequest\x1a\x1b.synthrad.v1.GeneratedImage0\x01\x12>\n\x05Ready\x12\x19.synthrad.v1.ReadyRequest\x1a\x1a.synthrad.v1.ReadyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'synthrad.v1.generator_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.gateway.stubs.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_READYRESPONSE_COMPONENTSENTRY']._loaded_options = None

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from synthrad.v1 import common_pb2 as synthrad_dot_v1_dot_common__pb2
-from synthrad.v1 import metrics_pb2 as synthrad_dot_v1_dot_metrics__pb2
+from services.gateway.stubs import common_pb2 as synthrad_dot_v1_dot_common__pb2
+from services.gateway.stubs import metrics_pb2 as synthrad_dot_v1_dot_metrics__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in synthrad/v1/metrics_pb2_grpc.py depends on'
+        + ' but the generated code in services/gateway/stubs/metrics_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -69,7 +69,8 @@ class MetricsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetScore(self, request, context):
-        """The result of a finished scoring job (FAILED_PRECONDITION while it still runs).
+        """The result of a finished scoring job: FAILED_PRECONDITION while it is queued or running. A job that
+        failed is a finished job too: OK, with state JOB_STATE_FAILED and the reason in error (no scores).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

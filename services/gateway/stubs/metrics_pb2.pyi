@@ -1,4 +1,4 @@
-from synthrad.v1 import common_pb2 as _common_pb2
+from services.gateway.stubs import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -56,7 +56,7 @@ class Score(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., std: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("job_id", "batch_id", "reference", "extractor", "scores", "n_real", "n_synthetic", "result_json")
+    __slots__ = ("job_id", "batch_id", "reference", "extractor", "scores", "n_real", "n_synthetic", "result_json", "state", "error")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,8 @@ class ScoreResult(_message.Message):
     N_REAL_FIELD_NUMBER: _ClassVar[int]
     N_SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     batch_id: str
     reference: str
@@ -73,4 +75,6 @@ class ScoreResult(_message.Message):
     n_real: int
     n_synthetic: int
     result_json: str
-    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., reference: _Optional[str] = ..., extractor: _Optional[_Union[ExtractorStamp, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[Score, _Mapping]]] = ..., n_real: _Optional[int] = ..., n_synthetic: _Optional[int] = ..., result_json: _Optional[str] = ...) -> None: ...
+    state: _common_pb2.JobState
+    error: str
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., reference: _Optional[str] = ..., extractor: _Optional[_Union[ExtractorStamp, _Mapping]] = ..., scores: _Optional[_Iterable[_Union[Score, _Mapping]]] = ..., n_real: _Optional[int] = ..., n_synthetic: _Optional[int] = ..., result_json: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[str] = ...) -> None: ...
