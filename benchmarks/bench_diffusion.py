@@ -2,7 +2,8 @@
 
 Each row runs the real sampling loop (``services.generator.models.ddpm.sampling.sample``: a fresh
 scheduler, per-image noise, classifier-free guidance = one UNet pass on [cond; null]) on the shipped
-UNet architecture (``--preset cxr64``, random weights: speed does not depend on the weights).
+UNet architecture (``--preset cxr64``, random weights: speed does not depend on the weights), with the UNet
+run by the family's backends (``services.generator.models.ddpm.loader.unet_runner``).
 
 Ratios: ``vs_ddpm1000`` = images/s / images/s of eager 1000-step DDPM; ``vs_ddim50`` = images/s / images/s
 of eager 50-step DDIM — both baselines measured in this run. On CPU the 1000-step DDPM baseline is timed
@@ -33,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from services.generator.models.ddpm.model import DEFAULT_SCHEDULE, ConditionalUNet, count_parameters, unet_config  # noqa: E402
-from services.generator.models.ddpm.runtime import CompiledDenoiser, EagerDenoiser, OnnxDenoiser, export_onnx  # noqa: E402
+from services.generator.models.ddpm.loader import unet_runner  # noqa: E402
 from services.generator.models.ddpm.sampling import sample  # noqa: E402
 
 ROWS = [("ddpm", 50), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp", 20), ("dpmpp", 10)]
@@ -91,9 +92,7 @@ def run_main(args) -> dict:
         out["cpu_threads"] = torch.get_num_threads()
     kw = dict(batch=args.batch, res=res, guidance=args.guidance, device=device)
     backends: dict[str, object] = {}
-    import copy
-
-    backends["eager"] = EagerDenoiser(copy.deepcopy(model), device)
+    backends["eager"] = unet_runner(model, "eager", device)
     # warm-up (cudnn autotune, allocator)
     time_sampler(backends["eager"], sampler="ddim", steps=3, **kw)
 
@@ -104,21 +103,19 @@ def run_main(args) -> dict:
 
     if "compile" in args.backends:
         t0 = time.perf_counter()
-        comp = CompiledDenoiser(copy.deepcopy(model), device, mode=args.compile_mode)
+        comp = unet_runner(model, "compile", device, compile_mode=args.compile_mode)
         time_sampler(comp, sampler="ddim", steps=2, **kw)  # triggers compilation at the benchmark shape
         out["compile_seconds"] = time.perf_counter() - t0
-        out["compile_fell_back_to_eager"] = comp._failed
+        out["compile_fell_back_to_eager"] = comp.fell_back
         out["compile_dtype"] = str(comp.dtype)
         backends["compile"] = comp
     if "onnx" in args.backends:
         import tempfile
 
         t0 = time.perf_counter()
-        path = Path(tempfile.mkdtemp()) / "ddpm-unet.onnx"
-        export_onnx(copy.deepcopy(model), path)
-        onnx = OnnxDenoiser(path, device)
+        onnx = unet_runner(model, "onnx", device, cache_dir=tempfile.mkdtemp())
         out["onnx_export_seconds"] = time.perf_counter() - t0
-        out["onnx_providers"] = onnx.active_providers
+        out["onnx_providers"] = onnx.providers
         time_sampler(onnx, sampler="ddim", steps=2, **kw)
         backends["onnx"] = onnx
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -229,16 +228,9 @@ def _fmt(r: dict) -> str:
 
 
 def table(results: list[dict], meta: dict) -> str:
-    lines = [f"Generator throughput — {meta['arch']} ({meta['resolution']}px, {meta['params_G'] / 1e6:.1f}M params) "
-             f"on {meta['device_name']} ({meta['device']}), torch {meta['torch']}",
-             "", "| variant | batch | precision | img/s | vs eager fp32 |", "|---|---:|---|---:|---:|"]
-    for r in results:
-        if "img_s" in r:
-            lines.append(f"| {r['variant']} | {r['batch']} | {r['precision']} | {r['img_s']:.1f} | "
-                         f"{r.get('ratio_vs_eager_fp32', float('nan')):.2f}x |")
-        else:
-            lines.append(f"| {r['variant']} | {r['batch']} | — | {'skipped: ' + r['skipped'] if 'skipped' in r else 'error'} | |")
-    return "\n".join(lines)
+    from services.generator.models.stylegan2.card import throughput_table
+
+    return throughput_table({"meta": meta, "results": results}).markdown()
 
 
 if __name__ == "__main__":

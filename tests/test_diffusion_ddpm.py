@@ -1,5 +1,5 @@
 """Class-conditional DDPM family: conditioning, guidance, determinism, samplers, per-request schedulers,
-ONNX vs eager, prompts, registry loading. Tiny random-weight UNet (16 px) so everything runs in seconds."""
+ONNX vs eager, prompts (parsed by the caller), registry loading. Tiny random-weight UNet (16 px) so everything runs in seconds."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def test_onnx_unet_matches_eager(tiny_dir, monkeypatch, tmp_path):
         desc = json.loads((tiny_dir / "ddpm-tiny-test.json").read_text())
         eager = load(desc, tiny_dir / desc["weights"], "eager", "cpu")
         onnx = load(desc, tiny_dir / desc["weights"], "onnx", "cpu")
-        assert onnx.backend == "onnx" and "CPUExecutionProvider" in onnx.denoise.active_providers
+        assert onnx.backend == "onnx" and "CPUExecutionProvider" in onnx.denoise.providers
         assert list((tmp_path / "cache" / "onnx").glob("*.onnx")), "export is cached under the cache dir"
         # one UNet call
         x = torch.randn(3, 1, RES, RES)
@@ -165,12 +165,19 @@ def test_onnx_unet_matches_eager(tiny_dir, monkeypatch, tmp_path):
         get_settings.cache_clear()
 
 
-def test_prompt_goes_through_the_common_parser(gen):
+def test_prompts_are_parsed_by_the_caller_not_the_model(gen):
+    """The caller parses a prompt into a condition (services.common.prompts); the class-conditional model
+    generates from conditions only and ignores prompts, like StyleGAN2."""
+    from services.common.prompts import parse_prompt
+
     p = GenerationParams(sampler="ddim", steps=3)
-    via_prompt = gen.generate([UNCOND], [9], p, prompts=["Large right pleural effusion"])
-    via_condition = gen.generate([Condition.from_findings(["pleural_effusion"])], [9], p)
-    assert np.array_equal(via_prompt, via_condition)
-    # an explicit condition wins over the prompt
+    parsed = parse_prompt("Large right pleural effusion")
+    assert parsed == Condition.from_findings(["pleural_effusion"])
+    via_condition = gen.generate([parsed], [9], p)
+    assert np.array_equal(gen.generate([parsed], [9], p, prompts=["Large right pleural effusion"]), via_condition)
+    # a prompt beside a condition changes nothing: neither an unspecified one nor an explicit one
+    assert np.array_equal(gen.generate([UNCOND], [9], p, prompts=["Large right pleural effusion"]),
+                          gen.generate([UNCOND], [9], p))
     explicit = gen.generate([NORMAL], [9], p, prompts=["Large right pleural effusion"])
     assert np.array_equal(explicit, gen.generate([NORMAL], [9], p))
 

@@ -80,3 +80,114 @@ def test_card_path_next_to_the_descriptor(tmp_path, monkeypatch):
     assert registry.model_info("toy").card is None
     (tmp_path / "toy-1.md").write_text("# toy card")
     assert registry.model_info("toy").card == "# toy card"
+
+
+# ---- where descriptors are read from; registering a model ------------------------------------------------------
+def test_descriptor_dirs_come_from_settings(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    _descriptor(b)
+    monkeypatch.setenv("SYNTHRAD_MODEL_DIRS", json.dumps([str(a), str(b)]))  # the JSON-list form
+    dirs = registry.descriptor_dirs()
+    assert dirs[0] == registry.WEIGHTS_DIR and dirs[1] == registry.default_register_dir() and dirs[2:] == [a, b]
+    assert registry.model_info("toy").model_id == "toy-1"
+    assert registry.is_scanned(b) and not registry.is_scanned(tmp_path)
+
+
+def test_register_model_rules(tmp_path, monkeypatch):
+    """The rules live in the registry (the CLI only maps the errors): a valid id, not taken by another model
+    or an alias, replaced only with force in its own folder; the sampler checked and canonical."""
+    _descriptor(tmp_path)  # toy-1, alias "toy"
+    monkeypatch.setenv("SYNTHRAD_MODEL_DIRS", str(tmp_path))
+    folder = tmp_path / "pipeline"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    with pytest.raises(registry.InvalidModelId):
+        registry.register_model(folder, "../evil")
+    with pytest.raises(registry.RegistrationError, match="already registered in"):
+        registry.register_model(folder, "toy-1")
+    with pytest.raises(registry.RegistrationError, match="alias of model 'toy-1'"):
+        registry.register_model(folder, "toy")
+    with pytest.raises(GeneratorError, match="unknown sampler 'euler'"):
+        registry.register_model(folder, "sd-x", sampler="euler")
+    reg = registry.register_model(folder, "sd-x", sampler="DPM++", steps=3)
+    assert reg.path == registry.default_register_dir() / "sd-x.json" and reg.scanned
+    assert json.loads(reg.path.read_text())["config"] == {"sampler": "dpmpp", "steps": 3}
+    assert registry.resolve("sd-x")[0]["sha256"] == registry.weights_hash(folder)
+    with pytest.raises(registry.RegistrationError, match="use --force"):
+        registry.register_model(folder, "sd-x")
+    assert registry.register_model(folder, "sd-x", force=True).path == reg.path
+    elsewhere = registry.register_model(folder, "sd-y", tmp_path / "unscanned")
+    assert not elsewhere.scanned and elsewhere.path.exists()
+
+
+# ---- backends: one meaning of auto ----------------------------------------------------------------------------
+def test_auto_backend_is_one_rule_for_every_family():
+    from services.generator.backends import BackendError, default_fp16, resolve_backend
+
+    assert resolve_backend("auto", "cpu") == resolve_backend(None, "cpu") == "eager"
+    assert resolve_backend("auto", "cuda") == resolve_backend(" AUTO ", "cuda:1") == "compile"
+    assert default_fp16("compile", "cuda:0") and not default_fp16("compile", "cpu") and not default_fp16("eager", "cuda")
+    with pytest.raises(BackendError, match="unknown backend 'tensorrt'"):
+        resolve_backend("tensorrt", "cpu")
+    with pytest.raises(BackendError, match="not available for latent diffusion models; use eager or compile"):
+        resolve_backend("onnx", "cpu", ("eager", "compile"), "latent diffusion")
+    assert issubclass(BackendError, GeneratorError)
+
+
+def test_compile_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    import torch
+
+    from services.generator import backends
+    from services.generator.backends import torch_runner
+
+    def broken(module, mode=None, dynamic=None):
+        def fn(*a):
+            raise RuntimeError("no C++ compiler")
+        return fn
+
+    monkeypatch.setattr(torch_runner, "compile_module", broken)
+    lin = torch.nn.Linear(3, 2)
+    r = backends.build_runner(lin, [torch.zeros(1, 3)], ["x"], "compile", "cpu")
+    x = torch.randn(4, 3)
+    assert not r.fell_back
+    assert torch.equal(r(x), lin(x).detach()) and r.fell_back and r.name == "compile"
+
+
+# ---- model cards: one renderer ---------------------------------------------------------------------------------
+def _conditioning_result():
+    findings = {f: {"threshold": 0.5, "real_heldout": {"auc": 0.7, "balanced_accuracy": 0.6},
+                    "generated": {"auc": 0.65, "accuracy": 0.6, "mean_prob_present": 0.5, "mean_prob_absent": 0.4}}
+                for f in ("atelectasis", "lung_opacity", "pleural_effusion", "enlarged_cardiac_silhouette")}
+    return {"model_id": "m", "n_per_condition": 10, "n_valid": 20, "findings": findings}
+
+
+@pytest.mark.parametrize("model_id", ["stylegan2-cxr64", "ddpm-cxr64"])
+def test_cards_render_every_family_from_its_descriptor(model_id):
+    from services.generator import cards
+
+    desc, _ = registry.resolve(model_id)
+    card = cards.describe(desc, conditioning=_conditioning_result(), samples="grid.png")
+    assert card.family == desc["family"] and card.sha256 == desc["sha256"]
+    text = cards.render(card)
+    shipped = registry.model_info(model_id).card
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    for h in ("## Samples", "## Model", "## Data", "## Training", "## Conditional agreement", "## Limitations"):
+        assert h in headings, h
+    assert text.startswith(f"# {model_id} — ") and "Synthetic images only" in text and "![samples](grid.png)" in text
+    assert "| pleural_effusion | 0.700 | 0.600 | 0.650 | 0.600 | 0.50 / 0.40 |" in text
+    assert "| lung_opacity | stand-in: `Infiltration`" in text  # the NIH label mapping
+    for line in shipped.splitlines():  # the shipped card's key facts are in the re-rendered one
+        if line.startswith("- Noise schedule") or line.startswith("- Truncation") or line.startswith("- Determinism"):
+            assert line in text
+
+
+def test_generic_card_for_families_without_a_describer():
+    from services.generator import cards
+
+    desc = {"model_id": "roentgen", "family": "latent_diffusion", "resolution": 512, "text_conditioned": True,
+            "sha256": "ab" * 32, "description": "SD checkpoint", "config": {"sampler": "dpmpp"}}
+    text = cards.render(cards.describe(desc))
+    assert text.startswith("# roentgen — SD checkpoint") and "text-conditioned" in text and "ab" * 32 in text
+    assert "## Conditional agreement" not in text

@@ -5,7 +5,8 @@
 #      DDPM_BATCH (default 128), ANCHOR_COMPILE=1 to add the torch.compile anchors (slow: ~2-3 min of compiling).
 # Training runs in /tmp/ddpm-run (its checkpoint.pt holds optimizer state, ~130 MB: too big to bring back);
 # the exported EMA weights (fp16 safetensors, ~16 MB), descriptor, grids, log and the conditional-agreement
-# figures (conditioning.json) are copied/written to $OUT/ddpm/.
+# figures (conditioning.json) are copied/written to $OUT/ddpm/. Ship them later with
+#   python -m services.generator.train.finalize --from $OUT/ddpm --model-id ddpm-cxr64 --bench $OUT/bench_diffusion_gpu.json
 set -u
 PHASE=${1:-all}
 : "${OUT:?set OUT}"
@@ -24,28 +25,15 @@ if [ "$PHASE" = train ] || [ "$PHASE" = all ]; then
   cp "$RUN"/ddpm-cxr64.safetensors "$RUN"/ddpm-cxr64.json "$RUN"/ddpm-cxr64-grid.png "$RUN"/log.jsonl "$OUT/ddpm/" 2>/dev/null
   cp -r "$RUN"/grids "$OUT/ddpm/" 2>/dev/null
   # sanity: the exported model loads through its family loader, generates on the GPU, batch-invariant
-  $PY - <<'PY'
-import json, os, time, numpy as np
-from pathlib import Path
-from services.generator.models.ddpm.loader import load
-from services.generator.base import GenerationParams
-from services.common.findings import Condition
-out = Path(os.environ["OUT"]) / "ddpm"
-desc = json.loads((out / "ddpm-cxr64.json").read_text())
-g = load(desc, out / desc["weights"], "eager", "cuda")
-conds = [Condition.from_findings(["pleural_effusion"])] * 8
-t0 = time.time(); a = g.generate(conds, list(range(8)), GenerationParams(steps=20)); dt = time.time() - t0
-b = g.generate(conds[:3], [0, 1, 2], GenerationParams(steps=20))
-print("gpu generate ok", a.shape, float(a.mean()), f"{dt:.2f}s", "batch-invariant:", bool(np.array_equal(a[:3], b)))
-PY
+  $PY -m services.generator.train.check_export --descriptor "$OUT/ddpm/ddpm-cxr64.json" --device cuda
   # model-card figures: conditional agreement (same classifier recipe as the StyleGAN2 card), 200 images/condition
-  SYNTHRAD_MODEL_DIRS="$OUT/ddpm" timeout 300 $PY -m services.generator.evaluate_conditioning --model ddpm-cxr64 \
+  SYNTHRAD_MODEL_DIRS="$OUT/ddpm" timeout 300 $PY -m services.metrics.conditioning --model ddpm-cxr64 \
       --data "$DATA" --layout nih --views PA,AP --device cuda --backend eager --n-per-condition 200 \
       --json "$OUT/ddpm/conditioning.json"
   echo "evaluate exit $?"
   cond=""; [ -f "$OUT/ddpm/conditioning.json" ] && cond="--conditioning $OUT/ddpm/conditioning.json"
-  $PY -m services.generator.models.ddpm.card --descriptor "$OUT/ddpm/ddpm-cxr64.json" $cond \
-      --grid ddpm-cxr64-grid.png --out "$OUT/ddpm/ddpm-cxr64.md"
+  $PY -m services.generator.cards --descriptor "$OUT/ddpm/ddpm-cxr64.json" $cond \
+      --samples ddpm-cxr64-grid.png --out "$OUT/ddpm/ddpm-cxr64.md"
 fi
 
 if [ "$PHASE" = bench ] || [ "$PHASE" = all ]; then

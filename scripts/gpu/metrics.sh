@@ -18,20 +18,7 @@ DIR=.gpu/metrics
 if [[ "${1:-}" == "--prepare" || "${1:-}" == "--prepare-data" ]]; then
   mkdir -p "$DIR"
   rm -f "$DIR/fid_inception_fp16w.pth"
-  .venv/bin/python - <<'PY'
-import torch
-from services.metrics.extractors.inception import load_inception_weights
-sd = load_inception_weights().state_dict
-out = {}
-for k, v in sd.items():
-    if k.endswith("conv.weight"):
-        scale = v.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12) / 127.0
-        out[k + ".int8"] = torch.round(v / scale).to(torch.int8)
-        out[k + ".scale"] = scale.float()
-    else:
-        out[k] = v
-torch.save(out, ".gpu/metrics/fid_inception.int8.pth")
-PY
+  .venv/bin/python -m services.metrics.extractors.weights_int8 quantize-fid "$DIR/fid_inception.int8.pth"
   if [[ "${1:-}" == "--prepare-data" || ! -d .gpu/data/nih-chestxray14-64 ]]; then
     SHARED="${SYNTHRAD_SHARED_DATA:-../shared/data}"
     mkdir -p "$DIR/nih" && rm -rf "$DIR/nih/train" "$DIR/nih/valid"
@@ -48,18 +35,7 @@ if [[ -f "$DIR/fid_inception.pth" ]]; then
   W="$DIR/fid_inception.pth"; TRANSPORT="float32"
 else
   W=/tmp/fid_inception_dequant.pth; TRANSPORT="int8-per-channel (dequantised)"
-  python3 - "$DIR/fid_inception.int8.pth" "$W" <<'PY'
-import sys, torch
-q = torch.load(sys.argv[1], weights_only=True)
-sd = {}
-for k, v in q.items():
-    if k.endswith(".int8"):
-        base = k[: -len(".int8")]
-        sd[base] = v.float() * q[base + ".scale"]
-    elif not k.endswith(".scale"):
-        sd[k] = v
-torch.save(sd, sys.argv[2])
-PY
+  python3 -m services.metrics.extractors.weights_int8 dequantize "$DIR/fid_inception.int8.pth" "$W"
 fi
 NIH=.gpu/data/nih-chestxray14-64
 [[ -d "$NIH/train" ]] || NIH="$DIR/nih"

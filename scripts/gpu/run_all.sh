@@ -14,7 +14,7 @@ export PYTHONPATH="$PWD:/tmp/site" SYNTHRAD_HOME=/tmp/synthrad-home DATA="$PWD/.
 export PY=python3 PYTHON=python3
 R=/tmp/res; mkdir -p "$R"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; date -u;
-  python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"; } > "$R/gpu.txt"
+  python3 -m services.generator.backends; } > "$R/gpu.txt" 2>&1
 cat "$R/gpu.txt"
 ( SG2_MINUTES=$TRAIN_MINUTES SG2_BENCH=none SG2_QUALITY=0 OUT=$R bash scripts/gpu/stylegan2.sh > "$R/stylegan2.log" 2>&1 ) &
 ( OUT=$R bash scripts/gpu/diffusion.sh train > "$R/diffusion.log" 2>&1 ) &

@@ -37,16 +37,18 @@ tail -n 3 "$RUN/log.jsonl" || true
 if [ "${SG2_KEEP_CKPT:-0}" != "1" ]; then mv "$RUN/checkpoint.pt" /tmp/stylegan2-checkpoint.pt 2>/dev/null || true; fi
 
 # 2) conditional agreement (classifier trained on real NIH train labels; generated vs real held-out)
-SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 150 $PY -m services.generator.evaluate_conditioning \
+SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 150 $PY -m services.metrics.conditioning \
     --model stylegan2-cxr64 --backend eager --data "$DATA" --layout nih --views PA,AP --device "$DEV" \
     --n-per-condition "$EVAL_N" \
     --json "$OUT/stylegan2_conditioning.json" 2>&1 | tail -n 25 || echo "stylegan2: conditioning eval failed (run it on CPU later)"
 
 # 2b) quality figure: FID/KID (Inception, CXR encoder) of generated vs NIH valid reference, real train as floor
-[ "${SG2_QUALITY:-1}" = 1 ] && SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 120 $PY scripts/gpu/stylegan2_finalize.py --quality-only --device "$DEV" \
-    --data "$DATA" --quality-n 1000 --json "$OUT/stylegan2_quality.json" 2>&1 | grep -v -i warn | tail -n 5 \
+[ "${SG2_QUALITY:-1}" = 1 ] && SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 120 $PY -m services.generator.train.quality \
+    --model stylegan2-cxr64 --device "$DEV" --data "$DATA" --n 1000 --json "$OUT/stylegan2_quality.json" 2>&1 \
+    | grep -v -i warn | tail -n 5 \
     || echo "stylegan2: quality figure failed (finalize computes it on CPU later)"
 
 # 3) backend benchmark (images/s per backend x batch, ratio vs eager fp32 in the same run)
 OUT="$OUT" PY="$PY" bash scripts/gpu/stylegan2_bench.sh
 echo "stylegan2: done; files in $OUT (stylegan2-cxr64.*, bench_stylegan2*_gpu.json, stylegan2_conditioning.json, stylegan2_quality.json)"
+echo "ship them with: python -m services.generator.train.finalize --from $OUT"

@@ -156,7 +156,7 @@ class RuntimeSettings(BaseModel):
 
     ddpm_micro_batch: int | None = Field(None, ge=1, description="Images per DDPM UNet call (x2 with guidance); "
                                                                  "default 32 on CUDA, 4 on CPU.")
-    ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: ORT's choice).")
+    ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: torch's intra-op thread count).")
     ray_log_to_driver: bool = Field(False, description="Forward Ray worker logs to the process that started Ray "
                                                        "(`synthrad serve`).")
 

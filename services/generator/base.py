@@ -4,6 +4,11 @@ Determinism contract: image ``i`` of a call depends only on the model weights, `
 ``conditions[i]`` (and ``prompts[i]``), the generation params and the backend — never on which other
 images share the batch. Implementations draw each image's noise from its own ``torch.Generator``
 seeded with ``seeds[i]``.
+
+Prompts are parsed once, by the caller: a class-conditional model (``text_conditioned = False``) generates
+from ``conditions`` only and ignores ``prompts`` (beyond checking there is one per image); the caller turns a
+prompt into a :class:`Condition` first and passes prompts only to text-conditioned models, which read them
+raw.
 """
 
 from __future__ import annotations
@@ -17,11 +22,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from services.common.findings import Condition
 
 
+#: Canonical sampler names (diffusion families).
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
 #: Accepted spellings of the samplers (case and surrounding spaces ignored) -> canonical name.
 SAMPLER_ALIASES: dict[str, str] = {
     "ancestral": "ddpm", "dpm++": "dpmpp", "dpm-solver++": "dpmpp", "dpmsolver++": "dpmpp", "dpm_solver++": "dpmpp",
     "dpmpp_2m": "dpmpp", "dpm": "dpmpp",
 }
+
+
+def canonical_sampler(name: str) -> str:
+    """The canonical name of a sampler spelling; ``ValueError`` naming the choices for an unknown one."""
+    key = str(name).strip().lower()
+    key = SAMPLER_ALIASES.get(key, key)
+    if key not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return key
 
 
 class GenerationParams(BaseModel):
@@ -132,7 +148,8 @@ class LoadedGenerator(ABC):
         params: GenerationParams | None = None,
         prompts: Sequence[str | None] | None = None,
     ) -> np.ndarray:
-        """Return ``(N, H, W)`` float32 images in [0, 1], one per (condition, seed)."""
+        """Return ``(N, H, W)`` float32 images in [0, 1], one per (condition, seed). ``prompts`` are read only
+        by text-conditioned models (see the module docstring)."""
 
     def info(self) -> ModelInfo:
         return ModelInfo(

@@ -192,7 +192,6 @@ def import_stylegan2_pkl(path_or_bytes, key: str = "G_ema") -> Generator:
     cfg = infer_config(G_obj, sd)
     G = Generator(cfg)
     own = G.state_dict()
-    sd = {k: v for k, v in sd.items() if k in own or not k.endswith("resample_filter")}
     sd = {k: v for k, v in sd.items() if not k.endswith("resample_filter")}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

@@ -6,9 +6,14 @@
      "resolution": 64, "card": "stylegan2-cxr64.md", "description": "...", "config": {...}}
 
 A descriptor may list ``aliases`` (e.g. ``["stylegan2"]``) accepted wherever a model id is.
-Users add their own models with ``synthrad models register`` (writes to ``$SYNTHRAD_HOME/models``) or ``SYNTHRAD_MODEL_DIRS`` (folders holding more descriptors; a
-descriptor may point ``weights`` at an absolute path or a diffusers folder, with ``sha256`` to verify).
+Descriptor folders, in order (:func:`descriptor_dirs`): the shipped ``weights/``, ``$SYNTHRAD_HOME/models``
+(where :func:`register_model` writes by default) and ``settings.model_dirs`` (``SYNTHRAD_MODEL_DIRS``). A
+descriptor may point ``weights`` at an absolute path or a diffusers folder, with ``sha256`` to verify.
 A family maps to a loader ``load(descriptor, weights_path, backend, device) -> LoadedGenerator``.
+
+Registering a model (this module is the one place with the rules): :func:`register_model` checks the id
+(:data:`MODEL_ID_RE`, not taken by another model or alias, replaced only with ``force`` in its own folder),
+hashes the weights and writes the descriptor.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
+import re
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from .base import GeneratorError, LoadedGenerator, ModelInfo
 
@@ -36,13 +43,18 @@ class UnknownModel(GeneratorError):
     pass
 
 
-def _descriptor_dirs() -> list[Path]:
+def default_register_dir() -> Path:
+    """``$SYNTHRAD_HOME/models``: where :func:`register_model` writes unless told otherwise."""
     from services.common.config import get_settings
 
-    dirs = [WEIGHTS_DIR, get_settings().home / "models"]  # home/models: where `synthrad models register` writes
-    extra = os.environ.get("SYNTHRAD_MODEL_DIRS", "")
-    dirs += [Path(p) for p in extra.split(os.pathsep) if p]
-    return dirs
+    return get_settings().home / "models"
+
+
+def descriptor_dirs() -> list[Path]:
+    """The folders the registry reads descriptors from, in order (a later one's id wins)."""
+    from services.common.config import get_settings
+
+    return [WEIGHTS_DIR, default_register_dir(), *(Path(p) for p in get_settings().model_dirs)]
 
 
 def _scan() -> tuple[dict[str, tuple[dict, Path]], dict[str, Path], dict[Path, str]]:
@@ -51,7 +63,7 @@ def _scan() -> tuple[dict[str, tuple[dict, Path]], dict[str, Path], dict[Path, s
     out: dict[str, tuple[dict, Path]] = {}
     files: dict[str, Path] = {}
     bad: dict[Path, str] = {}
-    for d in _descriptor_dirs():
+    for d in descriptor_dirs():
         if not d.is_dir():
             continue
         for f in sorted(d.glob("*.json")):
@@ -99,7 +111,8 @@ def weights_hash(path: Path) -> str:
 
 
 def _aliases(descs: dict[str, tuple[dict, Path]]) -> dict[str, str]:
-    """Short names (``"stylegan2"``, ``"ddpm"``) a descriptor lists under ``aliases``."""
+    """Short names (``"stylegan2"``, ``"ddpm"``) a descriptor lists under ``aliases``, except those that are
+    some model's id."""
     return {a: mid for mid, (d, _) in descs.items() for a in d.get("aliases", []) if a not in descs}
 
 
@@ -229,20 +242,89 @@ def load_generator(model_id: str, backend: str = "auto", device: str = "auto") -
             raise GeneratorError(f"model {model_id!r} has unknown family {family!r}; known: {', '.join(FAMILIES)}")
         mod_name, fn_name = FAMILIES[family].split(":")
         loader = getattr(importlib.import_module(mod_name), fn_name)
+        from services.generator.backends import BackendError
+
         try:
             gen = loader(desc, weights, backend, device)
+        except BackendError as e:  # a backend / device the request asked for, not the weights
+            raise GeneratorError(f"model {model_id!r}: {e}") from e
         except (GeneratorError, MemoryError):
             raise
         except Exception as e:  # safetensors' SafetensorError, a truncated file, tensors that do not fit...
             if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: the device, not the file
                 raise
-            from services.generator.backends import BackendError
-
-            if isinstance(e, BackendError):  # a backend / device the request asked for, not the weights
-                raise GeneratorError(f"model {model_id!r}: {e}") from e
             raise GeneratorError(
                 f"weights of model {model_id!r} at {weights} cannot be loaded: {type(e).__name__}: {e}; "
                 "re-export or re-register the model"
             ) from e
         _loaded[key] = gen
         return gen
+
+
+# ---- registering a model -----------------------------------------------------------------------------------
+#: What a model id may look like: 1-64 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit.
+MODEL_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class RegistrationError(GeneratorError):
+    """A model that cannot be registered as asked (id taken, descriptor exists, ...)."""
+
+
+class InvalidModelId(RegistrationError):
+    """A model id that does not match :data:`MODEL_ID_RE`."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    descriptor: dict[str, Any]
+    path: Path  #: the descriptor file written
+    scanned: bool  #: whether the registry reads that folder (else it must be added to ``model_dirs``)
+
+
+def check_model_id(model_id: str) -> None:
+    if not re.match(MODEL_ID_RE, model_id):
+        raise InvalidModelId(f"{model_id!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
+                             "or digit)")
+
+
+def is_scanned(folder: Path) -> bool:
+    """Whether ``folder`` is one of :func:`descriptor_dirs`."""
+    folder = Path(folder).expanduser().resolve()
+    return any(d.expanduser().resolve() == folder for d in descriptor_dirs())
+
+
+def check_registrable(model_id: str, out_dir: Path, force: bool = False) -> Path:
+    """The descriptor file ``model_id`` would be written to in ``out_dir``, or :class:`RegistrationError`:
+    an id registered in another folder, or in this one without ``force``; an alias of another model; an
+    existing file without ``force``."""
+    check_model_id(model_id)
+    out_dir = Path(out_dir)
+    target = out_dir / f"{model_id}.json"
+    descs = _descriptors()
+    existing = descs.get(model_id)
+    replaceable = existing is not None and Path(existing[1]).resolve() == out_dir.resolve() and target.exists()
+    if existing is not None and not (force and replaceable):
+        hint = " (use --force to replace it)" if replaceable else "; choose another --model-id"
+        raise RegistrationError(f"model id {model_id!r} is already registered in {existing[1]}{hint}")
+    alias_of = {a: mid for mid, (d, _) in descs.items() for a in d.get("aliases", [])}.get(model_id)
+    if alias_of:
+        raise RegistrationError(f"{model_id!r} is an alias of model {alias_of!r}; choose another --model-id")
+    if target.exists() and not force:
+        raise RegistrationError(f"{target} exists (use --force to replace it)")
+    return target
+
+
+def register_model(path: str | Path, model_id: str, out_dir: str | Path | None = None, *, force: bool = False,
+                   sampler: str | None = None, steps: int | None = None, guidance: float | None = None) -> Registration:
+    """Register a local Stable-Diffusion-format diffusers folder (``latent_diffusion``) as ``model_id``.
+
+    Writes ``out_dir/<model_id>.json`` (default :func:`default_register_dir`) with the folder's sha256 and the
+    given sampling defaults; the weights stay where they are and are hashed again on every load."""
+    from services.generator.models.latent_diffusion.loader import canonical_defaults, make_descriptor
+
+    check_model_id(model_id)
+    out_dir = Path(out_dir).expanduser().resolve() if out_dir else default_register_dir()
+    config = canonical_defaults({"sampler": sampler, "steps": steps, "guidance": guidance})
+    target = check_registrable(model_id, out_dir, force)
+    desc = make_descriptor(path, model_id, out_dir=out_dir, **config)
+    return Registration(descriptor=desc, path=target, scanned=is_scanned(out_dir))

@@ -64,15 +64,12 @@ def card_cmd(model_id: str) -> None:
     click.echo(info.card or f"# {info.model_id}\n\n(no model card)\n\nfamily: {info.family}, resolution: {info.resolution}")
 
 
-MODEL_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
 @command.command(name="register")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--model-id", required=True, help="Id to serve it under (letters, digits, . _ -).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Descriptor folder (default: $SYNTHRAD_HOME/models, which the registry always scans).")
-@click.option("--sampler", default=None, help="Default sampler: ddpm | ddim | dpmpp | pndm | euler (default: dpmpp).")
+@click.option("--sampler", default=None, help="Default sampler: ddpm | ddim | dpmpp (default: dpmpp).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Default sampler steps (default: 25).")
 @click.option("--guidance", type=click.FloatRange(0.0, 50.0), default=None, help="Default guidance scale (default: 4.0).")
 @click.option("--force", is_flag=True, help="Replace this folder's existing descriptor of the same id.")
@@ -84,41 +81,20 @@ def register_cmd(path: str, model_id: str, out: str | None, sampler: str | None,
     platform serve it by id (restart a running server to pick it up). The weights stay where they are and
     are hashed again on every load; a changed folder is refused.
     """
-    import re
-    from pathlib import Path
-
-    from services.common.config import get_settings
     from services.generator import registry
     from services.generator.base import GeneratorError
-    from services.generator.models.latent_diffusion import make_descriptor
-    from services.generator.models.latent_diffusion.loader import make_scheduler
 
-    if not re.match(MODEL_ID_RE, model_id):
-        raise click.BadParameter(f"{model_id!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
-                                 "or digit)", param_hint="--model-id")
-    out_dir = Path(out).expanduser().resolve() if out else get_settings().home / "models"
-    target = out_dir / f"{model_id}.json"
     try:
-        if sampler:
-            make_scheduler(sampler, {})  # rejects unknown sampler names now rather than at first use
-        descs = registry._descriptors()
-        existing = descs.get(model_id)
-        replaceable = existing is not None and Path(existing[1]).resolve() == out_dir and target.exists()
-        if existing is not None and not (force and replaceable):
-            hint = " (use --force to replace it)" if replaceable else "; choose another --model-id"
-            raise click.ClickException(f"model id {model_id!r} is already registered in {existing[1]}{hint}")
-        alias_of = {a: mid for mid, (d, _) in descs.items() for a in d.get("aliases", [])}.get(model_id)
-        if alias_of:
-            raise click.ClickException(f"{model_id!r} is an alias of model {alias_of!r}; choose another --model-id")
-        if target.exists() and not force:
-            raise click.ClickException(f"{target} exists (use --force to replace it)")
-        config = {k: v for k, v in (("sampler", sampler), ("steps", steps), ("guidance", guidance)) if v is not None}
-        desc = make_descriptor(path, model_id, out_dir=out_dir, **config)
+        reg = registry.register_model(path, model_id, out, force=force, sampler=sampler, steps=steps,
+                                      guidance=guidance)
+    except registry.InvalidModelId as e:
+        raise click.BadParameter(str(e), param_hint="--model-id") from None
     except (GeneratorError, OSError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"registered {model_id} (latent_diffusion, {desc['resolution']}px, sha256 {desc['sha256']}) -> {target}",
-               err=True)
-    if not any(d.expanduser().resolve() == out_dir for d in registry._descriptor_dirs()):
-        click.echo(f"warning: {out_dir} is not a folder the registry scans; add it to SYNTHRAD_MODEL_DIRS "
+    desc = reg.descriptor
+    click.echo(f"registered {model_id} (latent_diffusion, {desc['resolution']}px, sha256 {desc['sha256']}) -> "
+               f"{reg.path}", err=True)
+    if not reg.scanned:
+        click.echo(f"warning: {reg.path.parent} is not a folder the registry scans; add it to SYNTHRAD_MODEL_DIRS "
                    "(for the CLI and the server) to use the model", err=True)
-    click.echo(str(target))
+    click.echo(str(reg.path))

@@ -1,119 +1,81 @@
-"""Inference backends shared by all generator families: one interface, chosen by config or argument.
+"""Inference backends of every generator family: the one place that turns a torch module into a runner.
 
-``build_runner(module, example_inputs, input_names, backend, device)`` returns a callable
-``runner(*tensors) -> float32 tensor on CPU`` for a module whose ``forward`` takes positional tensors:
+``build_runner(module, example_inputs, input_names, backend, device)`` returns ``runner(*tensors) ->
+float32 tensor on device`` for a module whose ``forward`` takes positional tensors (the StyleGAN2
+generator, the DDPM UNet). Families whose modules are called by a library (the Stable-Diffusion pipeline
+calls its UNet with keyword arguments) use the same pieces directly: :func:`resolve_backend`,
+:func:`prepare_module`, :func:`compile_module` and :class:`CompileFallback`.
 
-* ``eager``   — the torch module as is (fp32).
-* ``compile`` — ``torch.compile``; on CUDA additionally fp16 weights/activations and channels_last memory
-  format (the module must be fp16-safe; StyleGAN2 pre-normalises its modulated convs like NVlabs).
-* ``onnx``    — one ONNX export (cached on disk by a caller-given key) run by ONNX Runtime; providers are
-  chosen automatically: TensorRT (engine cache, optional fp16) > CUDA > CPU, see :mod:`.onnx_runtime`.
-* ``auto``    — ``compile`` on CUDA, ``eager`` on CPU.
+Backends:
+
+* ``eager``   — the torch module as is, fp32 (a family may ask fp16 on CUDA: latent diffusion does, as
+  Stable-Diffusion checkpoints are fp16-native; its descriptor's ``config.fp16: false`` keeps fp32).
+* ``compile`` — ``torch.compile``; on CUDA fp16 weights/activations and channels_last memory format.
+  Calls are serialised; if compilation fails (e.g. no C++ compiler) a warning is logged and the model runs
+  eager from then on.
+* ``onnx``    — one ONNX export (fp32, cached under the settings' cache dir by a key naming the weights) run
+  by ONNX Runtime with TensorRT > CUDA > CPU execution providers, whichever are installed
+  (:mod:`.onnx_runtime`); intra-op threads from ``settings.runtime.ort_threads`` (default: torch's).
+  Not every family has it (latent diffusion: eager and compile only).
+* ``auto``    — one meaning for every family:
+
+  - **CPU**: ``eager``, fp32 — bit-reproducible whatever else shares a request;
+  - **CUDA** (``cuda`` / ``cuda:N``): ``compile`` with fp16 + channels_last.
+
+  ``onnx`` is never chosen by ``auto``: it is opt-in (an export per model on first load).
 
 Tolerances (checked by tests/benchmarks): onnx vs eager fp32 on CPU <= 1e-3 absolute on [-1, 1] outputs;
 fp16 paths on CUDA <= ~2e-2. Only ``eager`` on CPU is bit-reproducible across batch compositions.
+
+``python -m services.generator.backends`` prints what this machine offers and what ``auto`` picks.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Collection, Sequence
 
 import torch
 
-from services.common.config import resolve_device  # noqa: F401  (re-exported: loaders import it from here)
+from services.common.config import resolve_device
 
-BACKENDS = ("eager", "compile", "onnx")
+from .policy import (BACKENDS, BackendError, check_precision, default_channels_last, default_fp16, is_cuda,
+                     resolve_backend)
+from .torch_runner import CompileFallback, TorchRunner, compile_module, prepare_module
 
-
-class BackendError(ValueError):
-    pass
-
-
-def resolve_backend(backend: str | None, device: str) -> str:
-    backend = (backend or "auto").lower()
-    if backend == "auto":
-        return "compile" if str(device).startswith("cuda") else "eager"
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
-    return backend
-
-
-class TorchRunner:
-    """Eager or compiled torch module; casts floating inputs to the module dtype, returns float32 on CPU."""
-
-    def __init__(self, module: torch.nn.Module, device: str, compile: bool = False, fp16: bool = False,
-                 channels_last: bool = False, compile_mode: str | None = None, dynamic: bool | None = None):
-        self.device = device
-        self.dtype = torch.float16 if fp16 else torch.float32
-        self.precision = "fp16" if fp16 else "fp32"
-        self.channels_last = channels_last
-        module = module.eval().to(device=device, dtype=self.dtype)
-        if channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        self.module = module
-        self.fn: Callable = torch.compile(module, mode=compile_mode, dynamic=dynamic) if compile else module
-        self.name = "compile" if compile else "eager"
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        xs = []
-        for t in inputs:
-            t = t.to(self.device, non_blocking=True)
-            if t.is_floating_point():
-                t = t.to(self.dtype)
-                if self.channels_last and t.ndim == 4:
-                    t = t.contiguous(memory_format=torch.channels_last)
-            xs.append(t)
-        with torch.inference_mode():
-            out = self.fn(*xs)
-        return out.float().contiguous().cpu()
-
-
-class OnnxBackendRunner:
-    def __init__(self, runner, onnx_path: Path, fp16: bool):
-        self.runner = runner
-        self.onnx_path = onnx_path
-        self.name = "onnx"
-        self.device = runner.device
-        self.precision = "fp16" if fp16 else "fp32"
-        self.providers = runner.active_providers
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.runner(*inputs)
+__all__ = ["BACKENDS", "BackendError", "CompileFallback", "TorchRunner", "build_runner", "compile_module",
+           "default_channels_last", "default_fp16", "is_cuda", "prepare_module", "resolve_backend",
+           "resolve_device"]
 
 
 def build_runner(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], input_names: Sequence[str],
                  backend: str = "auto", device: str = "cpu", *, output_names: Sequence[str] = ("out",),
-                 fp16: bool | None = None, channels_last: bool | None = None, cache_dir: str | os.PathLike | None = None,
-                 onnx_key: str | None = None, onnx_name: str = "model", compile_mode: str | None = None,
-                 opset: int | None = None):
-    """Wrap ``module`` for ``backend`` on ``device`` (see module docstring). ``module`` is not modified."""
-    device = resolve_device(device)
-    backend = resolve_backend(backend, device)
-    cuda = device.startswith("cuda")
-    if backend in ("eager", "compile"):
-        m = copy.deepcopy(module)
-        use_fp16 = bool(fp16) if fp16 is not None else (backend == "compile" and cuda)
-        use_cl = bool(channels_last) if channels_last is not None else (backend == "compile" and cuda)
-        if use_fp16 and not cuda:
-            raise BackendError("fp16 is only supported on CUDA")
-        return TorchRunner(m, device, compile=(backend == "compile"), fp16=use_fp16, channels_last=use_cl,
-                           compile_mode=compile_mode)
-    # onnx
-    from .onnx_runtime import DEFAULT_OPSET, OnnxRunner, export_onnx, onnx_cache_path
+                 fp16: bool | None = None, channels_last: bool | None = None, fp32_inputs: Collection[str] = (),
+                 cache_dir: str | os.PathLike | None = None, onnx_key: str | None = None, onnx_name: str = "model",
+                 compile_mode: str | None = None, dynamic: bool | None = None, opset: int | None = None,
+                 supported: Sequence[str] = BACKENDS, family: str | None = None):
+    """Wrap ``module`` for ``backend`` on ``device`` (see the module docstring); ``module`` is not modified.
 
-    if cache_dir is None:
+    ``fp16`` / ``channels_last`` default to the backend's rule (``compile`` on CUDA); ``fp32_inputs`` names
+    floating inputs kept in fp32 when the module runs fp16 (e.g. diffusion timesteps). ``onnx_key`` identifies
+    the export across processes (weights hash + config): without it the module is exported on every build.
+    """
+    device = resolve_device(device)
+    backend = resolve_backend(backend, device, supported, family)
+    if backend == "onnx":
         from services.common.config import get_settings
 
-        cache_dir = get_settings().resolved_cache_dir
-    key = onnx_key or f"{onnx_name}-{id(module)}"
-    path = onnx_cache_path(cache_dir, key, onnx_name)
-    if not path.exists() or onnx_key is None:
-        export_onnx(copy.deepcopy(module).float().cpu().eval(), [t.float().cpu() if t.is_floating_point() else t.cpu()
-                                                                 for t in example_inputs],
-                    path, input_names, output_names, opset=opset or DEFAULT_OPSET)
-    use_fp16 = bool(fp16) if fp16 is not None else False
-    runner = OnnxRunner(path, device=device, fp16=use_fp16, cache_dir=Path(cache_dir))
-    return OnnxBackendRunner(runner, path, use_fp16)
+        from .onnx_runtime import build_onnx_runner
+
+        settings = get_settings()
+        return build_onnx_runner(module, example_inputs, input_names, device, output_names=output_names,
+                                 fp16=bool(fp16), cache_dir=cache_dir or settings.resolved_cache_dir,
+                                 onnx_key=onnx_key, onnx_name=onnx_name, opset=opset,
+                                 threads=settings.runtime.ort_threads)
+    use_fp16 = default_fp16(backend, device) if fp16 is None else bool(fp16)
+    use_cl = default_channels_last(backend, device) if channels_last is None else bool(channels_last)
+    check_precision(use_fp16, device)
+    keep = [i for i, n in enumerate(input_names) if n in set(fp32_inputs)]
+    return TorchRunner(copy.deepcopy(module), device, compile=(backend == "compile"), fp16=use_fp16,
+                       channels_last=use_cl, compile_mode=compile_mode, dynamic=dynamic, fp32_inputs=keep)

@@ -9,6 +9,8 @@ Reusable by any model family (StyleGAN2 generator, diffusion UNet): nothing here
   (``onnxruntime-gpu`` for CUDA, plus TensorRT libraries for TensorRT), with a TensorRT engine cache
   (``trt_engine_cache_path``) and optional fp16 (``trt_fp16_enable``).
 * :class:`OnnxRunner` runs a session on torch tensors and returns a torch tensor.
+* :func:`build_onnx_runner` is the ``onnx`` backend: export once (cached on disk by a caller-given key), then
+  an :class:`OnnxRunner` whose output is moved to the requested device.
 """
 
 from __future__ import annotations
@@ -87,11 +89,11 @@ def _tensorrt_usable() -> bool:
 
 
 def select_providers(device: str = "cpu", fp16: bool = False, cache_dir: str | os.PathLike | None = None,
-                     prefer: Sequence[str] | None = None, device_id: int = 0) -> list:
+                     device_id: int = 0) -> list:
     """Execution providers in priority order for ``device`` (``cpu`` | ``cuda`` | ``cuda:N``).
 
     On CUDA: TensorRT (when usable; engine cache in ``cache_dir``/trt, fp16 when ``fp16``) then CUDA, always
-    followed by CPU as fallback. ``prefer`` restricts to the named providers (e.g. ``["CUDAExecutionProvider"]``).
+    followed by CPU as fallback.
     """
     avail = available_providers()
     chosen: list = []
@@ -112,9 +114,6 @@ def select_providers(device: str = "cpu", fp16: bool = False, cache_dir: str | o
             log.warning("device %s asked for, but onnxruntime offers only %s; running ONNX on CPU "
                         "(install onnxruntime-gpu for the CUDA/TensorRT providers)", device, avail)
     chosen.append("CPUExecutionProvider")
-    if prefer:
-        names = set(prefer) | {"CPUExecutionProvider"}
-        chosen = [p for p in chosen if (p[0] if isinstance(p, tuple) else p) in names]
     return chosen
 
 
@@ -139,6 +138,7 @@ class OnnxRunner:
         self.device = device
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Outputs on CPU (ONNX Runtime hands back numpy arrays)."""
         feeds = {n: np.ascontiguousarray(t.detach().cpu().numpy().astype(np.float32, copy=False))
                  if t.is_floating_point() else t.detach().cpu().numpy()
                  for n, t in zip(self.input_names, inputs)}
@@ -150,3 +150,37 @@ def onnx_cache_path(cache_dir: str | os.PathLike, key: str, name: str = "model")
     """Where an export for ``key`` (e.g. weights hash + config) lives: ``cache_dir/onnx/<name>-<hash>.onnx``."""
     h = hashlib.sha256(f"{key}|torch={torch.__version__}".encode()).hexdigest()[:16]
     return Path(cache_dir) / "onnx" / f"{name}-{h}.onnx"
+
+
+class OnnxBackendRunner:
+    """The ``onnx`` backend's runner: ``runner(*tensors) -> float32 tensor on device``."""
+
+    name = "onnx"
+
+    def __init__(self, session: OnnxRunner, onnx_path: Path, device: str, fp16: bool):
+        self.session = session
+        self.onnx_path = onnx_path
+        self.device = device
+        self.precision = "fp16" if fp16 else "fp32"
+        self.providers = session.active_providers
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.session(*inputs).float().to(self.device)
+
+
+def build_onnx_runner(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], input_names: Sequence[str],
+                      device: str, *, output_names: Sequence[str] = ("out",), fp16: bool = False,
+                      cache_dir: str | os.PathLike, onnx_key: str | None = None, onnx_name: str = "model",
+                      opset: int | None = None, threads: int | None = None) -> OnnxBackendRunner:
+    """Export ``module`` (fp32, CPU; a copy) unless ``onnx_key``'s export is cached, and open a session.
+    Without ``onnx_key`` the module is exported every time (nothing identifies it across processes)."""
+    import copy
+
+    key = onnx_key or f"{onnx_name}-{id(module)}"
+    path = onnx_cache_path(cache_dir, key, onnx_name)
+    if not path.exists() or onnx_key is None:
+        examples = [t.float().cpu() if t.is_floating_point() else t.cpu() for t in example_inputs]
+        export_onnx(copy.deepcopy(module).float().cpu().eval(), examples, path, input_names, output_names,
+                    opset=opset or DEFAULT_OPSET)
+    session = OnnxRunner(path, device=device, fp16=fp16, cache_dir=Path(cache_dir), intra_op_threads=threads)
+    return OnnxBackendRunner(session, path, device, fp16)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,7 +89,7 @@ def build_dataset(cfg: TrainConfig):
     return XrayDataset(records, cfg.resolution, **kw)
 
 
-def condition_dropout(codes: torch.Tensor, p: float, gen: torch.Generator | None = None) -> torch.Tensor:
+def condition_dropout(codes: torch.Tensor, p: float) -> torch.Tensor:
     if p <= 0:
         return codes
     drop = torch.rand(codes.shape, device=codes.device) < p

@@ -10,7 +10,6 @@ Descriptor (``services/generator/weights/<model_id>.json``)::
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,21 +18,42 @@ import numpy as np
 import torch
 
 from services.common.findings import Condition
-from services.generator.base import GenerationParams, GeneratorError, LoadedGenerator, to_unit_images
+from services.generator.base import (GenerationParams, GeneratorError, LoadedGenerator, canonical_sampler,
+                                     to_unit_images)
 
 from .model import DEFAULT_SCHEDULE, ConditionalUNet, load_weights
-from .runtime import make_denoiser
-from .sampling import canonical_sampler, sample
+from .sampling import sample
 
 DEFAULTS = {"sampler": "dpmpp", "steps": 20, "guidance": 2.0}
+ONNX_OPSET = 17
+UNET_INPUTS = ("sample", "timestep", "codes")
 
 
 def default_micro_batch(device: str) -> int:
-    """Images per UNet call (x2 with guidance). Env ``SYNTHRAD_DDPM_MICRO_BATCH`` overrides."""
-    env = os.environ.get("SYNTHRAD_DDPM_MICRO_BATCH")
-    if env:
-        return max(1, int(env))
+    """Images per UNet call (x2 with guidance): ``settings.runtime.ddpm_micro_batch``, else 32 on CUDA, 4 on
+    CPU."""
+    from services.common.config import get_settings
+
+    configured = get_settings().runtime.ddpm_micro_batch
+    if configured:
+        return int(configured)
     return 32 if torch.device(device).type == "cuda" else 4
+
+
+def unet_runner(model: ConditionalUNet, backend: str, device: str, model_hash: str = "", *,
+                compile_mode: str | None = None, cache_dir=None):
+    """``denoise(x, t, codes) -> eps`` for ``backend`` (:func:`services.generator.backends.build_runner`);
+    the ONNX export is cached per model hash (without one it is exported on every call)."""
+    from services.generator.backends import build_runner
+
+    r = model.resolution
+    g = torch.Generator().manual_seed(0)  # ONNX export example inputs (values do not matter, shapes do)
+    examples = (torch.randn(2, 1, r, r, generator=g), torch.tensor([10.0, 500.0]),
+                torch.tensor([[0, 1, 2, 0], [2, 2, 2, 2]]))
+    return build_runner(model, examples, UNET_INPUTS, backend, device, output_names=("eps",),
+                        fp32_inputs=("timestep",), dynamic=False, compile_mode=compile_mode, cache_dir=cache_dir,
+                        opset=ONNX_OPSET, onnx_name="ddpm-unet",
+                        onnx_key=f"ddpm|{model_hash}|opset{ONNX_OPSET}" if model_hash else None)
 
 
 class DDPMGenerator(LoadedGenerator):
@@ -43,21 +63,21 @@ class DDPMGenerator(LoadedGenerator):
 
     def __init__(self, model: ConditionalUNet, *, model_id: str, model_hash: str, backend: str, device: str,
                  schedule: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,
-                 onnx_path: str | Path | None = None, micro_batch: int | None = None):
+                 micro_batch: int | None = None):
+        from services.generator.backends import resolve_backend, resolve_device
+
         self.model_id = model_id
         self.model_hash = model_hash
-        self.device = device
+        self.device = resolve_device(device)
+        self.backend = resolve_backend(backend, self.device)
         self.resolution = model.resolution
         self.schedule = dict(schedule or DEFAULT_SCHEDULE)
         self.defaults = {**DEFAULTS, **(defaults or {})}
         # Every UNet call has exactly ``micro_batch`` rows (the last chunk is padded): with a fixed shape the
         # kernels compute each row identically wherever it sits, so an image's pixels are bit-identical
         # whatever else shares its request (batch-size-dependent kernel choice would differ by ~1e-6).
-        self.micro_batch = int(micro_batch or default_micro_batch(device))
-        if backend == "auto":
-            backend = "eager"  # compile/onnx are opt-in: their first call pays a compile/export
-        self.backend = backend
-        self.denoise = make_denoiser(model, backend, device, model_hash=model_hash, onnx_path=onnx_path)
+        self.micro_batch = int(micro_batch or default_micro_batch(self.device))
+        self.denoise = unet_runner(model, self.backend, self.device, model_hash)
         self._count_lock = threading.Lock()
         self.unet_calls = 0  # diagnostics (tests count steps)
 
@@ -83,27 +103,14 @@ class DDPMGenerator(LoadedGenerator):
         sampler, steps, guidance = self.resolve_params(params)
         return {**super().resolved_params(params), "sampler": sampler, "steps": steps, "guidance": guidance}
 
-    def conditions_from_prompts(self, conditions: Sequence[Condition], prompts: Sequence[str | None] | None) -> list[Condition]:
-        """A prompt is parsed (common parser) for images whose condition is left fully unspecified."""
-        out = list(conditions)
-        if prompts is None:
-            return out
-        from services.common.prompts import parse_prompt
-
-        for i, (c, p) in enumerate(zip(conditions, prompts)):
-            if p and all(code == 2 for code in c.codes()):
-                out[i] = parse_prompt(p)
-        return out
-
     def generate(self, conditions: Sequence[Condition], seeds: Sequence[int], params: GenerationParams | None = None,
                  prompts: Sequence[str | None] | None = None, callback=None) -> np.ndarray:
         self.check_inputs(conditions, seeds, prompts)
         sampler, steps, guidance = self.resolve_params(params)
         out_res = (params.resolution if params and params.resolution else self.resolution)
-        conds = self.conditions_from_prompts(conditions, prompts)
         if not seeds:
             return np.zeros((0, out_res, out_res), np.float32)
-        codes = torch.tensor([c.codes() for c in conds], dtype=torch.long)
+        codes = torch.tensor([c.codes() for c in conditions], dtype=torch.long)
         mb = self.micro_batch
         chunks = []
         for s in range(0, len(seeds), mb):
@@ -122,10 +129,6 @@ class DDPMGenerator(LoadedGenerator):
         return np.concatenate(chunks, axis=0)
 
 
-def build_model(config: dict[str, Any]) -> ConditionalUNet:
-    return ConditionalUNet(config["unet"])
-
-
 def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: str = "cpu") -> DDPMGenerator:
     """Registry loader: ``load(descriptor, weights_path, backend, device)``."""
     from services.generator.registry import weights_hash
@@ -133,7 +136,7 @@ def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: st
     cfg = descriptor.get("config") or {}
     if "unet" not in cfg:
         raise GeneratorError(f"descriptor of {descriptor.get('model_id')!r} has no config.unet")
-    model = build_model(cfg)
+    model = ConditionalUNet(cfg["unet"])
     try:
         load_weights(model, weights_path)
     except ValueError as e:

@@ -1,9 +1,7 @@
-"""Samplers (diffusers schedulers, one fresh instance per request) and the guided sampling loop.
+"""The DDPM family's samplers (config-as-data, :mod:`..schedulers`) and the guided sampling loop.
 
-A scheduler object holds per-run state (its timesteps, DPM-Solver's model-output history, the step
-index), so sharing one across concurrent requests corrupts both.  :func:`make_scheduler` therefore
-builds a new instance from the model's (immutable) schedule config for every call of
-:func:`sample`; nothing here is module-level mutable state.
+:func:`make_scheduler` builds a fresh scheduler from the model's (immutable) training schedule for every
+call of :func:`sample`; nothing here is module-level mutable state.
 """
 
 from __future__ import annotations
@@ -12,44 +10,29 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from services.generator.models import schedulers
+
 from .model import null_codes
 
-#: Canonical sampler names and accepted spellings.
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
-_ALIASES = {
-    "ddpm": "ddpm", "ancestral": "ddpm",
-    "ddim": "ddim",
-    "dpmpp": "dpmpp", "dpm++": "dpmpp", "dpm-solver++": "dpmpp", "dpmsolver++": "dpmpp", "dpm_solver++": "dpmpp",
-    "dpmpp_2m": "dpmpp", "dpm": "dpmpp",
+#: Sampler -> scheduler over the training ``DDPMScheduler`` config. "trailing" spacing keeps the first step
+#: at t = T-1 with fewer than 1000 steps; DPM-Solver++(2M) uses dynamic thresholding, the recommended x0
+#: clipping for pixel-space models.
+SAMPLERS: dict[str, schedulers.SamplerSpec] = {
+    "ddpm": schedulers.SamplerSpec("DDPMScheduler", {"clip_sample": True, "timestep_spacing": "trailing"}),
+    "ddim": schedulers.SamplerSpec("DDIMScheduler", {"clip_sample": True, "set_alpha_to_one": True,
+                                                     "timestep_spacing": "trailing"}),
+    "dpmpp": schedulers.SamplerSpec("DPMSolverMultistepScheduler", {
+        "algorithm_type": "dpmsolver++", "solver_order": 2, "thresholding": True, "sample_max_value": 1.0,
+        "lower_order_final": True}),
 }
 
 #: ``denoise(x (B,1,R,R) float32, t (B,) float32, codes (B,4) int64) -> eps (B,1,R,R) float32``
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def canonical_sampler(name: str) -> str:
-    key = name.strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    return _ALIASES[key]
-
-
 def make_scheduler(name: str, schedule: dict[str, Any]):
     """A new scheduler instance for one request. ``schedule`` = the training ``DDPMScheduler`` kwargs."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    name = canonical_sampler(name)
-    base = dict(schedule)
-    if name == "ddpm":
-        # "trailing" spacing keeps the first step at t = T-1 when fewer than 1000 steps are used.
-        return DDPMScheduler(**base, clip_sample=True, timestep_spacing="trailing")
-    if name == "ddim":
-        return DDIMScheduler(**base, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
-    # DPM-Solver++(2M); dynamic thresholding is the recommended x0 clipping for pixel-space models.
-    return DPMSolverMultistepScheduler(
-        **base, algorithm_type="dpmsolver++", solver_order=2, thresholding=True, sample_max_value=1.0,
-        lower_order_final=True,
-    )
+    return schedulers.make_scheduler(SAMPLERS, name, schedule)
 
 
 def initial_noise(seeds: Sequence[int], resolution: int) -> tuple[torch.Tensor, list[torch.Generator]]:

@@ -10,7 +10,8 @@ Descriptor (in a ``SYNTHRAD_MODEL_DIRS`` folder)::
 directly (``--model-path DIR``).  Nothing is fetched from the hub (``local_files_only=True``).
 The raw prompt goes to the pipeline's text encoder; when an image has no prompt, its condition's
 ``describe()`` text is used ("pleural effusion; no atelectasis").  Output is the RGB image's mean
-channel in [0, 1].
+channel in [0, 1].  Backends (:mod:`services.generator.backends`): ``eager`` and ``compile`` (the UNet);
+``auto`` is eager on CPU, compile on CUDA; on CUDA the pipeline runs fp16 (``config.fp16: false``: fp32).
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ import numpy as np
 import torch
 
 from services.common.findings import Condition
-from services.common.logging import get_logger
-from services.generator.base import GenerationParams, GeneratorError, LoadedGenerator
-
-log = get_logger(__name__)
+from services.generator.base import GenerationParams, GeneratorError, LoadedGenerator, canonical_sampler
+from services.generator.models import schedulers
 
 DEFAULTS = {"sampler": "dpmpp", "steps": 25, "guidance": 4.0}
-SAMPLERS = ("ddpm", "ddim", "dpmpp", "pndm", "euler")
 
 
 class HashMismatch(GeneratorError):
@@ -56,23 +54,33 @@ def verify_folder(path: Path, expected: str | None) -> str:
     return got
 
 
-def make_scheduler(name: str, base_config: dict[str, Any]):
-    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           PNDMScheduler)
+#: Sampler -> scheduler over the checkpoint's own ``scheduler/scheduler_config.json`` (config-as-data).
+SAMPLERS: dict[str, schedulers.SamplerSpec] = {
+    "ddpm": schedulers.SamplerSpec("DDPMScheduler"),
+    "ddim": schedulers.SamplerSpec("DDIMScheduler"),
+    "dpmpp": schedulers.SamplerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+BACKENDS = ("eager", "compile")
 
-    key = name.strip().lower()
-    key = {"dpm++": "dpmpp", "dpm-solver++": "dpmpp", "dpmsolver++": "dpmpp"}.get(key, key)
-    if key == "ddim":
-        return DDIMScheduler.from_config(base_config)
-    if key == "ddpm":
-        return DDPMScheduler.from_config(base_config)
-    if key == "dpmpp":
-        return DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++", solver_order=2)
-    if key == "pndm":
-        return PNDMScheduler.from_config(base_config)
-    if key == "euler":
-        return EulerDiscreteScheduler.from_config(base_config)
-    raise GeneratorError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+def make_scheduler(name: str, base_config: dict[str, Any]):
+    """A new scheduler for one request; :class:`GeneratorError` for an unknown sampler."""
+    try:
+        return schedulers.make_scheduler(SAMPLERS, name, base_config)
+    except ValueError as e:
+        raise GeneratorError(str(e)) from e
+
+
+def canonical_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``sampler`` / ``steps`` / ``guidance`` defaults of a descriptor ``config``, the sampler checked and
+    canonical (:class:`GeneratorError` for one this family does not have)."""
+    out = {k: config[k] for k in ("sampler", "steps", "guidance") if config.get(k) is not None}
+    if "sampler" in out:
+        try:
+            out["sampler"] = canonical_sampler(out["sampler"])
+        except ValueError as e:
+            raise GeneratorError(str(e)) from e
+    return out
 
 
 class LatentDiffusionGenerator(LoadedGenerator):
@@ -81,7 +89,9 @@ class LatentDiffusionGenerator(LoadedGenerator):
     uses_params = frozenset({"steps", "sampler", "guidance", "resolution"})
 
     def __init__(self, pipe, *, model_id: str, model_hash: str, backend: str, device: str, resolution: int,
-                 defaults: dict[str, Any] | None = None):
+                 defaults: dict[str, Any] | None = None, compiled_unet=None):
+        from services.generator.backends import CompileFallback
+
         self.pipe = pipe
         self.model_id = model_id
         self.model_hash = model_hash
@@ -90,7 +100,10 @@ class LatentDiffusionGenerator(LoadedGenerator):
         self.resolution = int(resolution)
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self._sched_config = dict(pipe.scheduler.config)
-        self._lock = threading.Lock() if backend == "compile" else None
+        # compile: the request pipelines get the compiled UNet; calls are serialised and fall back to the eager
+        # UNet (pipe.unet) if compilation fails (services.generator.backends)
+        self._compiled_unet = compiled_unet
+        self._fallback = CompileFallback(f"{model_id} UNet") if compiled_unet is not None else None
         # Tokenizers are checked out per request (see _checkout_tokenizer).  The prototype is a private copy
         # that is never called, only copied, so no request can catch it mid-call.
         self._tokenizer_proto = copy.deepcopy(pipe.tokenizer)
@@ -118,13 +131,15 @@ class LatentDiffusionGenerator(LoadedGenerator):
             with self._tokenizer_proto_lock:
                 return copy.deepcopy(self._tokenizer_proto)
 
-    def _request_pipeline(self, sampler: str, tokenizer):
+    def _request_pipeline(self, sampler: str, tokenizer, unet=None):
         """A pipeline object for one request sharing the loaded (stateless-in-forward) modules but with its
         own scheduler and tokenizer (scheduler state, the tokenizer's padding/truncation state and the
         pipeline's per-call attributes are per request)."""
         comps = dict(self.pipe.components)
         comps["scheduler"] = make_scheduler(sampler, self._sched_config)
         comps["tokenizer"] = tokenizer
+        if unet is not None:
+            comps["unet"] = unet
         comps["safety_checker"] = None
         pipe = type(self.pipe)(**comps, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
@@ -145,19 +160,21 @@ class LatentDiffusionGenerator(LoadedGenerator):
             if not text:
                 text = "" if all(code == 2 for code in c.codes()) else c.describe()
             texts.append(text)
+        sampler = p.sampler or self.defaults["sampler"]
         tokenizer = self._checkout_tokenizer()
-        try:
-            pipe = self._request_pipeline(p.sampler or self.defaults["sampler"], tokenizer)
+        kwargs = dict(prompt=texts, height=res, width=res, num_inference_steps=int(p.steps or self.defaults["steps"]),
+                      guidance_scale=float(self.defaults["guidance"] if p.guidance is None else p.guidance),
+                      output_type="np")
+
+        def run(unet=None):  # fresh generators per attempt: a failed compiled call must not consume the noise
             gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-            kwargs = dict(prompt=texts, height=res, width=res,
-                          num_inference_steps=int(p.steps or self.defaults["steps"]),
-                          guidance_scale=float(self.defaults["guidance"] if p.guidance is None else p.guidance),
-                          generator=gens, output_type="np")
-            if self._lock is not None:
-                with self._lock:
-                    out = pipe(**kwargs).images
+            return self._request_pipeline(sampler, tokenizer, unet)(**kwargs, generator=gens).images
+
+        try:
+            if self._fallback is None:
+                out = run()
             else:
-                out = pipe(**kwargs).images
+                out = self._fallback(lambda: run(self._compiled_unet), run)
         finally:
             self._tokenizers.put(tokenizer)
         out = np.asarray(out, dtype=np.float32)
@@ -175,15 +192,18 @@ def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: st
     """Registry loader for ``family: latent_diffusion`` (``weights`` = a local diffusers folder)."""
     from diffusers import StableDiffusionPipeline
 
+    from services.generator.backends import (compile_module, default_channels_last, is_cuda, resolve_backend,
+                                             resolve_device)
+
     path = Path(weights_path)
     model_hash = verify_folder(path, descriptor.get("sha256"))
-    if backend == "auto":
-        backend = "eager"
-    if backend not in ("eager", "compile"):
-        raise GeneratorError(f"backend {backend!r} is not available for latent diffusion models; use eager or compile")
-    cuda = torch.device(device).type == "cuda"
-    dtype = torch.float16 if cuda and descriptor.get("config", {}).get("fp16", True) else torch.float32
-    kw = {"torch_dtype": dtype} if dtype != torch.float32 else {}
+    cfg = dict(descriptor.get("config") or {})
+    defaults = canonical_defaults(cfg)
+    device = resolve_device(device)
+    backend = resolve_backend(backend, device, BACKENDS, family="latent diffusion")
+    # Stable-Diffusion checkpoints are fp16-native: fp16 on CUDA for both backends unless config.fp16 is false
+    fp16 = is_cuda(device) and bool(cfg.get("fp16", True))
+    kw = {"torch_dtype": torch.float16} if fp16 else {}
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             str(path), local_files_only=True, safety_checker=None, requires_safety_checker=False, **kw,
@@ -192,15 +212,15 @@ def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: st
         raise GeneratorError(f"cannot load a Stable-Diffusion-format pipeline from {path}: {e}") from e
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    compiled = None
     if backend == "compile":
-        if cuda:
+        if default_channels_last(backend, device):
             pipe.unet.to(memory_format=torch.channels_last)
-        pipe.unet = torch.compile(pipe.unet)
-    cfg = dict(descriptor.get("config") or {})
+        compiled = compile_module(pipe.unet)
     resolution = int(descriptor.get("resolution") or _pipeline_resolution(pipe))
     return LatentDiffusionGenerator(pipe, model_id=descriptor.get("model_id") or path.name, model_hash=model_hash,
-                                    backend=backend, device=device, resolution=resolution,
-                                    defaults={k: cfg[k] for k in ("sampler", "steps", "guidance") if k in cfg})
+                                    backend=backend, device=device, resolution=resolution, defaults=defaults,
+                                    compiled_unet=compiled)
 
 
 def load_path(path: str | Path, backend: str = "auto", device: str = "cpu", sha256: str | None = None,

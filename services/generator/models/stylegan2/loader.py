@@ -110,7 +110,7 @@ class StyleGAN2Generator(LoadedGenerator):
                                    output_names=("img",), cache_dir=cache_dir, fp16=fp16,
                                    onnx_key=f"stylegan2|{model_hash}|{json.dumps(self.cfg.to_dict(), sort_keys=True)}",
                                    onnx_name=f"stylegan2-{model_id}", compile_mode=compile_mode)
-        self.precision = getattr(self.runner, "precision", "fp32")
+        self.precision = self.runner.precision
 
     # -- inputs -----------------------------------------------------------------------------------------
     def condition_vector(self, conditions: Sequence[Condition]) -> torch.Tensor:
@@ -161,7 +161,7 @@ class StyleGAN2Generator(LoadedGenerator):
         chunk = CPU_MICROBATCH if self.device == "cpu" else MAX_CHUNK
         for i in range(0, len(seeds), chunk):
             inputs = self._inputs(conditions[i:i + chunk], seeds[i:i + chunk], psi)
-            img = self.runner(*inputs).float()
+            img = self.runner(*inputs).float().cpu()
             if img.shape[1] == 3:  # imported RGB generators: luminance
                 img = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]).unsqueeze(1)
             if out_res != self.resolution:
@@ -172,7 +172,7 @@ class StyleGAN2Generator(LoadedGenerator):
 
     def raw(self, conditions: Sequence[Condition], seeds: Sequence[int], psi: float = 1.0) -> torch.Tensor:
         """Model-space output (N, 1, R, R) in ~[-1, 1] (for tests / metrics)."""
-        return self.runner(*self._inputs(conditions, seeds, psi)).float()
+        return self.runner(*self._inputs(conditions, seeds, psi)).float().cpu()
 
 
 def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: str = "cpu") -> StyleGAN2Generator:
