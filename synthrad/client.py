@@ -449,13 +449,15 @@ class SynthradClient:
     def references(self) -> list[str]:
         return self._get("/v1/references")
 
-    def score(self, batch: str | dict, reference: str = "nih-cxr64", metrics: list[str] | tuple = ("fid",),
-              extractor: str = "inception", wait: bool = True, progress: bool = False) -> dict:
-        """Score a stored batch against a registered reference; returns the scoring job's result (with
-        ``wait=False`` the job: pass it to :meth:`score_result` later). A failed scoring job raises
-        :class:`JobFailed` with the server's reason."""
-        job = self._post("/v1/scores", {"batch_id": _batch_id(batch), "reference": reference,
-                                        "metrics": list(metrics), "extractor": extractor})
+    def score(self, batch: str | dict, reference: str | None = None, metrics: list[str] | tuple | None = None,
+              extractor: str | None = None, wait: bool = True, progress: bool = False) -> dict:
+        """Score a stored batch against a registered reference (default: the server's default_reference, e.g.
+        nih-cxr64) with ``metrics`` (default: fid) and ``extractor`` (default: inception); returns the scoring
+        job's result (with ``wait=False`` the job: pass it to :meth:`score_result` later). A failed scoring job
+        raises :class:`JobFailed` with the server's reason."""
+        body = {"batch_id": _batch_id(batch), "reference": reference, "extractor": extractor,
+                "metrics": list(metrics) if metrics is not None else None}
+        job = self._post("/v1/scores", {k: v for k, v in body.items() if v is not None})
         if not wait:
             return job
         self.wait(job, progress=progress)

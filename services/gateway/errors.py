@@ -119,13 +119,21 @@ def _rebuild(cls, args, state):
 
 
 class InvalidArgument(ApiError):
+    """A well-formed request the rules refuse: an unknown model or reference, a count or seed out of range, a
+    param the model does not use, a contradictory condition, an unreadable prompt (422 / INVALID_ARGUMENT)."""
+
     kind = "invalid_argument"
 
 
 class BadId(ApiError):
-    """A malformed id (batch, job, file name): never touches the store (path traversal guard)."""
+    """A malformed id (batch, job, file name). Refused before anything touches the store: this is the path
+    traversal guard, so an id is never joined to a path unless it matches its pattern."""
 
     kind = "bad_id"
+
+
+class MethodNotAllowed(ApiError):
+    kind = "method_not_allowed"  # a REST path exists, not with this HTTP method
 
 
 class BadRequest(ApiError):
@@ -134,26 +142,27 @@ class BadRequest(ApiError):
     kind = "bad_request"
 
 
+class TooManyJobs(ApiError):
+    """``limits.max_concurrent_jobs`` jobs are queued or running already; submit again when one finished, or
+    raise the limit (``SYNTHRAD_LIMITS__MAX_CONCURRENT_JOBS``)."""
+
+    kind = "too_many_jobs"
+
+
 class NotFound(ApiError):
+    """No such model, batch, file or job — or one the caller's key may not see (its existence stays hidden)."""
+
     kind = "not_found"
 
 
-class MethodNotAllowed(ApiError):
-    kind = "method_not_allowed"
+class Unavailable(ApiError):
+    kind = "unavailable"  # a part this request needs is not deployed or not up (metrics, jobs folder)
 
 
 class TooLarge(ApiError):
     """A request over ``limits.max_request_bytes``: a REST body (413) or a gRPC request message."""
 
     kind = "too_large"
-
-
-class UnsupportedMediaType(ApiError):
-    kind = "unsupported_media_type"
-
-
-class TooManyJobs(ApiError):
-    kind = "too_many_jobs"
 
 
 class RateLimited(ApiError):
@@ -166,24 +175,27 @@ class RateLimited(ApiError):
         self.retry_after_s = None if retry_after_s is None else max(0.0, float(retry_after_s))
 
 
+class UnsupportedMediaType(ApiError):
+    """A body that is not ``application/json``."""
+
+    kind = "unsupported_media_type"
+
+
+class Forbidden(ApiError):
+    kind = "forbidden"  # a valid API key without the scope this operation needs (auth.OPERATION_SCOPES)
+
+
 class NotReady(ApiError):
-    """A job result asked for before the job finished."""
+    """A job result asked for before the job finished (poll the job, or watch it: WatchJob /
+    GET /v1/jobs/{id}); a job that finished and failed is not this error: its record says why."""
 
     kind = "not_ready"
 
 
 class Unauthenticated(ApiError):
+    """No API key, an unknown one, or (keyless local mode) a call from beyond loopback."""
+
     kind = "unauthenticated"
-
-
-class Forbidden(ApiError):
-    """A valid API key without the scope this operation needs."""
-
-    kind = "forbidden"
-
-
-class Unavailable(ApiError):
-    kind = "unavailable"
 
 
 class HttpError(ApiError):

@@ -11,6 +11,7 @@ from services.common.store import BATCH_FORMATS
 from services.generator.base import GenerationParams, ModelInfo
 from services.generator.generation import MAX_PROMPT_CHARS
 from services.generator.replica import ServedModel
+from services.metrics import defaults as metric_defaults
 from services.metrics.api import ALL_METRICS
 from services.metrics.extractors import available_extractors
 
@@ -103,10 +104,10 @@ class ScoreRequest(BaseModel):
                                                                     "(GET /v1/references); default: the "
                                                                     "platform's default_reference setting.",
                                   examples=["nih-cxr64"])
-    metrics: list[str] = Field(default_factory=lambda: ["fid"], min_length=1, max_length=16,
+    metrics: list[str] = Field(default_factory=lambda: list(metric_defaults.METRICS), min_length=1, max_length=16,
                                description=f"One or more of: {', '.join(ALL_METRICS)}, or 'all'.",
                                examples=[["fid", "kid"]])
-    extractor: str = Field("inception", max_length=64,
+    extractor: str = Field(metric_defaults.EXTRACTOR, max_length=64,
                            description=f"Feature extractor: {', '.join(available_extractors())}; only 'inception' "
                                        "Fréchet distances are called FID.")
 

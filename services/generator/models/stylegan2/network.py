@@ -34,15 +34,15 @@ class StyleGAN2Config:
     resolution: int = 64
     img_channels: int = 1
     num_findings: int = 4  # c_dim = num_findings * 3 (0 findings = unconditional)
-    z_dim: int = 256
-    w_dim: int = 256
-    mapping_layers: int = 4
-    mapping_lr: float = 0.01
-    channel_base: int = 4096
+    z_dim: int = 256  # latent z
+    w_dim: int = 256  # intermediate latent w (style)
+    mapping_layers: int = 4  # MLP depth of the mapping network z (+ condition embedding) -> w
+    mapping_lr: float = 0.01  # learning-rate multiplier of the mapping network (equalized lr)
+    channel_base: int = 4096  # generator channels at resolution r: min(channel_base / r, channel_max)
     channel_max: int = 256
-    d_channel_base: int = 4096
+    d_channel_base: int = 4096  # the same for the discriminator
     d_channel_max: int = 256
-    d_mapping_layers: int = 2
+    d_mapping_layers: int = 2  # discriminator's condition-embedding MLP (projection discriminator)
     mbstd_group: int = 4
     conv_clamp: float | None = 256.0
     w_avg_beta: float = 0.995
