@@ -223,6 +223,25 @@ _loaded: dict[tuple[str, str, str], LoadedGenerator] = {}
 _lock = threading.Lock()
 
 
+def model_or_family(name: str) -> str:
+    """``name`` if it is a registered model id; a family name (``stylegan2``) means that family's model:
+    the default model (``settings.default_model``) when it is one of them, else its first working one."""
+    from services.common.config import get_settings
+
+    try:
+        resolve(name)
+        return name
+    except UnknownModel:
+        if name not in FAMILIES:
+            raise
+    family = [m for m in list_models() if m.family == name]
+    models = [m for m in family if m.status == "ok"] or family  # a broken one only if nothing else: its error shows
+    if not models:
+        raise UnknownModel(f"no model of family {name!r} is registered")
+    default = get_settings().default_model
+    return default if any(m.model_id == default for m in models) else models[0].model_id
+
+
 def load_generator(model_id: str, backend: str = "auto", device: str = "auto") -> LoadedGenerator:
     """Load (once per process) a model with a backend: auto | eager | compile | onnx."""
     from services.common.config import get_settings, resolve_device

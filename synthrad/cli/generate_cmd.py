@@ -6,26 +6,6 @@ import click
 
 from services.common.store import BATCH_FORMATS
 
-
-def resolve_model_id(model: str) -> str:
-    """A model id, or a family name (``stylegan2``) meaning that family's default/first model."""
-    from services.common.config import get_settings
-    from services.generator import registry
-
-    try:
-        registry.resolve(model)
-        return model
-    except registry.UnknownModel:
-        if model not in registry.FAMILIES:
-            raise
-    family = [m for m in registry.list_models() if m.family == model]
-    models = [m for m in family if m.status == "ok"] or family  # a broken one only if nothing else: its error shows
-    if not models:
-        raise registry.UnknownModel(f"no model of family {model!r} is registered")
-    default = get_settings().default_model
-    return default if any(m.model_id == default for m in models) else models[0].model_id
-
-
 SHA256_RE = r"^[0-9a-fA-F]{64}$"
 
 
@@ -215,7 +195,7 @@ def command(model, model_path, model_sha256, model_id, condition, prompt, n, see
         if model_path:
             gen = load_model_path(model_path, model_sha256, model_id, backend or settings.backend, dev)
         else:
-            gen = registry.load_generator(resolve_model_id(model or settings.default_model),
+            gen = registry.load_generator(registry.model_or_family(model or settings.default_model),
                                           backend or settings.backend, dev)
         try:
             gen.check_params(params)
