@@ -27,7 +27,7 @@ if [ "$PHASE" = train ] || [ "$PHASE" = all ]; then
   # sanity: the exported model loads through its family loader, generates on the GPU, batch-invariant
   $PY -m services.generator.train.check_export --descriptor "$OUT/ddpm/ddpm-cxr64.json" --device cuda
   # model-card figures: conditional agreement (same classifier recipe as the StyleGAN2 card), 200 images/condition
-  SYNTHRAD_MODEL_DIRS="$OUT/ddpm" timeout 300 $PY -m services.metrics.conditioning --model ddpm-cxr64 \
+  SYNTHRAD_MODEL_DIRS="$OUT/ddpm" timeout 300 $PY -m synthrad.cli.main models evaluate ddpm-cxr64 \
       --data "$DATA" --layout nih --views PA,AP --device cuda --backend eager --n-per-condition 200 \
       --json "$OUT/ddpm/conditioning.json"
   echo "evaluate exit $?"

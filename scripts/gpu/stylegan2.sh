@@ -37,8 +37,8 @@ tail -n 3 "$RUN/log.jsonl" || true
 if [ "${SG2_KEEP_CKPT:-0}" != "1" ]; then mv "$RUN/checkpoint.pt" /tmp/stylegan2-checkpoint.pt 2>/dev/null || true; fi
 
 # 2) conditional agreement (classifier trained on real NIH train labels; generated vs real held-out)
-SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 150 $PY -m services.metrics.conditioning \
-    --model stylegan2-cxr64 --backend eager --data "$DATA" --layout nih --views PA,AP --device "$DEV" \
+SYNTHRAD_MODEL_DIRS="$RUN/export" timeout 150 $PY -m synthrad.cli.main models evaluate stylegan2-cxr64 \
+    --backend eager --data "$DATA" --layout nih --views PA,AP --device "$DEV" \
     --n-per-condition "$EVAL_N" \
     --json "$OUT/stylegan2_conditioning.json" 2>&1 | tail -n 25 || echo "stylegan2: conditioning eval failed (run it on CPU later)"
 

@@ -13,18 +13,17 @@ balanced accuracy at the same threshold (per finding, chosen on the training set
 column is the ceiling the classifier allows; generated numbers near it mean the condition is followed as
 well as this classifier can tell.
 
-Reusable for any family: :func:`evaluate_conditioning` takes a :class:`LoadedGenerator`.
+Reusable for any family: :func:`evaluate_conditioning` takes any generator with the ``LoadedGenerator``
+interface (``generate(conditions, seeds, params)``); this module never imports the generator package. From the
+command line (it loads a registered model):
 
-    python -m services.metrics.conditioning --model stylegan2-cxr64 \
-        --data ../shared/data/nih-chestxray14-64 --layout nih --views PA,AP --json out.json
+    synthrad models evaluate stylegan2-cxr64 --data ../shared/data/nih-chestxray14-64 --layout nih \
+        --views PA,AP --json out.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -32,7 +31,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from services.common.config import resolve_device
 from services.common.findings import FINDINGS, Condition
 from services.common.logging import get_logger
 
@@ -204,43 +202,3 @@ def format_table(res: dict) -> str:
         lines.append(f"| {f} | {f2(rl['auc'])} | {f2(rl['balanced_accuracy'])} | {f2(g['auc'])} | {f2(g['accuracy'])} | "
                      f"{g['mean_prob_present']:.2f} / {g['mean_prob_absent']:.2f} |")
     return "\n".join(lines)
-
-
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description="Conditional agreement of a generator (see module docstring).")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--layout", default="nih")
-    ap.add_argument("--views", default="PA,AP", help="comma list or 'all'")
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--n-per-condition", type=int, default=200)
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--truncation", type=float, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from services.generator.base import GenerationParams
-    from services.generator.registry import load_generator
-
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        ap.error(str(e))
-    gen = load_generator(args.model, args.backend, device)
-    views = None if args.views.lower() == "all" else tuple(v.strip().upper() for v in args.views.split(","))
-    params = GenerationParams(truncation=args.truncation) if args.truncation is not None else None
-    res = evaluate_conditioning(gen, args.data, args.layout, views, args.n_per_condition, device=device,
-                                seed=args.seed, params=params, epochs=args.epochs)
-    print(format_table(res))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    return res
-
-
-if __name__ == "__main__":
-    main()

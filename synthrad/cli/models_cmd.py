@@ -1,4 +1,4 @@
-"""``synthrad models list|card ID|register DIR --model-id ID``."""
+"""``synthrad models list|card ID|register DIR --model-id ID|evaluate ID --data DIR``."""
 
 from __future__ import annotations
 
@@ -98,3 +98,52 @@ def register_cmd(path: str, model_id: str, out: str | None, sampler: str | None,
         click.echo(f"warning: {reg.path.parent} is not a folder the registry scans; add it to SYNTHRAD_MODEL_DIRS "
                    "(for the CLI and the server) to use the model", err=True)
     click.echo(str(reg.path))
+
+
+@command.command(name="evaluate")
+@click.argument("model_id")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Labelled real images (e.g. ../shared/data/nih-chestxray14-64): the classifier's training split "
+                   "and the held-out reference.")
+@click.option("--layout", default="nih", show_default=True, help="Dataset layout: nih, chexpert, mimic or folder.")
+@click.option("--views", default="PA,AP", show_default=True, help="Views to use (comma list) or 'all'.")
+@click.option("--backend", default="auto", show_default=True, help="auto | eager | compile | onnx.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--n-per-condition", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Images generated per finding with it present and with it absent.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Classifier epochs.")
+@click.option("--truncation", type=float, default=None, help="StyleGAN2 truncation psi (default: the model's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the result here.")
+def evaluate_cmd(model_id, data, layout, views, backend, device, n_per_condition, epochs, truncation, seed,
+                 json_out) -> None:
+    """Conditional agreement of MODEL_ID: does it draw the findings it is conditioned on?
+
+    A finding classifier trained on the real training split scores images generated with each finding present
+    vs absent, next to the same classifier on real held-out images (services/metrics/conditioning.py)."""
+    import json
+    from pathlib import Path
+
+    from services.common.config import resolve_device
+    from services.generator import registry
+    from services.generator.base import GenerationParams, GeneratorError
+    from services.metrics.conditioning import evaluate_conditioning, format_table
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+    try:
+        gen = registry.load_generator(model_id, backend, dev)
+        params = GenerationParams(truncation=truncation) if truncation is not None else None
+        if params is not None:
+            gen.check_params(params)
+    except GeneratorError as e:
+        raise click.ClickException(str(e)) from e
+    picked = None if views.strip().lower() == "all" else tuple(v.strip().upper() for v in views.split(","))
+    res = evaluate_conditioning(gen, data, layout, picked, n_per_condition, device=dev, seed=seed, params=params,
+                                epochs=epochs)
+    click.echo(format_table(res))
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(res, indent=2))
