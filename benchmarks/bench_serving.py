@@ -84,8 +84,8 @@ def main() -> None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.tiny:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-        sys.path.insert(0, str(ROOT / "tests"))
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "support"), os.environ.get("PYTHONPATH", "")])
+        sys.path.insert(0, str(ROOT / "tests" / "support"))
     import grpc
     import httpx
     from ray import serve

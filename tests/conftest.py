@@ -4,10 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SYNTHRAD_SHARED_DATA", ROOT.parent / "shared" / "data"))
-NIH64 = SHARED_DATA / "nih-chestxray14-64"
+from repo_paths import NIH64
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,6 +55,17 @@ def nih64() -> Path:
     if not (NIH64 / "labels.csv").exists():
         pytest.skip(f"shared NIH data not found at {NIH64}")
     return NIH64
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory) -> Path:
+    """The tiny Stable-Diffusion-format pipeline of tests/support/sd_tiny.py, built once per test module in a
+    folder ``tiny-roentgen`` (``--model-path`` names the model after its folder)."""
+    from sd_tiny import build_tiny_sd
+
+    folder = tmp_path_factory.mktemp("checkpoints") / "tiny-roentgen"
+    build_tiny_sd(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
+SUPPORT = Path(__file__).resolve().parents[1] / "support"  # the tests' shared helpers (serving_fakes)
 
 
 @pytest.fixture(scope="package")  # one Ray for the session's e2e tests, stopped once they are done
 def served(_isolated_home):
     pytest.importorskip("ray")
-    # Replica processes import the tiny test generator from the tests folder.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
+    # Replica processes import the tiny test generator from tests/support.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    if str(SUPPORT) not in sys.path:
+        sys.path.insert(0, str(SUPPORT))
     from services.common.config import get_settings
     from services.gateway.app import start_local
     from services.generator.registry import list_models

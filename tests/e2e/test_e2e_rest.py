@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
+from functools import partial
 
 import httpx
 import numpy as np
 import pytest
+import serving_fakes
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +22,7 @@ def client(served):
         yield c
 
 
-def wait_job(client, job_id, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        j = client.get(f"/v1/jobs/{job_id}").json()
-        if j["state"] in ("succeeded", "failed"):
-            return j
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} still {j['state']}")
+wait_job = partial(serving_fakes.wait_job, timeout=600, poll=0.25)  # through Ray: slower jobs, slower polls
 
 
 def test_models_health_openapi(client, served):

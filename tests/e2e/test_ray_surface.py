@@ -30,7 +30,7 @@ psutil = pytest.importorskip("psutil")
 httpx = pytest.importorskip("httpx")
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = ROOT / "tests"
+SUPPORT = ROOT / "tests" / "support"  # serving_fakes, for the child's replicas
 
 
 def _is_loopback(ip: str) -> bool:
@@ -224,7 +224,7 @@ def test_configured_token_file_and_token_auth_off(tmp_path):
     token_file = tmp_path / "ray_token"
     token_file.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
     token_file.chmod(0o600)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(ROOT)]),
            "SYNTHRAD_HOME": str(tmp_path / "home"), "SYNTHRAD_DEVICE": "cpu", "RAY_USAGE_STATS_ENABLED": "0"}
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         env.pop(var, None)

@@ -1,6 +1,7 @@
 """The tiny Stable-Diffusion-format pipeline the latent-diffusion tests load (no hub access): a tiny
 UNet2DConditionModel, AutoencoderKL and CLIPTextModel, and a CLIPTokenizer from vocab.json / merges.txt
-written here. Used by tests/test_diffusion_latent.py and tests/test_diffusion_model_path.py."""
+written here. Used by tests/services/generator/models/latent_diffusion/test_loader.py and
+tests/synthrad/cli/test_generate_model_path.py (the ``sd_folder`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ CPU core. Never used by product code.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -134,3 +135,41 @@ async def serve_grpc(platform):
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+class GrpcEnv:
+    """``async with GrpcEnv(tmp_path, gen, more=..., **settings_kw) as env``: :func:`make_platform` served by
+    :func:`serve_grpc`, with ``platform``, ``store``, ``gen`` (the default model's generator, a TinyGenerator
+    unless given), ``server``, ``channel`` and a stub per service (``gen_stub``, ``batch_stub``,
+    ``metrics_stub``); the channel and server are closed on exit."""
+
+    def __init__(self, tmp_path, gen: TinyGenerator | None = None, more: tuple = (), **settings_kw):
+        self.tmp_path, self._gen, self._more, self._settings_kw = tmp_path, gen, more, settings_kw
+
+    async def __aenter__(self):
+        from services.gateway.stubs import batch_pb2_grpc, generator_pb2_grpc, metrics_pb2_grpc
+
+        self.platform, self.store, self.gen = make_platform(self.tmp_path, self._gen or TinyGenerator("tiny"),
+                                                            self._more, **self._settings_kw)
+        self.server, self.channel = await serve_grpc(self.platform)
+        self.gen_stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
+        self.batch_stub = batch_pb2_grpc.BatchServiceStub(self.channel)
+        self.metrics_stub = metrics_pb2_grpc.MetricsServiceStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.channel.close()
+        await self.server.stop(None)
+
+
+def wait_job(client, job_id: str, timeout: float = 20.0, poll: float = 0.05, headers: dict | None = None) -> dict:
+    """Poll ``GET /v1/jobs/{job_id}`` through a REST ``client`` (httpx or FastAPI's TestClient) every ``poll``
+    seconds until the job succeeded or failed, and return it; fails when it has not finished in ``timeout``."""
+    deadline = time.time() + timeout
+    j: dict = {}
+    while time.time() < deadline:
+        j = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if j["state"] in ("succeeded", "failed"):
+            return j
+        time.sleep(poll)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {j}")

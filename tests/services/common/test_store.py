@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_paths import ROOT
 
 from services.common.findings import Condition
 from services.common.store import MANIFEST, BatchNotFound, BatchStore, BatchWriter, InvalidBatchId, StoreError
@@ -89,7 +90,7 @@ def test_killed_process_leaves_nothing_listed(tmp_path):
             w.add(np.zeros((8, 8), np.float32), seed=s, condition=Condition())
         os._exit(9)  # hard crash between image writes and the manifest
     """)
-    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
     assert r.returncode == 9
     store = BatchStore(tmp_path)
     leftovers = [p for p in Path(tmp_path).iterdir()]

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from serving_fakes import make_platform
+from serving_fakes import GrpcEnv, make_platform, wait_job
 from services.common.config import ApiKeySpec, SecuritySettings, Settings
 from services.gateway.auth import ApiKeyAuth, grpc_headers, host_of
 from services.gateway.quotas import AuthFailureGuard, KeyLimiter
@@ -29,16 +28,6 @@ KEYS = [
 A, B, S, ADMIN = ({"X-API-Key": k} for k in ("secret-aaaa", "secret-bbbb", "secret-ssss", "secret-admin"))
 
 
-def wait_job(client, job_id, headers, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        j = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if j["state"] in ("succeeded", "failed"):
-            return j
-        time.sleep(0.05)
-    raise AssertionError(j)
-
-
 @pytest.fixture
 def keyed(tmp_path):
     platform, store, _ = make_platform(tmp_path, api_keys=KEYS)
@@ -53,7 +42,7 @@ def test_scopes_are_enforced_per_operation(keyed):
     r = client.post("/v1/generate", json={"count": 1}, headers=S)
     assert r.status_code == 403 and r.json()["error"] == "forbidden" and "generate" in r.json()["detail"]
     assert client.post("/v1/generate", json={"count": 1}, headers=A).status_code == 200
-    job = wait_job(client, client.post("/v1/batches", json={"count": 3}, headers=A).json()["job_id"], A)
+    job = wait_job(client, client.post("/v1/batches", json={"count": 3}, headers=A).json()["job_id"], headers=A)
     r = client.delete(f"/v1/batches/{job['batch_id']}", headers=A)  # A has no delete scope
     assert r.status_code == 403 and "delete" in r.json()["detail"]
     r = client.post("/v1/scores", json={"batch_id": job["batch_id"], "reference": "fake-ref"}, headers=A)
@@ -69,8 +58,8 @@ def test_scopes_are_enforced_per_operation(keyed):
 def test_keys_see_only_their_own_batches_and_jobs(keyed):
     client, store, _ = keyed
     ja = wait_job(client, client.post("/v1/batches", json={"count": 2, "prompt": "Left pleural effusion."},
-                                      headers=A).json()["job_id"], A)
-    jb = wait_job(client, client.post("/v1/batches", json={"count": 2}, headers=B).json()["job_id"], B)
+                                      headers=A).json()["job_id"], headers=A)
+    jb = wait_job(client, client.post("/v1/batches", json={"count": 2}, headers=B).json()["job_id"], headers=B)
     assert ja["state"] == jb["state"] == "succeeded"
     # the key id (never the key) is recorded on the job and in the manifest
     assert store.get(ja["batch_id"]).created_by == "pipe-a"
@@ -158,7 +147,7 @@ def test_token_buckets_refill():
 def test_audit_log_records_who_did_what(keyed):
     client, store, platform = keyed
     client.post("/v1/generate", json={"count": 2}, headers=A)
-    job = wait_job(client, client.post("/v1/batches", json={"count": 3}, headers=B).json()["job_id"], B)
+    job = wait_job(client, client.post("/v1/batches", json={"count": 3}, headers=B).json()["job_id"], headers=B)
     client.delete(f"/v1/batches/{job['batch_id']}", headers=B)
     entries = platform.audit.read()
     got = [(e["action"], e["key_id"]) for e in entries]
@@ -204,17 +193,11 @@ def test_grpc_metadata_that_is_not_text_is_refused_not_a_crash():
 
 
 def test_grpc_scopes_visibility_and_bad_metadata(tmp_path):
-    from test_grpc_api import _serve
-
-    from services.gateway.stubs import (batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc,
-                                         metrics_pb2, metrics_pb2_grpc)
+    from services.gateway.stubs import batch_pb2, common_pb2, generator_pb2, metrics_pb2
 
     async def go():
-        server, channel, store, gen = await _serve(tmp_path, api_keys=KEYS)
-        try:
-            g = generator_pb2_grpc.GeneratorServiceStub(channel)
-            b = batch_pb2_grpc.BatchServiceStub(channel)
-            sc = metrics_pb2_grpc.MetricsServiceStub(channel)
+        async with GrpcEnv(tmp_path, api_keys=KEYS) as env:
+            g, b, sc, store = env.gen_stub, env.batch_stub, env.metrics_stub, env.store
             md = lambda k: (("x-api-key", k),)  # noqa: E731
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await g.ListModels(generator_pb2.ListModelsRequest(), metadata=(("x-api-key-bin", b"\xff\x00"),))
@@ -237,8 +220,5 @@ def test_grpc_scopes_visibility_and_bad_metadata(tmp_path):
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await sc.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=job.batch_id), metadata=md("secret-aaaa"))
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        finally:
-            await channel.close()
-            await server.stop(None)
 
     asyncio.run(go())

@@ -8,39 +8,14 @@ import grpc
 import numpy as np
 import pytest
 
-from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform, serve_grpc
+from serving_fakes import GanLikeGenerator, GrpcEnv as Env, TinyGenerator, make_platform
 from services.common.findings import Condition
 from services.gateway.grpc_api import condition_from_pb, condition_to_pb, decode_pb_image
-from services.gateway.stubs import (batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc,
-                                     metrics_pb2, metrics_pb2_grpc)
+from services.gateway.stubs import batch_pb2, common_pb2, generator_pb2, metrics_pb2
 
 
 def run(coro):
     return asyncio.run(coro)
-
-
-async def _serve(tmp_path, gen=None, **settings_kw):
-    platform, store, gen = make_platform(tmp_path, gen or TinyGenerator("tiny"), **settings_kw)
-    server, channel = await serve_grpc(platform)
-    return server, channel, store, gen
-
-
-class Env:
-    def __init__(self, tmp_path, **kw):
-        self.tmp_path, self.kw = tmp_path, kw
-
-    async def __aenter__(self):
-        gen = self.kw.pop("gen", None) or TinyGenerator("tiny")
-        self.platform, self.store, self.gen = make_platform(self.tmp_path, gen, **self.kw)
-        self.server, self.channel = await serve_grpc(self.platform)
-        self.gen_stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
-        self.batch_stub = batch_pb2_grpc.BatchServiceStub(self.channel)
-        self.metrics_stub = metrics_pb2_grpc.MetricsServiceStub(self.channel)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.channel.close()
-        await self.server.stop(None)
 
 
 def test_condition_round_trip_and_aliases():

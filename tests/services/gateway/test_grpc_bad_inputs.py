@@ -13,9 +13,8 @@ import math
 import grpc
 import pytest
 
-from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform, serve_grpc
-from services.gateway.stubs import (batch_pb2, batch_pb2_grpc, common_pb2, generator_pb2, generator_pb2_grpc,
-                                     metrics_pb2, metrics_pb2_grpc)
+from serving_fakes import GanLikeGenerator, GrpcEnv, TinyGenerator
+from services.gateway.stubs import batch_pb2, common_pb2, generator_pb2, metrics_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -30,26 +29,14 @@ class NativeOnlyGan(GanLikeGenerator):
     max_resize_factor = 1
 
 
-class Env:
+class Env(GrpcEnv):
     def __init__(self, tmp_path):
-        self.tmp_path = tmp_path
-
-    async def __aenter__(self):
         self.tiny, self.gan = NativeOnly("tiny"), NativeOnlyGan("gan")
-        self.platform, self.store, _ = make_platform(self.tmp_path, self.tiny, more=(self.gan,))
-        self.server, self.channel = await serve_grpc(self.platform)
-        self.gen = generator_pb2_grpc.GeneratorServiceStub(self.channel)
-        self.batch = batch_pb2_grpc.BatchServiceStub(self.channel)
-        self.metrics = metrics_pb2_grpc.MetricsServiceStub(self.channel)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.channel.close()
-        await self.server.stop(None)
+        super().__init__(tmp_path, self.tiny, more=(self.gan,))
 
     async def stored_batch(self) -> str:
-        job = await self.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=2))
-        async for j in self.batch.WatchJob(common_pb2.GetJobRequest(job_id=job.job_id)):
+        job = await self.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(count=2))
+        async for j in self.batch_stub.WatchJob(common_pb2.GetJobRequest(job_id=job.job_id)):
             last = j
         assert last.state == common_pb2.JOB_STATE_SUCCEEDED, last
         return last.batch_id
@@ -127,12 +114,12 @@ def test_generate_and_stream_refuse_bad_fields(tmp_path, fields, needles):
     async def go():
         async with Env(tmp_path) as env:
             req = generator_pb2.GenerateRequest(**{"count": 1, **fields})
-            await expect(env.gen.Generate(req), INVALID, *needles)
-            await expect(env.gen.StreamGenerate(req), INVALID, *needles)
+            await expect(env.gen_stub.Generate(req), INVALID, *needles)
+            await expect(env.gen_stub.StreamGenerate(req), INVALID, *needles)
             breq = batch_pb2.CreateBatchRequest(**{k: v for k, v in {"count": 1, **fields}.items() if k != "encoding"})
             if "encoding" not in fields:
-                await expect(env.batch.CreateBatch(breq), INVALID, *needles)
-            jobs = await env.batch.ListJobs(common_pb2.ListJobsRequest())
+                await expect(env.batch_stub.CreateBatch(breq), INVALID, *needles)
+            jobs = await env.batch_stub.ListJobs(common_pb2.ListJobsRequest())
             assert list(jobs.jobs) == [] and env.tiny.calls == [] and env.gan.calls == []  # refused up front
 
     asyncio.run(go())
@@ -141,54 +128,49 @@ def test_generate_and_stream_refuse_bad_fields(tmp_path, fields, needles):
 def test_create_batch_refuses_unknown_format_and_oversized_counts(tmp_path):
     async def go():
         async with Env(tmp_path) as env:
-            await expect(env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=1, format=42)), INVALID,
+            await expect(env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(count=1, format=42)), INVALID,
                          "format 42", "BATCH_FORMAT_WEBDATASET")
-            await expect(env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=10_001)), INVALID, "10001")
-            await expect(env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=0)), INVALID, "count")
-            ok = await env.batch.CreateBatch(batch_pb2.CreateBatchRequest(count=1, params=gp(resolution=32)))
+            await expect(env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(count=10_001)), INVALID, "10001")
+            await expect(env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(count=0)), INVALID, "count")
+            ok = await env.batch_stub.CreateBatch(batch_pb2.CreateBatchRequest(count=1, params=gp(resolution=32)))
             assert ok.state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING,
                                 common_pb2.JOB_STATE_SUCCEEDED)
 
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("job_id, code, needle", [
-    ("", INVALID, "invalid job id"),
-    ("job-xyz", INVALID, "invalid job id"),
-    ("../../etc/passwd", INVALID, "invalid job id"),
-    ("job-0123456789ABCDEF", INVALID, "invalid job id"),
-    ("j" * 10_000, INVALID, "invalid job id"),
-    ("job-0123456789abcdef", NOT_FOUND, "not found"),
-])
+def id_cases(kind: str, malformed: list[str], unknown: str) -> list[tuple[str, grpc.StatusCode, str]]:
+    """(id, code, needle): each malformed id is INVALID_ARGUMENT "invalid <kind> id", then one well-formed id of
+    nothing stored is NOT_FOUND."""
+    return [*((i, INVALID, f"invalid {kind} id") for i in malformed), (unknown, NOT_FOUND, "not found")]
+
+
+@pytest.mark.parametrize("job_id, code, needle", id_cases(
+    "job", ["", "job-xyz", "../../etc/passwd", "job-0123456789ABCDEF", "j" * 10_000], "job-0123456789abcdef"))
 def test_job_ids(tmp_path, job_id, code, needle):
     async def go():
         async with Env(tmp_path) as env:
             req = common_pb2.GetJobRequest(job_id=job_id)
-            await expect(env.batch.GetJob(req), code, needle)
-            await expect(env.batch.WatchJob(req), code, needle)
-            await expect(env.metrics.GetScore(req), code, needle)
+            await expect(env.batch_stub.GetJob(req), code, needle)
+            await expect(env.batch_stub.WatchJob(req), code, needle)
+            await expect(env.metrics_stub.GetScore(req), code, needle)
 
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("batch_id, code, needle", [
-    ("", INVALID, "invalid batch id"),
-    ("not-a-batch", INVALID, "invalid batch id"),
-    ("../../etc", INVALID, "invalid batch id"),
-    ("20261127T015959-0123456789ab", INVALID, "invalid batch id"),
-    ("b" * 10_000, INVALID, "invalid batch id"),
-    ("20261127t015959-0123456789ab", NOT_FOUND, "not found"),
-])
+@pytest.mark.parametrize("batch_id, code, needle", id_cases(
+    "batch", ["", "not-a-batch", "../../etc", "20261127T015959-0123456789ab", "b" * 10_000],
+    "20261127t015959-0123456789ab"))
 def test_batch_ids(tmp_path, batch_id, code, needle):
     async def go():
         async with Env(tmp_path) as env:
             req = batch_pb2.GetBatchRequest(batch_id=batch_id)
-            details = await expect(env.batch.GetBatch(req), code, needle)
+            details = await expect(env.batch_stub.GetBatch(req), code, needle)
             assert str(tmp_path) not in details  # the store's location is not the client's business
-            await expect(env.batch.DeleteBatch(req), code, needle)
-            await expect(env.batch.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=batch_id)), code,
+            await expect(env.batch_stub.DeleteBatch(req), code, needle)
+            await expect(env.batch_stub.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=batch_id)), code,
                          needle)
-            await expect(env.metrics.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=batch_id)), code, needle)
+            await expect(env.metrics_stub.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=batch_id)), code, needle)
 
     asyncio.run(go())
 
@@ -197,9 +179,9 @@ def test_stream_batch_images_refuses_an_unknown_encoding(tmp_path):
     async def go():
         async with Env(tmp_path) as env:
             bid = await env.stored_batch()
-            await expect(env.batch.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=bid, encoding=5)),
+            await expect(env.batch_stub.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=bid, encoding=5)),
                          INVALID, "encoding 5")
-            got = [m async for m in env.batch.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=bid))]
+            got = [m async for m in env.batch_stub.StreamBatchImages(batch_pb2.StreamBatchImagesRequest(batch_id=bid))]
             assert len(got) == 2
 
     asyncio.run(go())
@@ -208,7 +190,7 @@ def test_stream_batch_images_refuses_an_unknown_encoding(tmp_path):
 def test_list_jobs_kind(tmp_path):
     async def go():
         async with Env(tmp_path) as env:
-            await expect(env.batch.ListJobs(common_pb2.ListJobsRequest(kind="everything")), INVALID, "everything",
+            await expect(env.batch_stub.ListJobs(common_pb2.ListJobsRequest(kind="everything")), INVALID, "everything",
                          "batch or score")
 
     asyncio.run(go())
@@ -225,21 +207,21 @@ def test_create_score_checks_metrics_extractor_and_reference_at_submission(tmp_p
             def req(**kw):
                 return metrics_pb2.CreateScoreRequest(batch_id=bid, reference="fake-ref", **kw)
 
-            details = await expect(env.metrics.CreateScore(req(metrics=["fid", "fidd"])), INVALID, "fidd")
+            details = await expect(env.metrics_stub.CreateScore(req(metrics=["fid", "fidd"])), INVALID, "fidd")
             assert all(m in details for m in ALL_METRICS)
-            details = await expect(env.metrics.CreateScore(req(extractor="resnet")), INVALID, "resnet")
+            details = await expect(env.metrics_stub.CreateScore(req(extractor="resnet")), INVALID, "resnet")
             assert all(x in details for x in available_extractors())
-            await expect(env.metrics.CreateScore(req(metrics=[""])), INVALID, "no metrics")
-            await expect(env.metrics.CreateScore(req(metrics=["x" * 100_000])), INVALID, "unknown metric")
-            await expect(env.metrics.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=bid, reference="nope")),
+            await expect(env.metrics_stub.CreateScore(req(metrics=[""])), INVALID, "no metrics")
+            await expect(env.metrics_stub.CreateScore(req(metrics=["x" * 100_000])), INVALID, "unknown metric")
+            await expect(env.metrics_stub.CreateScore(metrics_pb2.CreateScoreRequest(batch_id=bid, reference="nope")),
                          INVALID, "nope", "fake-ref")
-            before = await env.batch.ListJobs(common_pb2.ListJobsRequest(kind="score"))
+            before = await env.batch_stub.ListJobs(common_pb2.ListJobsRequest(kind="score"))
             assert list(before.jobs) == []  # nothing was queued by the refused requests
-            job = await env.metrics.CreateScore(req())  # no metrics given = the default (fid)
+            job = await env.metrics_stub.CreateScore(req())  # no metrics given = the default (fid)
             assert '"metrics": ["fid"]' in job.request_json and job.kind == "score"
             # a batch job is not a scoring job
-            batch_job = (await env.batch.ListJobs(common_pb2.ListJobsRequest(kind="batch"))).jobs[0]
-            await expect(env.metrics.GetScore(common_pb2.GetJobRequest(job_id=batch_job.job_id)), NOT_FOUND,
+            batch_job = (await env.batch_stub.ListJobs(common_pb2.ListJobsRequest(kind="batch"))).jobs[0]
+            await expect(env.metrics_stub.GetScore(common_pb2.GetJobRequest(job_id=batch_job.job_id)), NOT_FOUND,
                          "not a scoring job")
 
     asyncio.run(go())
@@ -252,7 +234,7 @@ def test_server_failure_is_internal_with_an_error_id_only(tmp_path, caplog):
                 raise RuntimeError("cannot reach 10.9.8.7:6379 from /opt/synthrad/secret.cfg (pid=31337)")
 
             env.platform.model_infos = broken
-            details = await expect(env.gen.ListModels(generator_pb2.ListModelsRequest()), grpc.StatusCode.INTERNAL,
+            details = await expect(env.gen_stub.ListModels(generator_pb2.ListModelsRequest()), grpc.StatusCode.INTERNAL,
                                    "internal error")
             for secret in ("10.9.8.7", "/opt/synthrad", "31337", "RuntimeError"):
                 assert secret not in details

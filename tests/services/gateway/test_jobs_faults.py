@@ -11,36 +11,15 @@ import time
 import numpy as np
 import pytest
 
+from generator_faults import FlakyGenerators
 from serving_fakes import TinyGenerator, make_platform
 from services.common.config import JobSettings
 from services.gateway.clients import is_transient_ray_error
-from services.generator.generation import LocalGenerators
 from services.gateway.errors import Unavailable
 from services.gateway.jobs import JobManager, JobRecord, JobState
 from services.common.provenance import utc_now
 
 DEAD_OWNER = f"{socket.gethostname()}:999999999"  # this host, a pid that does not exist
-
-
-class ReplicaLost(Exception):
-    """Stands for Ray's ActorDiedError in process: the machinery failed, not the model."""
-
-
-class FlakyGenerators(LocalGenerators):
-    """Real in-process generators whose first ``failures`` calls fail as if the replica had died."""
-
-    def __init__(self, replicas, failures: int):
-        super().__init__(replicas)
-        self.failures = failures
-
-    async def generate(self, model_id, chunk):
-        if self.failures > 0:
-            self.failures -= 1
-            raise ReplicaLost("replica died")
-        return await super().generate(model_id, chunk)
-
-    def is_transient(self, exc):
-        return isinstance(exc, ReplicaLost)
 
 
 async def _wait(platform, job_id, timeout=20.0):

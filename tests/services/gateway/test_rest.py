@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform
+from serving_fakes import GanLikeGenerator, TinyGenerator, make_platform, wait_job
 from services.common.codecs.png import decode_png
 from services.common.findings import Condition
 from services.gateway.rest import create_app
@@ -23,16 +22,6 @@ def env(tmp_path):
     platform, store, gen = make_platform(tmp_path)
     with TestClient(create_app(platform), base_url="http://localhost") as client:
         yield client, store, gen, platform
-
-
-def wait_job(client, job_id: str, timeout: float = 20.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        j = client.get(f"/v1/jobs/{job_id}").json()
-        if j["state"] in ("succeeded", "failed"):
-            return j
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {j}")
 
 
 def test_models_and_openapi(env):

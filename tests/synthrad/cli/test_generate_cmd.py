@@ -10,7 +10,7 @@ import uuid
 import pytest
 import torch
 from click.testing import CliRunner
-from test_stylegan2_generate import make_model
+from stylegan2_tiny import make_model
 
 from services.common.store import BatchStore
 from services.generator.base import GenerationParams, GeneratorError

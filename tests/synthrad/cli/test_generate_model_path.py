@@ -1,6 +1,6 @@
 """`synthrad generate --model-path DIR` (a local Stable-Diffusion-format checkpoint such as RoentGen, no hub
 access), `--model-sha256` pinning, raw prompts for text-conditioned models, and `synthrad models register`.
-Uses the tiny pipeline of tests/sd_tiny.py."""
+Uses the tiny pipeline of tests/support/sd_tiny.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from sd_tiny import build_tiny_sd
 
 from services.common.codecs import decode_image
 from services.common.findings import Condition
@@ -21,13 +20,6 @@ RAW_PROMPT = "PA view, 67 year old man, portable"  # names no finding the condit
 FAST = ["--steps", "2", "--sampler", "ddim", "--backend", "eager", "--device", "cpu", "--format", "npz"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("checkpoints") / "tiny-roentgen"
-    build_tiny_sd(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from services.common.findings import Condition
 from services.common.store import BatchStore
 from services.generator.generation import GenerationRequest, GenerationService, LocalGenerators, RetryPolicy
 from services.generator.replica import GeneratorReplica
+from generator_faults import FlakyGenerators, ReplicaLost
 from serving_fakes import TinyGenerator
 
 
@@ -32,25 +33,6 @@ class Observer:
 
     def retried(self, model_id):
         self.events.append("retried")
-
-
-class Lost(Exception):
-    """Stands for a replica that died (transient: the same chunk is sent again)."""
-
-
-class Flaky(LocalGenerators):
-    def __init__(self, replicas, failures: int):
-        super().__init__(replicas)
-        self.failures = failures
-
-    async def generate(self, model_id, chunk):
-        if self.failures > 0:
-            self.failures -= 1
-            raise Lost("replica died")
-        return await super().generate(model_id, chunk)
-
-    def is_transient(self, exc):
-        return isinstance(exc, Lost)
 
 
 def service(gen: TinyGenerator, generators=None, **kw) -> GenerationService:
@@ -76,14 +58,14 @@ def test_images_come_in_order_in_chunks_of_the_models_batch_size_with_seed_plus_
 
 def test_a_chunk_whose_replica_died_is_sent_again_with_the_same_seeds():
     gen = TinyGenerator()
-    flaky = Flaky({gen.model_id: GeneratorReplica(gen.model_id, generator=gen, max_batch_size=4)}, failures=2)
+    flaky = FlakyGenerators({gen.model_id: GeneratorReplica(gen.model_id, generator=gen, max_batch_size=4)}, failures=2)
     obs = Observer()
     svc = service(gen, generators=flaky, observer=obs, retry=RetryPolicy(retries=2, backoff_s=0.0))
     plan = plan_of(svc, count=6, seed=1)
     np.testing.assert_array_equal(asyncio.run(svc.generate(plan)), TinyGenerator().generate(plan.conditions, plan.seeds))
     assert obs.events.count("retried") == 2
     flaky.failures = 5  # more failures than retries: the error reaches the caller
-    with pytest.raises(Lost):
+    with pytest.raises(ReplicaLost):
         asyncio.run(svc.generate(plan))
 
 

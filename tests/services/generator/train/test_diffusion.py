@@ -4,31 +4,16 @@ condition dropout, and the ``synthrad train diffusion`` command on the shared NI
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from repo_paths import NIH64 as NIH
+from toy_data import ToyXrays
 
 from services.common.findings import Condition
 from services.generator.base import GenerationParams
 from services.generator.train.diffusion import DiffusionTrainConfig, DiffusionTrainer, drop_conditions, train
-
-NIH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-chestxray14-64"
-
-
-class SynthXrays(torch.utils.data.Dataset):
-    def __init__(self, n: int = 12, res: int = 16):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.rand(n, 1, res, res, generator=g) * 2 - 1
-        self.c = torch.randint(0, 3, (n, 4), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.c[i]
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -46,7 +31,7 @@ def _cfg(out, **kw) -> DiffusionTrainConfig:
 
 
 def test_resume_continues_exactly(tmp_path):
-    data = SynthXrays()
+    data = ToyXrays()
     straight = DiffusionTrainer(_cfg(tmp_path / "a", max_steps=6), dataset=data)
     straight.fit()
     first = DiffusionTrainer(_cfg(tmp_path / "b", max_steps=3), dataset=data)
@@ -68,7 +53,7 @@ def test_export_is_loadable_and_generates(tmp_path):
     from services.generator.models.ddpm.loader import load
     from services.generator.registry import sha256_file
 
-    desc = train(_cfg(tmp_path, max_steps=2), dataset=SynthXrays())
+    desc = train(_cfg(tmp_path, max_steps=2), dataset=ToyXrays())
     weights = tmp_path / "ddpm-test.safetensors"
     on_disk = json.loads((tmp_path / "ddpm-test.json").read_text())
     assert on_disk == desc and desc["family"] == "ddpm" and desc["sha256"] == sha256_file(weights)
@@ -83,7 +68,7 @@ def test_export_is_loadable_and_generates(tmp_path):
 
 
 def test_time_budget_stops_and_exports(tmp_path):
-    desc = train(_cfg(tmp_path, max_steps=None, max_minutes=0.002), dataset=SynthXrays())
+    desc = train(_cfg(tmp_path, max_steps=None, max_minutes=0.002), dataset=ToyXrays())
     assert desc["training"]["steps"] < 1000
     assert (tmp_path / "ddpm-test.safetensors").exists()
 
@@ -128,7 +113,7 @@ def test_cli_trains_on_real_images(tmp_path, monkeypatch):
 
 def test_ema_is_the_shared_warmup_lerp(tmp_path):
     """One step's EMA equals ``beta * ema + (1 - beta) * model`` with beta = min(decay, (1+s)/(10+s))."""
-    tr = DiffusionTrainer(_cfg(tmp_path, ema_decay=0.5), dataset=SynthXrays())
+    tr = DiffusionTrainer(_cfg(tmp_path, ema_decay=0.5), dataset=ToyXrays())
     tr.step = 20  # warm-up beta 21/30 = 0.7 > decay -> beta = decay
     before = {k: v.clone() for k, v in tr.ema.state_dict().items()}
     tr.train_step()
@@ -140,19 +125,19 @@ def test_ema_is_the_shared_warmup_lerp(tmp_path):
 def test_fresh_run_refuses_existing_checkpoint_unless_overwrite(tmp_path):
     from services.generator.train.common import RunFolderExists
 
-    train(_cfg(tmp_path, max_steps=2), dataset=SynthXrays())
+    train(_cfg(tmp_path, max_steps=2), dataset=ToyXrays())
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(RunFolderExists, match="--resume.*--overwrite"):
-        train(_cfg(tmp_path, max_steps=4), dataset=SynthXrays())
+        train(_cfg(tmp_path, max_steps=4), dataset=ToyXrays())
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
-    assert train(_cfg(tmp_path, max_steps=3), dataset=SynthXrays(), resume=True)["training"]["steps"] == 3
-    desc = train(_cfg(tmp_path, max_steps=1, overwrite=True), dataset=SynthXrays())
+    assert train(_cfg(tmp_path, max_steps=3), dataset=ToyXrays(), resume=True)["training"]["steps"] == 3
+    desc = train(_cfg(tmp_path, max_steps=1, overwrite=True), dataset=ToyXrays())
     assert desc["training"]["steps"] == 1  # started over
 
 
 def test_resume_mismatch_names_only_the_differing_fields(tmp_path):
-    DiffusionTrainer(_cfg(tmp_path, max_steps=1), dataset=SynthXrays()).fit()
-    other = DiffusionTrainer(_cfg(tmp_path, resolution=32), dataset=SynthXrays(res=32))
+    DiffusionTrainer(_cfg(tmp_path, max_steps=1), dataset=ToyXrays()).fit()
+    other = DiffusionTrainer(_cfg(tmp_path, resolution=32), dataset=ToyXrays(res=32))
     with pytest.raises(ValueError) as ei:
         other.resume()
     msg = str(ei.value)

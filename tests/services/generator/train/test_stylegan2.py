@@ -7,25 +7,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from toy_data import ToyXrays
 
 from services.generator.train.augment import AdaptiveAugment
 from services.generator.train.stylegan2 import StyleGAN2Trainer, TrainConfig
 
 NET = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16, d_channel_base=128,
            d_channel_max=16)
-
-
-class ToyData(torch.utils.data.Dataset):
-    def __init__(self, n=12, res=16):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.rand(n, 1, res, res, generator=g) * 2 - 1
-        self.c = torch.randint(0, 2, (n, 4), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.c[i]
 
 
 def cfg(out, **kw):
@@ -42,13 +30,13 @@ def _params(tr):
 
 def test_resume_continues_step_count_and_matches(tmp_path):
     torch.set_num_threads(1)
-    straight = StyleGAN2Trainer(cfg(tmp_path / "a", max_steps=3), dataset=ToyData())
+    straight = StyleGAN2Trainer(cfg(tmp_path / "a", max_steps=3), dataset=ToyXrays(states=2))
     straight.train()
     assert straight.step == 3 and straight.nimg == 12
-    first = StyleGAN2Trainer(cfg(tmp_path / "b", max_steps=1), dataset=ToyData())
+    first = StyleGAN2Trainer(cfg(tmp_path / "b", max_steps=1), dataset=ToyXrays(states=2))
     first.train()
     assert (tmp_path / "b" / "checkpoint.pt").exists() and first.step == 1
-    resumed = StyleGAN2Trainer(cfg(tmp_path / "b", max_steps=3, resume=True), dataset=ToyData())
+    resumed = StyleGAN2Trainer(cfg(tmp_path / "b", max_steps=3, resume=True), dataset=ToyXrays(states=2))
     assert resumed.step == 1 and resumed.nimg == 4
     resumed.train()
     assert resumed.step == 3 and resumed.nimg == 12
@@ -57,16 +45,16 @@ def test_resume_continues_step_count_and_matches(tmp_path):
     diff = max(float((pa[k].float() - pb[k].float()).abs().max()) for k in pa)
     assert diff == 0.0
     # the trained G differs from a fresh one (training did something)
-    fresh = StyleGAN2Trainer(cfg(tmp_path / "c", max_steps=0), dataset=ToyData())
+    fresh = StyleGAN2Trainer(cfg(tmp_path / "c", max_steps=0), dataset=ToyXrays(states=2))
     assert any(not torch.equal(fresh.G.state_dict()[k], straight.G.state_dict()[k]) for k in fresh.G.state_dict())
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert {"loss_G", "loss_D", "img_s", "aug_p"} <= set(log[0])
 
 
 def test_resume_refuses_other_architecture(tmp_path):
-    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyData()).train()
+    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyXrays(states=2)).train()
     with pytest.raises(ValueError, match="different network config"):
-        StyleGAN2Trainer(cfg(tmp_path, resume=True, net={**NET, "channel_max": 8}), dataset=ToyData())
+        StyleGAN2Trainer(cfg(tmp_path, resume=True, net={**NET, "channel_max": 8}), dataset=ToyXrays(states=2))
 
 
 def test_augment_never_flips_and_adapts():
@@ -118,9 +106,9 @@ def test_train_cli_on_nih_exports_a_loadable_model(nih64, tmp_path, monkeypatch)
 
 
 def test_resume_mismatch_names_only_the_differing_fields(tmp_path):
-    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyData()).train()
+    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyXrays(states=2)).train()
     with pytest.raises(ValueError) as ei:
-        StyleGAN2Trainer(cfg(tmp_path, resume=True, net={**NET, "channel_max": 8}), dataset=ToyData())
+        StyleGAN2Trainer(cfg(tmp_path, resume=True, net={**NET, "channel_max": 8}), dataset=ToyXrays(states=2))
     msg = str(ei.value)
     assert "channel_max: checkpoint 16, now 8" in msg and "use the same options or a new --out" in msg
     assert "z_dim" not in msg and "mapping_layers" not in msg and "d_channel_max" not in msg
@@ -129,14 +117,14 @@ def test_resume_mismatch_names_only_the_differing_fields(tmp_path):
 def test_fresh_run_refuses_existing_checkpoint_unless_overwrite(tmp_path):
     from services.generator.train.common import RunFolderExists
 
-    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyData()).train()
+    StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyXrays(states=2)).train()
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(RunFolderExists, match="--resume.*--overwrite"):
-        StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyData())
+        StyleGAN2Trainer(cfg(tmp_path, max_steps=1), dataset=ToyXrays(states=2))
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     with pytest.raises(ValueError, match="exclude each other"):
-        StyleGAN2Trainer(cfg(tmp_path, resume=True, overwrite=True), dataset=ToyData())
-    tr = StyleGAN2Trainer(cfg(tmp_path, max_steps=1, overwrite=True), dataset=ToyData())
+        StyleGAN2Trainer(cfg(tmp_path, resume=True, overwrite=True), dataset=ToyXrays(states=2))
+    tr = StyleGAN2Trainer(cfg(tmp_path, max_steps=1, overwrite=True), dataset=ToyXrays(states=2))
     assert tr.step == 0  # a new run, not the old one resumed
     tr.train()
     assert tr.step == 1 and (tmp_path / "checkpoint.pt").read_bytes() != before
@@ -212,7 +200,7 @@ def test_resolve_device_validates(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device(spec)
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        StyleGAN2Trainer(cfg(tmp_path / "run", device="cuda"), dataset=ToyData())
+        StyleGAN2Trainer(cfg(tmp_path / "run", device="cuda"), dataset=ToyXrays(states=2))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("auto") == "cuda" and resolve_device("CUDA:1") == "cuda:1"
@@ -272,7 +260,7 @@ def test_resume_loads_only_safe_checkpoints(tmp_path):
         load_checkpoint(bad)
     assert not (tmp_path / "owned").exists()
     with pytest.raises(UnsafeCheckpoint):
-        StyleGAN2Trainer(cfg(tmp_path / "bad", resume=True), dataset=ToyData())
+        StyleGAN2Trainer(cfg(tmp_path / "bad", resume=True), dataset=ToyXrays(states=2))
     assert not (tmp_path / "owned").exists()
     import numpy as np
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from repo_paths import ROOT, SHARED_DATA
 
 from services.metrics.errors import MetricsError
 from services.metrics.extractors import inception as inc
-ROOT = Path(__file__).resolve().parents[1]
-from conftest import SHARED_DATA  # noqa: E402  (tests/ is on sys.path, as for metrics_fakes)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from repo_paths import SHARED_DATA
 
 from services.metrics.errors import MetricsError
 from services.metrics.references import BUILTIN, get_reference, list_references
-from conftest import SHARED_DATA  # noqa: E402  (tests/ is on sys.path, as for metrics_fakes)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -4,11 +4,12 @@ ONNX vs eager, prompts (parsed by the caller), registry loading. Tiny random-wei
 from __future__ import annotations
 
 import json
-import threading
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from concurrency import run_together
 
 from services.common.findings import Condition
 from services.generator.base import GenerationParams, GeneratorError
@@ -113,27 +114,14 @@ def test_schedulers_are_fresh_per_request():
 def test_concurrent_requests_with_different_steps_do_not_interfere(gen):
     jobs = [("dpmpp", 3, [EFFUSION, NORMAL], [1, 2]), ("dpmpp", 9, [CARDIO], [7]), ("ddpm", 5, [NORMAL], [4])]
     expected = [gen.generate(c, s, GenerationParams(sampler=sm, steps=st)) for sm, st, c, s in jobs]
-    results: dict[tuple[int, int], np.ndarray] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(jobs))
 
-    def work(j):
-        sm, st, c, s = jobs[j]
-        try:
-            barrier.wait()
-            for r in range(2):
-                results[(j, r)] = gen.generate(c, s, GenerationParams(sampler=sm, steps=st))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+    def twice(sm, st, c, s):
+        return [gen.generate(c, s, GenerationParams(sampler=sm, steps=st)) for _ in range(2)]
 
-    threads = [threading.Thread(target=work, args=(j,)) for j in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    for (j, _), out in results.items():
-        assert np.array_equal(out, expected[j])
+    results = run_together([partial(twice, *job) for job in jobs])  # fails naming any error a thread raised
+    for j, outs in results.items():
+        for out in outs:
+            assert np.array_equal(out, expected[j])
 
 
 def test_onnx_unet_matches_eager(tiny_dir, monkeypatch, tmp_path):

@@ -1,15 +1,15 @@
 """Text-conditioned latent diffusion from a local Stable-Diffusion-format folder: the tiny pipeline of
-tests/sd_tiny.py (tiny UNet2DConditionModel, AutoencoderKL, CLIPTextModel, and a CLIPTokenizer from
+tests/support/sd_tiny.py (tiny UNet2DConditionModel, AutoencoderKL, CLIPTextModel, and a CLIPTokenizer from
 vocab.json / merges.txt written there), built and saved by the test — no hub access."""
 
 from __future__ import annotations
 
 import json
-import threading
+from functools import partial
 
 import numpy as np
 import pytest
-from sd_tiny import build_tiny_sd
+from concurrency import run_together
 
 from services.common.findings import Condition
 from services.generator.base import GenerationParams, GeneratorError
@@ -17,13 +17,6 @@ from services.generator.base import GenerationParams, GeneratorError
 PROMPTS = ["Large right pleural effusion", "No acute cardiopulmonary process"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-sd") / "pipeline"
-    build_tiny_sd(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -69,22 +62,12 @@ def test_condition_text_is_used_without_a_prompt(gen):
 
 def test_samplers_and_steps_per_request_in_threads(gen):
     jobs = [("ddim", 2), ("dpmpp", 5), ("ddpm", 3)]
-    expected = [gen.generate([Condition()], [2], GenerationParams(sampler=s, steps=n), prompts=PROMPTS[:1]) for s, n in jobs]
-    results, errors = {}, []
-    barrier = threading.Barrier(len(jobs))
 
-    def work(j):
-        try:
-            barrier.wait()
-            s, n = jobs[j]
-            results[j] = gen.generate([Condition()], [2], GenerationParams(sampler=s, steps=n), prompts=PROMPTS[:1])
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+    def one(s, n):
+        return gen.generate([Condition()], [2], GenerationParams(sampler=s, steps=n), prompts=PROMPTS[:1])
 
-    threads = [threading.Thread(target=work, args=(j,)) for j in range(len(jobs))]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors, errors
+    expected = [one(s, n) for s, n in jobs]
+    results = run_together([partial(one, s, n) for s, n in jobs])  # fails naming any error a thread raised
     for j, out in results.items():
         np.testing.assert_allclose(out, expected[j], atol=1e-5)
     assert gen.pipe.scheduler.__class__.__name__ == "DDIMScheduler"  # the loaded pipeline's scheduler is untouched
@@ -105,23 +88,13 @@ def test_concurrent_requests_do_not_share_tokenizer_state(gen, monkeypatch):
         time.sleep(0.02)
 
     jobs = [("ddim", 2, PROMPTS[0]), ("ddim", 2, PROMPTS[1]), ("dpmpp", 2, PROMPTS[0])]
-    expected = [gen.generate([Condition()], [5], GenerationParams(sampler=s, steps=n), prompts=[p]) for s, n, p in jobs]
+
+    def one(s, n, p):
+        return gen.generate([Condition()], [5], GenerationParams(sampler=s, steps=n), prompts=[p])
+
+    expected = [one(*job) for job in jobs]
     monkeypatch.setattr(tok_cls, "set_truncation_and_padding", slow)
-    results, errors = {}, []
-    barrier = threading.Barrier(len(jobs))
-
-    def work(j):
-        try:
-            barrier.wait()
-            s, n, p = jobs[j]
-            results[j] = gen.generate([Condition()], [5], GenerationParams(sampler=s, steps=n), prompts=[p])
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(j,)) for j in range(len(jobs))]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors, errors
+    results = run_together([partial(one, *job) for job in jobs])  # fails naming any error a thread raised
     assert sorted(results) == [0, 1, 2]
     for j, out in results.items():
         np.testing.assert_allclose(out, expected[j], atol=1e-5)

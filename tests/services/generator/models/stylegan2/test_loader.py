@@ -3,39 +3,18 @@
 import hashlib
 import io
 import json
-import uuid
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
+from stylegan2_tiny import make_model
 
 from services.common.findings import Condition
 from services.generator import registry
 from services.generator.base import GenerationParams, GeneratorError
-from services.generator.models.stylegan2.loader import save_weights
-from services.generator.models.stylegan2.network import Generator, StyleGAN2Config
 
-TINY = dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=32)
 ONNX_ATOL = 1e-4  # on [0, 1] images (observed ~5e-6)
-
-
-def make_model(folder, model_id=None):
-    """A random tiny generator registered as a descriptor + safetensors in ``folder``."""
-    model_id = model_id or f"sg2-test-{uuid.uuid4().hex[:8]}"
-    torch.manual_seed(1)
-    G = Generator(StyleGAN2Config(**TINY))
-    with torch.no_grad():
-        for m in G.modules():
-            if hasattr(m, "noise_strength"):
-                m.noise_strength.fill_(0.5)
-        G.mapping.w_avg.normal_()
-    save_weights(G, folder / f"{model_id}.safetensors")
-    desc = {"model_id": model_id, "family": "stylegan2", "weights": f"{model_id}.safetensors", "resolution": 16,
-            "config": G.cfg.to_dict(), "generation": {"truncation": 1.0}}
-    (folder / f"{model_id}.json").write_text(json.dumps(desc))
-    return model_id
 
 
 @pytest.fixture
