@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Metrics GPU check (issue 4): FID Inception extraction in fp32 (TF32 off) vs TF32 vs fp16 vs fp16+torch.compile
 # vs bf16 — images/s of the extractor and the FID of NIH 64 px train (600) vs valid (200) with each, relative
-# difference to fp32. Needs only torch, numpy, scipy, pillow there (no pytorch-fid / torch-fidelity / pydantic).
+# difference to fp32. Needs the package's own dependencies there (not pytorch-fid / torch-fidelity).
 #
 # 1) once, on the dev machine:   bash scripts/gpu/metrics.sh --prepare
 #    writes .gpu/metrics/fid_inception.int8.pth (22 MB; .gpu/ is git-ignored): the FID weights with conv kernels

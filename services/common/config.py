@@ -161,6 +161,11 @@ class RuntimeSettings(BaseModel):
                                                        "(`synthrad serve`).")
 
 
+#: environment variables of earlier releases -> their ``runtime`` field
+_LEGACY_RUNTIME_ENV = {"SYNTHRAD_DDPM_MICRO_BATCH": "ddpm_micro_batch", "SYNTHRAD_ORT_THREADS": "ort_threads",
+                       "SYNTHRAD_RAY_LOG_TO_DRIVER": "ray_log_to_driver"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYNTHRAD_", env_nested_delimiter="__", extra="ignore")
 
@@ -198,6 +203,21 @@ class Settings(BaseSettings):
         if not _DEVICE_SPEC.fullmatch(s):
             raise ValueError(f"unknown device {v!r}: use auto, cpu, cuda or cuda:N")
         return s
+
+    @model_validator(mode="after")
+    def _legacy_env(self):
+        """Variables of earlier releases that are now ``runtime`` settings: still honoured (when the new name is
+        not set), with a warning naming the new one."""
+        import logging
+
+        for old, field in _LEGACY_RUNTIME_ENV.items():
+            raw = os.environ.get(old)
+            if raw is None or getattr(self.runtime, field) != RuntimeSettings.model_fields[field].default:
+                continue
+            new = f"SYNTHRAD_RUNTIME__{field.upper()}"
+            logging.getLogger("synthrad.config").warning("%s is deprecated; set %s instead", old, new)
+            self.runtime = self.runtime.model_validate({**self.runtime.model_dump(), field: raw})
+        return self
 
     @field_validator("model_dirs", mode="before")
     @classmethod

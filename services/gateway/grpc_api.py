@@ -309,6 +309,5 @@ def score_to_pb(rec: JobRecord) -> metrics_pb2.ScoreResult:
     return out
 
 
-# ---- moved --------------------------------------------------------------------------------------
 __all__ = ["GrpcApi", "condition_from_pb", "condition_to_pb", "params_from_pb", "check_encoding", "encode_pb_image",
            "decode_pb_image", "job_to_pb", "stamp_to_pb", "score_to_pb"]

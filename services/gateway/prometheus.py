@@ -4,7 +4,9 @@ Names follow the Prometheus conventions Ray Serve and Triton users know (``_tota
 histograms, base units, a ``model`` label like Triton's): they are recorded in the gateway process from
 what each generator replica measures and returns with its results (typed ``ChunkStats``: queue wait,
 forward-pass time, formed batch size, GPU memory; the replica flags one chunk per forward pass so a pass is
-counted once), so one scrape of the gateway shows the whole pipeline, exactly and at once.
+counted once), so one scrape of the gateway shows the whole pipeline, exactly and at once. (A pass whose
+flagged chunk was cancelled by its caller before the result came back — a client that dropped a stream — is
+not counted in the compute and batch-size histograms.)
 
 Why not ``ray.serve.metrics`` in the replicas: Ray exports those through each node's metrics agent, renamed
 ``ray_<name>``, some seconds later (the agent's report interval); the documented ``synthrad_*`` names on the

@@ -163,8 +163,8 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
 def check_request(metrics: str | Sequence[str], extractor: str) -> tuple[list[str], str]:
     """``(metrics, extractor)`` as :func:`~services.metrics.api.score` will use them, or :class:`MetricsError`
     naming an unknown metric, an empty metric list or an unknown extractor (with the valid names) — checked
-    without loading anything, so the serving layer refuses a bad scoring request at submission instead of
-    queueing a job that fails."""
+    without loading an extractor, weights or data (only the measure modules are imported), so the serving layer
+    refuses a bad scoring request at submission instead of queueing a job that fails."""
     from services.metrics.extractors import available_extractors
 
     mlist = parse_metrics(metrics)

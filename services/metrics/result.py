@@ -22,7 +22,7 @@ class SetInfo(BaseModel):
 class Score(BaseModel):
     metric: str = Field(description="the measure that made it: fid | kid | ipr | prdc | svm | variety")
     name: str = Field(description="display name: FID only for the inception extractor (else FD_<extractor>)")
-    value: float
+    value: float | None = Field(description="None when undefined for these sets (NaN), e.g. after a JSON round trip")
     std: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None

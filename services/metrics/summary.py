@@ -50,7 +50,7 @@ class ExtractorInfo(BaseModel):
 class ScoreEntry(BaseModel):
     name: str
     metric: str | None = None
-    value: float | None
+    value: float | None = None  # left out (None) for a NaN
     std: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None

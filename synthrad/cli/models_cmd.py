@@ -114,9 +114,10 @@ def register_cmd(path: str, model_id: str, out: str | None, sampler: str | None,
 @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Classifier epochs.")
 @click.option("--truncation", type=float, default=None, help="StyleGAN2 truncation psi (default: the model's).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the result here.")
 def evaluate_cmd(model_id, data, layout, views, backend, device, n_per_condition, epochs, truncation, seed,
-                 json_out) -> None:
+                 threads, json_out) -> None:
     """Conditional agreement of MODEL_ID: does it draw the findings it is conditioned on?
 
     A finding classifier trained on the real training split scores images generated with each finding present
@@ -129,6 +130,10 @@ def evaluate_cmd(model_id, data, layout, views, backend, device, n_per_condition
     from services.generator.base import GenerationParams, GeneratorError
     from services.metrics.conditioning import evaluate_conditioning, format_table
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         dev = resolve_device(device)
     except ValueError as e:

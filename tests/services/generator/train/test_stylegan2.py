@@ -28,8 +28,8 @@ def _params(tr):
             for k, v in m.state_dict().items()}
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # bit-exact resume; restores the thread count for later modules
 def test_resume_continues_step_count_and_matches(tmp_path):
-    torch.set_num_threads(1)
     straight = StyleGAN2Trainer(cfg(tmp_path / "a", max_steps=3), dataset=ToyXrays(states=2))
     straight.train()
     assert straight.step == 3 and straight.nimg == 12
