@@ -175,14 +175,18 @@ class ModelView(ModelInfo):
 
 
 class BatchSummary(BaseModel):
-    batch_id: str
+    """A stored batch as listed (GET /v1/batches); GET /v1/batches/{id} adds every image's record."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    batch_id: str = Field(..., examples=[BATCH_ID_EXAMPLE])
     model_id: str
-    model_hash: str
-    backend: str
-    format: str
-    created: str
+    model_hash: str = Field(..., description="sha256 of the model's weights, recorded with every image.")
+    backend: str = Field(..., description="eager | compile | onnx")
+    format: str = Field(..., description=", ".join(BATCH_FORMATS))
+    created: str = Field(..., description="UTC, ISO 8601.")
     count: int
-    params: dict = Field(default_factory=dict)
+    params: dict = Field(default_factory=dict, description="Generation params as applied (model defaults filled in).")
     links: dict[str, str] = Field(default_factory=dict)
 
 
