@@ -101,6 +101,10 @@ _POST_CUES = re.compile(
     r"\b(?:(?:has |have )?resolved|(?:is |are )?absent|(?:is |are )?(?:not|no longer) (?:seen|present|identified|visuali[sz]ed|evident)|"
     r"(?:is |are |was |were )?ruled out|(?:has |have )?cleared|gone)\b"
 )
+# Structured-report answers after a finding: "Effusion: none", "Cardiomegaly - negative" ("-" is a space by
+# now), "Opacity: no", "Atelectasis: absent". A bare "no" only counts after a colon ("effusion and no
+# cardiomegaly" negates cardiomegaly, not effusion); "negative for X" is a forward cue for X, not an answer.
+_POST_ANSWERS = re.compile(r":\s*(?:no|none|negative|absent)\b|\b(?:none|negative)\b(?!\s+for\b)")
 _SENTENCES = re.compile(r"[.;!\n]+|(?<=\?)")  # a "?" stays with its sentence (it hedges what precedes it)
 _CLAUSE_BREAK = re.compile(r",|\b(?:but|however|although|though|yet|except|apart from|aside from|whereas|while)\b")
 _OR = re.compile(r"\b(?:or|nor)\b")
@@ -146,7 +150,7 @@ def _parse_clause(clause: str, inherited_negation: bool) -> tuple[list[_Hit], bo
     for m in pre_hedges + post_hedges:  # hedges are not negations ("cannot rule out", "not excluded")
         masked = masked[:m.start()] + "~" * (m.end() - m.start()) + masked[m.end():]
     pre = [m.end() for m in _PRE_CUES.finditer(masked)]
-    post = [m.start() for m in _POST_CUES.finditer(masked)]
+    post = [m.start() for m in _POST_CUES.finditer(masked)] + [m.start() for m in _POST_ANSWERS.finditer(masked)]
     hits = []
     for start, end, finding, fixed in terms:
         if finding is None:
@@ -190,7 +194,8 @@ def vocabulary() -> str:
         "findings: atelectasis (collapse, volume loss); lung opacity (opacity, airspace disease, consolidation, "
         "infiltrate, pneumonia); pleural effusion (effusion, pleural fluid); enlarged cardiac silhouette "
         "(cardiomegaly, enlarged heart); no finding (normal chest radiograph, no acute cardiopulmonary process). "
-        "Negation: no, not, without, negative for, free of, clear of, resolved. "
+        "Negation: no, not, without, negative for, free of, clear of, resolved, absent, 'X: none', "
+        "'X - negative'. "
         "Say whether each finding is present or absent: hedged mentions (possible, probable, likely, "
         "questionable, cannot exclude, '?') are refused as uncertain. Other findings (pneumothorax, nodule, "
         "mass, edema, ...) are not supported, except negated ('no pneumothorax'). "

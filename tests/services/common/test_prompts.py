@@ -180,3 +180,21 @@ def test_vocabulary_mentions_hedges_and_unsupported_findings():
 
     v = vocabulary()
     assert "cannot exclude" in v and "pneumothorax" in v
+
+
+# ---- structured-report answers ("X: none", "X - negative") -------------------------------------
+@pytest.mark.parametrize("text, expected", [
+    ("Effusion: none.", {"pleural_effusion": A}),
+    ("Cardiomegaly - negative.", {"enlarged_cardiac_silhouette": A}),
+    ("Opacity: no", {"lung_opacity": A}),
+    ("atelectasis: absent", {"atelectasis": A}),
+    ("without effusion", {"pleural_effusion": A}),
+    ("Effusion is absent. Cardiomegaly resolved.", {"pleural_effusion": A, "enlarged_cardiac_silhouette": A}),
+    ("Effusion: none; cardiomegaly: present", {"pleural_effusion": A, "enlarged_cardiac_silhouette": P}),
+    ("effusion: yes", {"pleural_effusion": P}),
+    ("effusion and no cardiomegaly", {"pleural_effusion": P, "enlarged_cardiac_silhouette": A}),
+    ("effusion negative for cardiomegaly", {"pleural_effusion": P, "enlarged_cardiac_silhouette": A}),
+])
+def test_structured_answers_after_a_finding(text, expected):
+    got = states(text)
+    assert got == {f: expected.get(f, U) for f in got}
