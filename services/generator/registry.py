@@ -223,9 +223,25 @@ _loaded: dict[tuple[str, str, str], LoadedGenerator] = {}
 _lock = threading.Lock()
 
 
+def pick_model(name: str, models: list[ModelInfo], default: str) -> str:
+    """THE model-name rule of the CLI, REST and gRPC: a model id among ``models`` is itself; a family name
+    (``stylegan2``, ``ddpm``) means that family's model — ``default`` when it is one of them, else its first
+    working one. Anything else is :class:`UnknownModel` naming the ids and families there are."""
+    ids = [m.model_id for m in models]
+    if name in ids:
+        return name
+    family = [m for m in models if m.family == name]
+    usable = [m for m in family if m.status == "ok"] or family  # a broken one only if nothing else: its error shows
+    if usable:
+        return default if any(m.model_id == default for m in usable) else usable[0].model_id
+    shown = repr(name) if len(name) <= 80 else repr(name[:76]) + "…"
+    families = sorted({m.family for m in models})
+    raise UnknownModel(f"unknown model {shown}; this platform serves: {', '.join(sorted(ids)) or '(none)'}"
+                       + (f" (or a family: {', '.join(families)})" if families else ""))
+
+
 def model_or_family(name: str) -> str:
-    """``name`` if it is a registered model id; a family name (``stylegan2``) means that family's model:
-    the default model (``settings.default_model``) when it is one of them, else its first working one."""
+    """:func:`pick_model` over the registered models (``synthrad generate --model``)."""
     from services.common.config import get_settings
 
     try:
@@ -234,12 +250,7 @@ def model_or_family(name: str) -> str:
     except UnknownModel:
         if name not in FAMILIES:
             raise
-    family = [m for m in list_models() if m.family == name]
-    models = [m for m in family if m.status == "ok"] or family  # a broken one only if nothing else: its error shows
-    if not models:
-        raise UnknownModel(f"no model of family {name!r} is registered")
-    default = get_settings().default_model
-    return default if any(m.model_id == default for m in models) else models[0].model_id
+    return pick_model(name, list_models(), get_settings().default_model)
 
 
 def load_generator(model_id: str, backend: str = "auto", device: str = "auto") -> LoadedGenerator:

@@ -7,10 +7,10 @@
 """
 
 from .generators import Generators, LocalGenerators
-from .plan import GenerationPlan, check_request, make_plan, resolve_model_id
+from .plan import GenerationPlan, check_request, make_plan
 from .request import MAX_PROMPT_CHARS, GenerationRequest, InvalidPrompt, InvalidRequest
 from .service import ChunkObserver, GenerationService, RetryPolicy, add_chunk
 
 __all__ = ["ChunkObserver", "GenerationPlan", "GenerationRequest", "GenerationService", "Generators",
            "InvalidPrompt", "InvalidRequest", "LocalGenerators", "MAX_PROMPT_CHARS", "RetryPolicy", "add_chunk", "check_request",
-           "make_plan", "resolve_model_id"]
+           "make_plan"]

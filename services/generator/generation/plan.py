@@ -17,7 +17,6 @@ from services.common.prompts import PromptError, parse_prompt
 from services.common.provenance import Origin, Provenance
 from services.generator.base import GenerationParams
 from services.generator.chunks import GenChunk
-from services.generator.registry import UnknownModel
 from services.generator.replica import ServedModel
 
 from .request import MAX_PROMPT_CHARS, GenerationRequest, InvalidPrompt, InvalidRequest
@@ -77,15 +76,6 @@ class GenerationPlan:
                      prompts=self.prompts[i:i + c] if self.prompts is not None else None)
             for i in range(start, self.count, c)
         ]
-
-
-def resolve_model_id(model: str | None, served: list[str], default: str) -> str:
-    """``model`` (blank: ``default``) if it is served, else :class:`UnknownModel` listing what is."""
-    mid = (model or "").strip() or default
-    if mid not in served:
-        shown = repr(mid) if len(mid) <= 80 else repr(mid[:76]) + "…"
-        raise UnknownModel(f"unknown model {shown}; this platform serves: {', '.join(sorted(served)) or '(none)'}")
-    return mid
 
 
 def check_request(request: GenerationRequest, limits: Limits, max_images: int, what: str) -> None:

@@ -22,10 +22,11 @@ from services.common.logging import get_logger
 from services.common.store import BatchStore, BatchWriter, Manifest
 from services.generator.base import GenerationParams
 from services.generator.chunks import ChunkResult, GenChunk
+from services.generator.registry import UnknownModel, pick_model
 from services.generator.replica import ServedModel
 
 from .generators import Generators
-from .plan import GenerationPlan, check_request, make_plan, resolve_model_id
+from .plan import GenerationPlan, check_request, make_plan
 from .request import GenerationRequest
 
 log = get_logger(__name__)
@@ -73,13 +74,22 @@ class GenerationService:
         self._resolved: dict[tuple[str, GenerationParams], dict] = {}
 
     # ---- models -------------------------------------------------------------------------------
-    def resolve_model(self, model: str | None) -> str:
-        return resolve_model_id(model, self.generators.model_ids(), self.default_model)
+    async def resolve_model(self, model: str | None) -> str:
+        """The served model a request means: its id, or a family name (the registry's :func:`pick_model` rule,
+        the same as the CLI's); blank means the default model."""
+        name = (model or "").strip() or self.default_model
+        ids = self.generators.model_ids()
+        if name in ids:
+            return name
+        return pick_model(name, [await self.model_info(mid) for mid in ids], self.default_model)
 
     async def model_info(self, model_id: str) -> ServedModel:
         """A served model's description (asked once per model: it does not change while it is served)."""
+        if model_id not in self.generators.model_ids():
+            raise UnknownModel(f"model {model_id!r} is not served here; it serves: "
+                               f"{', '.join(sorted(self.generators.model_ids())) or '(none)'}")
         if model_id not in self._infos:
-            self._infos[model_id] = await self.generators.info(self.resolve_model(model_id))
+            self._infos[model_id] = await self.generators.info(model_id)
         return self._infos[model_id]
 
     async def resolve_params(self, model_id: str, params: GenerationParams) -> dict:
@@ -96,7 +106,7 @@ class GenerationService:
     # ---- planning -----------------------------------------------------------------------------
     async def plan(self, request: GenerationRequest, max_images: int, what: str) -> GenerationPlan:
         """Check ``request`` against the limits (at most ``max_images`` images for ``what``) and the model."""
-        model_id = self.resolve_model(request.model)
+        model_id = await self.resolve_model(request.model)
         check_request(request, self.limits, max_images, what)
         model = await self.model_info(model_id)
         resolved = await self.resolve_params(model_id, request.params)

@@ -56,6 +56,14 @@ def test_inline_png_is_deterministic_and_marked(env):
     assert r1.headers["x-synthrad-seeds"] == "11"
 
 
+def test_a_family_name_is_the_model_the_cli_would_pick(env):
+    client, *_ = env
+    r = client.post("/v1/generate", json={"model": "tiny-test", "count": 1, "seed": 1})  # TinyGenerator's family
+    assert r.status_code == 200 and r.headers["x-synthrad-model"] == "tiny"
+    r = client.post("/v1/generate", json={"model": "nope", "count": 1})
+    assert r.status_code == 422 and "or a family: tiny-test" in r.json()["detail"]
+
+
 def test_inline_npz_and_zip_and_batch_independence(env):
     client, *_ = env
     r = client.post("/v1/generate", json={"count": 4, "seed": 100, "format": "npz", "prompt": "bibasilar atelectasis"})

@@ -7,9 +7,8 @@ import pytest
 from services.common.config import Limits
 from services.common.findings import Condition
 from services.generator.base import GenerationParams
-from services.generator.generation import (GenerationRequest, InvalidPrompt, InvalidRequest, check_request,
-                                           make_plan, resolve_model_id)
-from services.generator.registry import UnknownModel
+from services.generator.generation import GenerationRequest, InvalidPrompt, InvalidRequest, check_request, make_plan
+from services.generator.registry import UnknownModel, pick_model
 from services.generator.replica import ServedModel
 
 LIMITS = Limits(max_resolution=256, max_steps=50)
@@ -74,7 +73,11 @@ def test_the_recorded_request_replans_to_the_same_plan():
                                                                            plan.params)
 
 
-def test_an_unknown_model_lists_what_is_served():
-    assert resolve_model_id("  ", ["a", "b"], "b") == "b"
-    with pytest.raises(UnknownModel, match="this platform serves: a, b"):
-        resolve_model_id("c", ["b", "a"], "a")
+def test_model_names_mean_the_same_everywhere_ids_or_families():
+    models = [served().model_copy(update={"model_id": mid, "family": fam})
+              for mid, fam in (("sg-a", "stylegan2"), ("sg-b", "stylegan2"), ("dd", "ddpm"))]
+    assert pick_model("dd", models, "sg-b") == "dd"
+    assert pick_model("stylegan2", models, "sg-b") == "sg-b"  # the default when it is of that family
+    assert pick_model("stylegan2", models, "dd") == "sg-a"  # else the family's first
+    with pytest.raises(UnknownModel, match=r"this platform serves: dd, sg-a, sg-b \(or a family: ddpm, stylegan2\)"):
+        pick_model("gan", models, "dd")

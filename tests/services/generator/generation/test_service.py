@@ -154,3 +154,11 @@ def test_the_cli_and_the_api_make_the_same_batch(tmp_path):
     assert [(r.seed, r.condition, r.prompt) for r, _ in cli_imgs] == [(r.seed, r.condition, r.prompt) for r, _ in api_imgs]
     np.testing.assert_array_equal(np.stack([i for _, i in cli_imgs]), np.stack([i for _, i in api_imgs]))
     assert (cli_batch.model_hash, cli_batch.params) == (api_batch.model_hash, api_batch.params)
+
+
+def test_a_family_name_means_the_same_model_as_in_the_cli():
+    gen = TinyGenerator("tiny-a")
+    svc = service(gen)
+    assert plan_of(svc, model="tiny-test", count=1).model_id == "tiny-a"  # TinyGenerator's family
+    with pytest.raises(Exception, match="unknown model 'nope'.*or a family: tiny-test"):
+        plan_of(svc, model="nope", count=1)
