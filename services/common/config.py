@@ -18,6 +18,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 _DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::(\d+))?")
 
 
+def device_spec(spec: str | None) -> str:
+    """``spec`` normalised (case and spaces ignored; ``None`` / ``""`` mean ``auto``) if it is ``auto``, ``cpu``,
+    ``cuda`` or ``cuda:N``, else ``ValueError`` naming the accepted forms. Syntax only: whether the GPU exists
+    is :func:`resolve_device`'s business."""
+    raw = "auto" if spec is None else str(spec)
+    s = raw.strip().lower() or "auto"
+    if _DEVICE_SPEC.fullmatch(s) is None:
+        raise ValueError(f"unknown device {raw!r}: use auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:1)")
+    return s
+
+
 def resolve_device(spec: str | None = "auto") -> str:
     """The torch device to use for ``spec``: ``auto`` (``cuda`` when torch sees a GPU, else ``cpu``), ``cpu``,
     ``cuda`` or ``cuda:N`` (case and surrounding spaces ignored; ``None`` / ``""`` mean ``auto``).
@@ -26,10 +37,8 @@ def resolve_device(spec: str | None = "auto") -> str:
     last GPU. ``cpu`` never imports torch.
     """
     raw = "auto" if spec is None else str(spec)
-    s = raw.strip().lower() or "auto"
+    s = device_spec(spec)
     m = _DEVICE_SPEC.fullmatch(s)
-    if m is None:
-        raise ValueError(f"unknown device {raw!r}: use auto, cpu, cuda or cuda:N")
     if s == "cpu":
         return s
     import torch
@@ -199,10 +208,7 @@ class Settings(BaseSettings):
     @field_validator("device", mode="before")
     @classmethod
     def _device_spec(cls, v) -> str:
-        s = ("auto" if v is None else str(v)).strip().lower() or "auto"
-        if not _DEVICE_SPEC.fullmatch(s):
-            raise ValueError(f"unknown device {v!r}: use auto, cpu, cuda or cuda:N")
-        return s
+        return device_spec(v)
 
     @model_validator(mode="after")
     def _legacy_env(self):

@@ -90,18 +90,11 @@ class Platform:
         if model_id not in self.generators.model_ids():
             raise NotFound(f"model {quoted(model_id)} not found; this platform serves: "
                            f"{', '.join(sorted(self.generators.model_ids()))}")
-        served = await self._generation(self.generation.model_info(model_id))
+        served = await _api(self.generation.model_info(model_id))
         return ModelView.of(served, is_default=model_id == self.default_model)
 
     async def model_infos(self) -> list[ModelView]:
         return [await self.model_info(mid) for mid in sorted(self.generators.model_ids())]
-
-    @staticmethod
-    async def _generation(coro):
-        try:
-            return await coro
-        except Exception as e:
-            raise api_error(e) from e
 
     # ---- planning -----------------------------------------------------------------------------
     async def plan(self, model: str | None, condition: Condition | None, prompt: str | None, count: int,
@@ -112,7 +105,7 @@ class Platform:
                                         seed=int(seed), params=params or GenerationParams())
         except ValidationError as e:  # the REST/gRPC schemas check the same first; this is the last guard
             raise InvalidArgument(f"invalid generation request: {e.errors()[0]['msg']}") from None
-        return await self._generation(self.generation.plan(request, limit, what))
+        return await _api(self.generation.plan(request, limit, what))
 
     # ---- generation ---------------------------------------------------------------------------
     def admit(self, plan: GenerationPlan, caller: Caller, action: str) -> None:
@@ -181,7 +174,7 @@ class Platform:
 
         async def run(handle: JobHandle) -> BatchJobResult:
             request = GenerationRequest.from_record(rec.request)
-            plan = await self._generation(self.generation.plan(request, self.limits.max_batch_images, "one batch"))
+            plan = await _api(self.generation.plan(request, self.limits.max_batch_images, "one batch"))
             return await self._batch_runner(plan, str(rec.request.get("format", "png")))(handle)
 
         return run
@@ -272,10 +265,7 @@ class Platform:
 
     # ---- store --------------------------------------------------------------------------------
     async def _store(self, fn, *args):
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except Exception as e:
-            raise api_error(e) from e
+        return await _api(asyncio.to_thread(fn, *args))
 
     async def list_batches(self, caller: Caller = LOCAL) -> list[Manifest]:
         """The caller's batches (every batch for admin keys and when authentication is off), newest first."""
@@ -341,6 +331,14 @@ class Platform:
 
     async def shutdown(self) -> None:
         await self.jobs.shutdown()
+
+
+async def _api(awaitable):
+    """``await awaitable`` with the shared layers' errors (store, generator, metrics) as API errors."""
+    try:
+        return await awaitable
+    except Exception as e:
+        raise api_error(e) from e
 
 
 def _iter_tar(store: BatchStore, manifest: Manifest) -> Iterator[bytes]:

@@ -44,20 +44,16 @@ def load_model_path(path: str, sha256: str | None, model_id: str | None, backend
     return load_path(folder, backend, device, sha256=actual, model_id=model_id or folder.name)
 
 
-DEVICE_RE = r"auto|cpu|cuda(?::\d+)?"
-DEVICE_HELP = "auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:1)"
-
-
 def _check_device(ctx, param, value: str | None) -> str | None:
     """``--device`` syntax (whether the GPU exists is checked when the command runs)."""
-    import re
+    from services.common.config import device_spec
 
     if value is None:
         return None
-    v = value.strip().lower()
-    if not re.fullmatch(DEVICE_RE, v):
-        raise click.BadParameter(f"{value!r} is not a device; use {DEVICE_HELP}")
-    return v
+    try:
+        return device_spec(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _validation_message(e) -> str:

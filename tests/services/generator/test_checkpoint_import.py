@@ -1,6 +1,5 @@
 """Restricted import of NVlabs StyleGAN2-ADA-PyTorch pickles (built here in that format, no NVlabs code)."""
 
-import io
 import pickle
 import sys
 import types

@@ -1,6 +1,5 @@
 """StyleGAN2 LoadedGenerator: determinism, batch independence, truncation, ONNX vs eager, generate CLI."""
 
-import hashlib
 import io
 import json
 
