@@ -6,6 +6,7 @@ tensors; ``dataset_summary`` counts findings and views. Label mappings: docs/dat
 
 from .loading import LAYOUTS, guess_layout, load_records
 from .records import UNCERTAIN_POLICIES, DatasetError, Record, dataset_summary
+from .splits import PATIENT_SPLITS, SPLIT_BY, patient_split
 
 
 def __getattr__(name: str):  # torch is imported only when the Dataset is wanted
@@ -16,5 +17,5 @@ def __getattr__(name: str):  # torch is imported only when the Dataset is wanted
     raise AttributeError(name)
 
 
-__all__ = ["LAYOUTS", "UNCERTAIN_POLICIES", "DatasetError", "Record", "XrayDataset", "dataset_summary",
-           "guess_layout", "load_records"]
+__all__ = ["LAYOUTS", "PATIENT_SPLITS", "SPLIT_BY", "UNCERTAIN_POLICIES", "DatasetError", "Record", "XrayDataset", "dataset_summary",
+           "guess_layout", "load_records", "patient_split"]

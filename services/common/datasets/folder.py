@@ -63,6 +63,15 @@ def _load_csv(root: Path, table: Path, uncertain: str) -> tuple[list[Record], in
     return recs, missing
 
 
+#: Kermany file names carry the patient: ``person12_virus_3.jpeg``, ``IM-0115-0001.jpeg``, ``NORMAL2-IM-1345-0001.jpeg``
+_KERMANY_PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-")
+
+
+def kermany_patient(name: str) -> str | None:
+    m = _KERMANY_PATIENT.match(name)
+    return (m.group(1) or m.group(2)) if m else None
+
+
 def _class_of(folder: str) -> str | None:
     key = folder.strip().lower()
     if key in CLASS_FOLDERS:
@@ -88,8 +97,7 @@ def _load_subfolders(root: Path) -> tuple[list[Record], int]:
         split = next((_SPLITS[p.lower()] for p in rel.parts[:-1] if p.lower() in _SPLITS), None)
         codes = _codes({} if cls == NO_FINDING else {cls: PRESENT}, cls == NO_FINDING)
         for name in images:
-            m = re.match(r"(person\d+)_", name)  # Kermany file names carry the patient
-            recs.append(Record(Path(dirpath) / name, codes, None, m.group(1) if m else None, split))
+            recs.append(Record(Path(dirpath) / name, codes, None, kermany_patient(name), split))
     if unknown:
         raise DatasetError(f"images in folder(s) {', '.join(sorted(unknown)[:5])} under {root} have no known class; "
                            f"expected {EXPECTED}")

@@ -12,6 +12,7 @@ from .folder import load_folder
 from .mimic import load_mimic
 from .nih import load_nih
 from .records import DatasetError, Record, check_uncertain, normalise_split
+from .splits import check_split_by, patient_split
 
 LAYOUTS = ("nih", "chexpert", "mimic", "folder")
 log = get_logger("datasets")
@@ -44,10 +45,11 @@ def _parse_views(views) -> set[str] | None:
 
 
 def load_records(path: str | Path, layout: str, views: Iterable[str] | str | None = ("PA",),
-                 split: str | None = None, uncertain: str = "ignore") -> list[Record]:
+                 split: str | None = None, uncertain: str = "ignore", split_by: str = "recorded") -> list[Record]:
     """Records of a dataset folder. ``views``: kept view positions (None / "all" = every view; images
     without a recorded view are only kept then); ``split``: train / valid / test; ``uncertain``: policy for
-    uncertain (-1) labels — ignore (unspecified), positive, negative."""
+    uncertain (-1) labels — ignore (unspecified), positive, negative; ``split_by``: "recorded" (the dataset's
+    own splits) or "patient" (patient-disjoint train / test by a hash of the patient id, :mod:`.splits`)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise DatasetError(f"dataset folder {root} does not exist")
@@ -56,6 +58,7 @@ def load_records(path: str | Path, layout: str, views: Iterable[str] | str | Non
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     check_uncertain(uncertain)
+    check_split_by(split_by)
     try:
         if layout == "nih":
             recs, missing = load_nih(root)
@@ -71,6 +74,8 @@ def load_records(path: str | Path, layout: str, views: Iterable[str] | str | Non
         raise DatasetError(f"{str(e).rstrip('.')}.{hint}") from None
     if missing:
         log.warning("images listed but not on disk were skipped", extra={"missing": missing, "root": str(root)})
+    if split_by == "patient":
+        recs = patient_split(recs)
     everything, wanted = recs, _parse_views(views)
     if wanted is not None:
         recs = [r for r in recs if r.view in wanted]
