@@ -51,10 +51,22 @@ def default_register_dir() -> Path:
 
 
 def descriptor_dirs() -> list[Path]:
-    """The folders the registry reads descriptors from, in order (a later one's id wins)."""
+    """The folders the registry reads descriptors from, in order. An id known from an earlier folder is taken
+    over by a later one only when that descriptor says ``"replaces": <id>`` (an export made with --replace)."""
     from services.common.config import get_settings
 
     return [WEIGHTS_DIR, default_register_dir(), *(Path(p) for p in get_settings().model_dirs)]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        from services.common.logging import get_logger
+
+        get_logger(__name__).warning(message)
 
 
 def _scan() -> tuple[dict[str, tuple[dict, Path]], dict[str, Path], dict[Path, str]]:
@@ -74,13 +86,27 @@ def _scan() -> tuple[dict[str, tuple[dict, Path]], dict[str, Path], dict[Path, s
                 continue
             if not isinstance(desc, dict) or "model_id" not in desc or "family" not in desc:
                 continue
-            out[desc["model_id"]] = (desc, f.parent)
-            files[desc["model_id"]] = f
+            mid = desc["model_id"]
+            if mid in out and desc.get("replaces") != mid and files[mid].parent != f.parent:
+                # an id already known from an earlier folder (a shipped model above all) is only taken over by
+                # a descriptor that says so (an export made with --replace); anything else would silently
+                # change what the id serves
+                _warn_once(f"model descriptor {f} uses the id {mid!r} of the model in {files[mid].parent} and "
+                           f"is ignored; rename it, or re-export with --replace to serve it as {mid!r}")
+                continue
+            out[mid] = (desc, f.parent)
+            files[mid] = f
     return out, files, bad
 
 
 def _descriptors() -> dict[str, tuple[dict, Path]]:
     return _scan()[0]
+
+
+def known_ids() -> set[str]:
+    """Every registered model id and alias."""
+    descs = _descriptors()
+    return set(descs) | set(_aliases(descs))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -48,6 +48,17 @@ def run_options(default_views: str):
         click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt when it exists."),
         click.option("--overwrite", is_flag=True,
                      help="Start a new run even though OUT/checkpoint.pt exists (that checkpoint is replaced)."),
+        click.option("--resume-from", "resume_from", default=None, metavar="MODEL",
+                     help="Continue a shipped or exported model (id, alias or descriptor .json) from its training "
+                          "state: networks, Adam moments, step and images seen (see docs/training.md)."),
+        click.option("--replace", is_flag=True,
+                     help="Export under --model-id even if a registered model has that id (the export then takes "
+                          "its place); without it such an id is refused before training starts."),
+        click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on for CUDA, off on CPU)."),
+        click.option("--compile/--no-compile", "compile_", default=None,
+                     help="torch.compile the networks (default: on for CUDA, off on CPU)."),
+        click.option("--channels-last/--no-channels-last", default=None,
+                     help="channels_last memory format (default: on for CUDA, off on CPU)."),
     ]
 
     def decorate(f):

@@ -11,12 +11,15 @@ from synthrad.cli.train_cmd import prepare_run, run_options
 @run_options(default_views="all")
 @click.option("--resolution", type=int, default=64, show_default=True,
               help="Training resolution in pixels (divisible by the UNet's downsampling, e.g. 32, 64, 128).")
-@click.option("--max-minutes", type=float, default=None, help="Time budget; stops in time to export the EMA weights.")
+@click.option("--max-minutes", type=float, default=None,
+              help="Wall-clock budget for the whole run (data loading, training, final checkpoint, grid and export).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (total, across resumes).")
 @click.option("--batch", default=64, show_default=True, type=int)
 @click.option("--lr", default=2e-4, show_default=True, type=float)
-@click.option("--preset", default="cxr64", show_default=True, help="UNet size: cxr64 (~7.9M) | small | tiny.")
-@click.option("--model-id", default="ddpm-cxr64", show_default=True, help="Name of the exported model.")
+@click.option("--preset", default="cxr64", show_default=True,
+              help="UNet size: cxr64 (~7.9M, 64 px) | cxr128 (~9.4M, 128 px) | small | tiny.")
+@click.option("--model-id", default=None,
+              help="Exported model id (default ddpm-<OUT folder name>); a registered id needs --replace.")
 @click.option("--ema-decay", default=0.999, show_default=True, type=float)
 @click.option("--p-uncond", default=0.1, show_default=True, type=float, help="Whole-condition dropout (CFG).")
 @click.option("--p-drop-finding", default=0.15, show_default=True, type=float, help="Per-finding dropout to 'unspecified'.")
@@ -28,7 +31,8 @@ from synthrad.cli.train_cmd import prepare_run, run_options
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
-def command(ctx, data, layout, views, split, resolution, out, resume, overwrite, max_minutes, max_steps, batch,
+def command(ctx, data, layout, views, split, resolution, out, resume, overwrite, resume_from, replace, amp, compile_,
+            channels_last, max_minutes, max_steps, batch,
             lr, preset, model_id, ema_decay, p_uncond, p_drop_finding, grid_every, ckpt_every, no_augment, seed, device,
             threads, no_progress) -> None:
     """Train the class-conditional pixel DDPM (EMA, resume, grids); exports OUT/<model-id>.{safetensors,json}.
@@ -38,7 +42,8 @@ def command(ctx, data, layout, views, split, resolution, out, resume, overwrite,
       synthrad train diffusion --data ../shared/data/nih-chestxray14-64 --layout nih --resolution 64 \\
           --out runs/ddpm --max-minutes 30 --batch 64
     Re-run with --resume to continue from runs/ddpm/checkpoint.pt (an existing checkpoint is never replaced
-    without --resume or --overwrite).
+    without --resume or --overwrite); --resume-from ddpm-kermany128 continues a shipped model from its training
+    state (the UNet and resolution are the model's; the export gets a new id unless --replace).
     """
     import torch
 
@@ -49,14 +54,16 @@ def command(ctx, data, layout, views, split, resolution, out, resume, overwrite,
         torch.set_num_threads(threads)
     if max_steps is None and max_minutes is None:
         raise click.UsageError("give --max-steps or --max-minutes (training has no natural end)")
-    try:
-        unet_config(preset, resolution)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--resolution' / '--preset'") from e
+    if not resume_from:
+        try:
+            unet_config(preset, resolution)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--resolution' / '--preset'") from e
     view_list = prepare_run(ctx, "diffusion", out, resume, overwrite, views, "PA or PA,AP")
     cfg = DiffusionTrainConfig(
         out=out, data=data, layout=layout, views=",".join(view_list) if view_list else "all",
-        split=None if split == "all" else split, overwrite=overwrite,
+        split=None if split == "all" else split, overwrite=overwrite, resume_from=resume_from, replace=replace,
+        amp=amp, compile=compile_, channels_last=channels_last,
         resolution=resolution, preset=preset, model_id=model_id, batch=batch, lr=lr, ema_decay=ema_decay,
         p_uncond=p_uncond, p_drop_finding=p_drop_finding, augment=not no_augment, max_steps=max_steps,
         max_minutes=max_minutes, grid_every=grid_every, ckpt_every=ckpt_every, seed=seed, device=device,

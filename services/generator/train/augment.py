@@ -14,42 +14,64 @@ import torch.nn.functional as F
 
 
 class AdaptiveAugment:
+    """The probability ``p`` lives on the training device and is adjusted there: the training loop never waits
+    for the GPU to read it (``probability()`` does, for logs and checkpoints)."""
+
     def __init__(self, p: float = 0.0, target: float = 0.6, ada_kimg: float = 100.0, adaptive: bool = True,
-                 ops: tuple[str, ...] = ("translation", "cutout", "brightness", "contrast"), max_p: float = 0.8):
-        self.p = float(p)
+                 ops: tuple[str, ...] = ("translation", "cutout", "brightness", "contrast"), max_p: float = 0.8,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.p = torch.tensor(float(p), device=self.device)
         self.target, self.ada_kimg, self.adaptive, self.ops, self.max_p = target, ada_kimg, adaptive, ops, max_p
-        self._acc = 0.0
+        self.enabled = adaptive or p > 0
+        self._acc = torch.zeros([], device=self.device)
         self._n = 0
 
+    def disable(self) -> None:
+        self.enabled, self.adaptive = False, False
+        self.p.zero_()
+
+    def set_p(self, p: float) -> None:
+        self.p.fill_(float(p))
+        self.enabled = self.enabled or p > 0
+
+    def probability(self) -> float:
+        return float(self.p)
+
     def state_dict(self) -> dict:
-        return {"p": self.p, "acc": float(self._acc), "n": self._n}
+        return {"p": self.probability(), "acc": float(self._acc), "n": self._n}
 
     def load_state_dict(self, st: dict) -> None:
-        self.p, self._acc, self._n = float(st["p"]), float(st["acc"]), int(st["n"])
+        self.p.fill_(float(st["p"]))
+        self._acc.fill_(float(st["acc"]))
+        self._n = int(st["n"])
+        self.enabled = self.enabled or float(st["p"]) > 0
 
     def accumulate(self, real_logits: torch.Tensor) -> None:
-        if self.adaptive:  # kept as a tensor: no device sync until update()
-            self._acc = self._acc + real_logits.detach().sign().sum().float()
+        if self.adaptive:
+            self._acc += real_logits.detach().sign().sum().float()
             self._n += real_logits.numel()
 
-    def update(self, batch_images: int) -> float | None:
-        """Adjust ``p`` from the accumulated sign statistic; returns r_t (or None)."""
+    def update(self, batch_images: int) -> torch.Tensor | None:
+        """Adjust ``p`` from the accumulated sign statistic, on the device; returns r_t (a device tensor)."""
         if not self.adaptive or self._n == 0:
             return None
-        rt = float(self._acc) / self._n
-        adjust = (1.0 if rt > self.target else -1.0) * batch_images / (self.ada_kimg * 1000)
-        self.p = float(min(max(self.p + adjust, 0.0), self.max_p))
-        self._acc, self._n = 0.0, 0
+        rt = self._acc / self._n
+        step = batch_images / (self.ada_kimg * 1000)
+        self.p.copy_((self.p + torch.where(rt > self.target, step, -step)).clamp(0.0, self.max_p))
+        self._acc.zero_()
+        self._n = 0
         return rt
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p <= 0:
+        if not self.enabled:
             return x
         n, _, h, w = x.shape
         dev = x.device
+        p = self.p.to(dev)
 
         def mask():
-            return (torch.rand(n, 1, 1, 1, device=dev) < self.p).to(x.dtype)
+            return (torch.rand(n, 1, 1, 1, device=dev) < p).to(x.dtype)
 
         if "brightness" in self.ops:
             x = x + mask() * (torch.rand(n, 1, 1, 1, device=dev, dtype=x.dtype) - 0.5) * 0.4

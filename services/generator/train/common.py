@@ -8,6 +8,7 @@ import os
 import random
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -203,15 +204,90 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 # ---- time budget ------------------------------------------------------------------------------------------
 class TimeBudget:
-    def __init__(self, max_minutes: float | None, reserve_s: float = 0.0):
+    """``--max-minutes``: counted from the trainer's start (data loading included) to the last file written.
+
+    The loop stops when the time left no longer covers what finishing costs — the final checkpoint, export
+    and sample grid — as measured when this run last did each (:meth:`record`), times a safety factor; costs
+    not yet seen count with the ``prior`` the trainer gives."""
+
+    def __init__(self, max_minutes: float | None, reserve_s: float = 0.0, safety: float = 1.3):
         self.start = time.monotonic()
         self.limit = None if not max_minutes else max_minutes * 60.0 - reserve_s
+        self.safety = safety
+        self.costs: dict[str, float] = {}
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def exceeded(self) -> bool:
-        return self.limit is not None and self.elapsed() >= self.limit
+    def remaining(self) -> float:
+        return float("inf") if self.limit is None else self.limit - self.elapsed()
+
+    def record(self, what: str, seconds: float) -> None:
+        self.costs[what] = max(self.costs.get(what, 0.0), float(seconds))
+
+    def finish_cost(self, needs: dict[str, float]) -> float:
+        """Seconds finishing takes: ``needs`` = {kind: prior seconds} of what the end of the run does."""
+        return self.safety * sum(self.costs.get(k, prior) for k, prior in needs.items())
+
+    def exceeded(self, finish: float = 0.0) -> bool:
+        return self.limit is not None and self.elapsed() + finish >= self.limit
+
+    def allows(self, what: str, finish: float, prior: float = 0.0) -> bool:
+        """Whether an optional step (a mid-run grid or snapshot) still fits before finishing."""
+        return self.limit is None or self.elapsed() + self.costs.get(what, prior) * self.safety + finish < self.limit
+
+
+class timed:
+    """``with timed(budget, "grid"): ...`` records the block's duration as that kind's cost."""
+
+    def __init__(self, budget: TimeBudget, what: str):
+        self.budget, self.what = budget, what
+
+    def __enter__(self):
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.budget.record(self.what, time.monotonic() - self.t0)
+        return False
+
+
+# ---- how a trainer uses the device --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Acceleration:
+    """Speed settings of a training run; ``None`` = auto: everything on for CUDA (bf16 autocast,
+    channels_last, torch.compile, fused Adam, the dataset resident on the GPU as uint8), off on CPU (fp32
+    eager: bf16 and compile are slower than fp32 on CPUs without AMX/AVX-512 BF16)."""
+
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    fused: bool = False
+
+    @classmethod
+    def resolve(cls, device: str, amp: bool | None = None, channels_last: bool | None = None,
+                compile: bool | None = None, fused: bool | None = None) -> "Acceleration":
+        cuda = str(device).startswith("cuda")
+        pick = lambda v: cuda if v is None else bool(v)  # noqa: E731
+        return cls(amp=pick(amp), channels_last=pick(channels_last), compile=pick(compile),
+                   fused=cuda if fused is None else (bool(fused) and cuda))
+
+    def autocast(self, device: str):
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def describe(self) -> dict:
+        return {"amp": "bf16" if self.amp else "fp32", "channels_last": self.channels_last,
+                "compile": self.compile, "fused_adam": self.fused}
+
+
+def enable_tf32(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
 
 # ---- images ------------------------------------------------------------------------------------------------
@@ -315,8 +391,14 @@ class InfiniteBatches:
             xs, cs = zip(*(dataset[i] for i in range(self.n)))
             self.images = torch.stack([torch.as_tensor(x) for x in xs]).to(device)
             self.codes = torch.stack([torch.as_tensor(c, dtype=torch.long) for c in cs]).to(device)
-        self.perm = torch.randperm(self.n, generator=self.gen)
+        self._set_perm(torch.randperm(self.n, generator=self.gen))
         self.pos = 0
+
+    def _set_perm(self, perm: torch.Tensor) -> None:
+        # a preloaded dataset draws its batches on the device: the epoch's permutation is copied there once,
+        # so a step does no host-to-device copy (which would wait for the GPU's queue)
+        self.perm = perm.cpu()
+        self._perm_dev = self.perm.to(self.images.device) if self.preloaded else self.perm
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
@@ -324,7 +406,7 @@ class InfiniteBatches:
     def load_state_dict(self, st: dict) -> None:
         # checkpoints are loaded with map_location=device; RNG states must be CPU byte tensors again
         self.gen.set_state(st["gen"].cpu())
-        self.perm = st["perm"].cpu()
+        self._set_perm(st["perm"])
         self.pos = st["pos"]
 
     def _indices(self) -> torch.Tensor:
@@ -332,10 +414,10 @@ class InfiniteBatches:
         need = self.batch_size
         while need > 0:
             if self.pos >= self.n:
-                self.perm = torch.randperm(self.n, generator=self.gen)
+                self._set_perm(torch.randperm(self.n, generator=self.gen))
                 self.pos = 0
             take = min(need, self.n - self.pos)
-            out.append(self.perm[self.pos:self.pos + take])
+            out.append(self._perm_dev[self.pos:self.pos + take])
             self.pos += take
             need -= take
         return torch.cat(out)
@@ -343,8 +425,7 @@ class InfiniteBatches:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._indices()
         if self.preloaded:
-            d = self.images.device
-            return self.images[idx.to(d)], self.codes[idx.to(d)]
+            return self.images[idx], self.codes[idx]
         xs, cs = zip(*(self.dataset[int(i)] for i in idx))
         x = torch.stack([torch.as_tensor(v) for v in xs]).to(self.device, non_blocking=True)
         c = torch.stack([torch.as_tensor(v, dtype=torch.long) for v in cs]).to(self.device, non_blocking=True)
