@@ -24,6 +24,8 @@ from synthrad.cli.train_cmd import prepare_run, run_options
 @click.option("--p-uncond", default=0.1, show_default=True, type=float, help="Whole-condition dropout (CFG).")
 @click.option("--p-drop-finding", default=0.15, show_default=True, type=float, help="Per-finding dropout to 'unspecified'.")
 @click.option("--grid-every", default=1000, show_default=True, type=int, help="Steps between sample grids (0: none).")
+@click.option("--grid-seeds", default=8, show_default=True, type=int, help="Images per condition row of a sample grid.")
+@click.option("--grid-steps", default=20, show_default=True, type=int, help="Sampler steps of a sample grid.")
 @click.option("--ckpt-every", default=1000, show_default=True, type=int, help="Steps between checkpoints.")
 @click.option("--no-augment", is_flag=True, help="Disable the small random translations.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -33,7 +35,8 @@ from synthrad.cli.train_cmd import prepare_run, run_options
 @click.pass_context
 def command(ctx, data, layout, views, split, resolution, out, resume, overwrite, resume_from, replace, amp, compile_,
             channels_last, max_minutes, max_steps, batch,
-            lr, preset, model_id, ema_decay, p_uncond, p_drop_finding, grid_every, ckpt_every, no_augment, seed, device,
+            lr, preset, model_id, ema_decay, p_uncond, p_drop_finding, grid_every, grid_seeds, grid_steps, ckpt_every,
+            no_augment, seed, device,
             threads, no_progress) -> None:
     """Train the class-conditional pixel DDPM (EMA, resume, grids); exports OUT/<model-id>.{safetensors,json}.
 
@@ -66,7 +69,8 @@ def command(ctx, data, layout, views, split, resolution, out, resume, overwrite,
         amp=amp, compile=compile_, channels_last=channels_last,
         resolution=resolution, preset=preset, model_id=model_id, batch=batch, lr=lr, ema_decay=ema_decay,
         p_uncond=p_uncond, p_drop_finding=p_drop_finding, augment=not no_augment, max_steps=max_steps,
-        max_minutes=max_minutes, grid_every=grid_every, ckpt_every=ckpt_every, seed=seed, device=device,
+        max_minutes=max_minutes, budget_from_process_start=True, grid_every=grid_every, grid_seeds=grid_seeds,
+        grid_steps=grid_steps, ckpt_every=ckpt_every, seed=seed, device=device,
         progress=not no_progress,
     )
     try:

@@ -65,7 +65,7 @@ def command(ctx, data, layout, views, split, resolution, out, resume, overwrite,
     cfg = TrainConfig(
         out=out, data=data, layout=layout, views=view_list, split=None if split == "all" else split,
         resolution=resolution, resume=resume, overwrite=overwrite, resume_from=resume_from, replace=replace,
-        amp=amp, compile=compile_, channels_last=channels_last, kimg=kimg, max_minutes=max_minutes,
+        amp=amp, compile=compile_, channels_last=channels_last, kimg=kimg, max_minutes=max_minutes, budget_from_process_start=True,
         max_steps=max_steps, batch=batch, device=device, lr_g=lr, lr_d=lr, gamma=gamma, ema_kimg=ema_kimg, aug=aug,
         aug_p=aug_p, snap_minutes=snap_minutes,
         model_id=model_id, seed=seed, threads=threads, cache_dir=cache_dir,

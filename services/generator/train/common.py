@@ -210,8 +210,9 @@ class TimeBudget:
     and sample grid — as measured when this run last did each (:meth:`record`), times a safety factor; costs
     not yet seen count with the ``prior`` the trainer gives."""
 
-    def __init__(self, max_minutes: float | None, reserve_s: float = 0.0, safety: float = 1.3):
-        self.start = time.monotonic()
+    def __init__(self, max_minutes: float | None, reserve_s: float = 0.0, safety: float = 1.3,
+                 already_s: float = 0.0):
+        self.start = time.monotonic() - already_s  # already_s: spent before the trainer existed (imports ...)
         self.limit = None if not max_minutes else max_minutes * 60.0 - reserve_s
         self.safety = safety
         self.costs: dict[str, float] = {}
@@ -235,6 +236,13 @@ class TimeBudget:
     def allows(self, what: str, finish: float, prior: float = 0.0) -> bool:
         """Whether an optional step (a mid-run grid or snapshot) still fits before finishing."""
         return self.limit is None or self.elapsed() + self.costs.get(what, prior) * self.safety + finish < self.limit
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (the CLI's budget counts its start-up: imports, argument checks)."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 class timed:

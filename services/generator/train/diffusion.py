@@ -35,8 +35,8 @@ from services.generator.models.ddpm.model import (DEFAULT_SCHEDULE, ConditionalU
 from services.generator.models.ddpm.sampling import sample
 from services.generator.train.common import (CHECKPOINT, Acceleration, InfiniteBatches, JsonlLog, TimeBudget,
                                              check_resume_config, check_run_folder, ema_update, ema_warmup_beta,
-                                             enable_tf32, grid_conditions, load_checkpoint, rng_state, save_checkpoint,
-                                             save_grid, seed_everything, set_rng_state, timed)
+                                             enable_tf32, grid_conditions, load_checkpoint, process_age_s, rng_state,
+                                             save_checkpoint, save_grid, seed_everything, set_rng_state, timed)
 from services.generator.train.naming import export_model_id
 from services.generator.train.state import (TrainingState, adam_moments, open_shipped, restore_adam, save_state,
                                             state_file_name)
@@ -68,6 +68,7 @@ class DiffusionTrainConfig:
     augment: bool = True
     max_steps: int | None = None
     max_minutes: float | None = None
+    budget_from_process_start: bool = False  # the CLI: --max-minutes counts the process's start-up too
     grid_every: int = 1000
     ckpt_every: int = 1000
     log_every: int = 50
@@ -126,7 +127,7 @@ def build_dataset(cfg: DiffusionTrainConfig, resolution: int | None = None):
 
 class DiffusionTrainer:
     def __init__(self, cfg: DiffusionTrainConfig, dataset=None):
-        self.budget = TimeBudget(cfg.max_minutes)  # counts from here: imports, data loading and the end included
+        self.budget = TimeBudget(cfg.max_minutes, already_s=process_age_s() if cfg.budget_from_process_start else 0.0)  # counts from here: imports, data loading and the end included
         from diffusers import DDPMScheduler
 
         self.cfg = cfg
@@ -382,8 +383,17 @@ class DiffusionTrainer:
             if bar is not None:
                 bar.close()
         self.save()
-        grid = self.sample_grid(self.out / f"{self.model_id}-grid.png")
+        grid = self.out / f"{self.model_id}-grid.png"
+        if budget.allows("grid", finish=self.budget.finish_cost({"export": 2.0})):
+            self.sample_grid(grid)
+        else:  # the weights matter more than the picture: export first, a grid only if time is left
+            log.warning("budget too short for the final sample grid before the export",
+                        extra={"grid_s": round(budget.costs.get("grid", 0.0), 1)})
+            grid = None
         desc = self.export(grid=grid)
+        if grid is None and budget.allows("grid", finish=0.0):
+            grid = self.sample_grid(self.out / f"{self.model_id}-grid.png")
+            desc = self.export(grid=grid)
         (self.out / "summary.json").write_text(json.dumps(
             {"model_id": self.model_id, "step": self.step, "stop": stop, "wall_seconds": round(budget.elapsed(), 1),
              "costs_s": {k: round(v, 2) for k, v in budget.costs.items()}}, indent=2))

@@ -32,8 +32,8 @@ from services.generator.models.stylegan2.network import (Discriminator, Generato
 
 from .augment import AdaptiveAugment
 from .common import (CHECKPOINT, Acceleration, InfiniteBatches, JsonlLog, TimeBudget, check_resume_config,
-                     check_run_folder, ema_beta, ema_update, enable_tf32, grid_conditions, load_checkpoint, rng_state,
-                     save_checkpoint, save_grid, seed_everything, set_rng_state, timed)
+                     check_run_folder, ema_beta, ema_update, enable_tf32, grid_conditions, load_checkpoint,
+                     process_age_s, rng_state, save_checkpoint, save_grid, seed_everything, set_rng_state, timed)
 from .naming import export_model_id
 from .state import TrainingState, adam_moments, net_tensors, open_shipped, restore_adam, save_state, state_file_name
 
@@ -57,6 +57,7 @@ class TrainConfig:
     replace: bool = False  # export under an id that is already registered (the new export takes its place)
     kimg: float = 1000.0
     max_minutes: float | None = None
+    budget_from_process_start: bool = False  # the CLI: --max-minutes counts the process's start-up too
     max_steps: int | None = None
     batch: int = 32
     device: str = "auto"
@@ -133,7 +134,7 @@ def write_grid(G: Generator, path: Path) -> Path:
 
 class StyleGAN2Trainer:
     def __init__(self, cfg: TrainConfig, dataset=None):
-        self.budget = TimeBudget(cfg.max_minutes)  # counts from here: data loading and the end included
+        self.budget = TimeBudget(cfg.max_minutes, already_s=process_age_s() if cfg.budget_from_process_start else 0.0)  # counts from here: data loading and the end included
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
