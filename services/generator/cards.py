@@ -29,6 +29,17 @@ CONDITIONING_METHOD = (
     "held-out (`valid` split) images is the reference — the ceiling this classifier allows. See "
     "`services/metrics/conditioning.py`.")
 
+
+def conditioning_method(conditioning: dict | None) -> str:
+    """:data:`CONDITIONING_METHOD`, naming the held-out split the result used (patient ``test`` or ``valid``)."""
+    if conditioning and conditioning.get("split_by") == "patient":
+        return CONDITIONING_METHOD.replace(
+            "held-out (`valid` split)",
+            f"held-out (`{conditioning.get('heldout_split', 'test')}` split, patient-disjoint 80/20 by hashed "
+            "patient id)").replace("the real training split's", "the real (patient) training split's")
+    return CONDITIONING_METHOD
+
+
 #: family -> ``module:function`` building its :class:`ModelCard`
 DESCRIBERS: dict[str, str] = {
     "stylegan2": "services.generator.models.stylegan2.card:describe",
@@ -119,17 +130,115 @@ def _fmt_scores(s) -> str:
         return json.dumps(s)[:300]
 
 
-def quality_lines(quality: dict) -> list[str]:
-    lines = [f"{quality['n_generated']} generated images (conditions drawn from the real training label "
-             f"distribution) vs the `{quality['reference']}` reference; real training images vs the same reference "
-             "give the floor.", ""]
+def _legacy_quality_lines(quality: dict) -> list[str]:
+    """A quality figure of the first format (generated and real training images vs a reference set)."""
+    ref = quality.get("reference", "reference")
+    lines = [f"{quality.get('n_generated', '?')} generated images (conditions drawn from the real training label "
+             f"distribution) vs the `{ref}` reference; real training images vs the same reference give the floor. "
+             "(Not a patient-disjoint held-out comparison.)", ""]
     for ex in ("inception", "cxr-encoder"):
-        q = quality.get(ex) or {}
+        q = quality.get(ex)
+        if not q:
+            continue
         if "error" in q:
             lines.append(f"- {ex}: {q['error']}")
         else:
             lines.append(f"- {ex} features — generated: {_fmt_scores(q.get('generated'))}; "
                          f"real train: {_fmt_scores(q.get('real_train'))}")
+    return lines
+
+
+def _num(v, ci=None) -> str:
+    if v is None:
+        return "n/a"
+    text = f"{v:.4g}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        text += f" [{ci[0]:.4g}, {ci[1]:.4g}]"
+    elif isinstance(ci, dict) and ci.get("std") is not None:
+        text += f" ± {ci['std']:.2g}"
+    return text
+
+
+def quality_table(quality: dict) -> Table:
+    """Generated vs held-out beside the floor (real training vs the same held-out images), per extractor."""
+    rows = []
+    for name, b in (quality.get("extractors") or {}).items():
+        if "error" in b:
+            rows.append([f"`{name}`", "—", f"error: {b['error']}", "—", "—"])
+            continue
+        gen, floor = b.get("generated") or {}, b.get("floor") or {}
+        ci = b.get("ci") or {}
+        ratios = b.get("ratios") or {}
+        for measure in dict.fromkeys([*gen, *floor]):
+            ratio = ratios.get(f"{measure} / floor")
+            rows.append([f"`{name}`", measure, _num(gen.get(measure), (ci.get("generated") or {}).get(measure)),
+                         _num(floor.get(measure), (ci.get("floor") or {}).get(measure)),
+                         "—" if ratio is None else f"{ratio:.2f}×"])
+    n = quality.get("n")
+    return Table(header=["extractor", "measure", f"generated vs held-out (n = {n} / {n})",
+                         f"floor: real train vs held-out (n = {n} / {n})", "generated / floor"],
+                 rows=rows, align=["l", "l", "r", "r", "r"])
+
+
+def targets_lines(quality: dict) -> list[str]:
+    targets = quality.get("targets") or []
+    if not targets:
+        return ["No quality target is set for this model and data set (issue 11 sets them for StyleGAN2 on NIH "
+                "64 px and for Kermany models)."]
+    rows = []
+    for t in targets:
+        thr = t.get("threshold")
+        thr_text = _num(thr)
+        if t.get("of_floor") is not None and thr is not None:
+            thr_text += f" ({t['of_floor']:g} × floor)"
+        result = {True: "**met**", False: "**not met**", None: "not measured"}[t.get("met")]
+        rows.append([t.get("target"), f"`{t.get('extractor')}`", _num(t.get("value")), f"{t.get('op', '')} {thr_text}",
+                     result])
+    met = quality.get("targets_met")
+    n_met = sum(t.get("met") is True for t in targets)
+    verdict = {True: "all met", False: f"not met ({n_met} of {len(targets)} met)",
+               None: f"not all measured ({n_met} of {len(targets)} met)"}[met]
+    table = Table(header=["target (issue 11)", "extractor", "value", "required", "result"], rows=rows,
+                  align=["l", "l", "r", "l", "l"])
+    return [f"Targets: {verdict}.", "", table.markdown()]
+
+
+def quality_lines(quality: dict) -> list[str]:
+    """The card's quality section: a held-out figure (:mod:`services.generator.train.quality`), or an older
+    reference-set figure as it was."""
+    if "extractors" not in quality:
+        return _legacy_quality_lines(quality)
+    sp = quality.get("split") or {}
+    n = quality.get("n")
+    views = quality.get("views")
+    views = "all views" if views in (None, "all") else "views " + ",".join(views)
+    lines = [f"{n} generated images vs {n} held-out real images of `{quality.get('data')}` "
+             f"(layout `{quality.get('layout')}`, {views}), all at {quality.get('resolution')} px. Held-out: the "
+             f"`{sp.get('heldout', 'test')}` split, {sp.get('description', 'patient-disjoint')} "
+             f"({sp.get('heldout_patients', '?')} patients in the set). Floor: {n} real training images "
+             f"(`{sp.get('floor', 'train')}` split, {sp.get('floor_patients', '?')} patients, "
+             f"{sp.get('shared_patients', 0)} shared with the held-out set) vs the same held-out images — what "
+             "real data scores at this set size.",
+             ""]
+    if quality.get("conditions"):
+        lines += [f"Conditions: {quality['conditions']}; seeds {quality.get('seeds', ['?'])[0]}…"
+                  f"{quality.get('seeds', ['?'])[-1]}.", ""]
+    for note in quality.get("notes") or []:
+        lines += [f"> {note}", ""]
+    lines += [quality_table(quality).markdown(), ""]
+    exs = []
+    for name, b in (quality.get("extractors") or {}).items():
+        arch = (b.get("stamp") or {}).get("arch")
+        exs.append(f"`{name}`" + (f" ({arch})" if arch else ""))
+    if exs:
+        lines += ["Extractors: " + "; ".join(exs) + ". Only the Inception-V3 numbers are called FID / KID; "
+                  "another extractor's Fréchet distance is `FD_<extractor>`. Precision / recall: improved "
+                  "precision / recall (Kynkäänniemi et al. 2019, k = 3) on the same features. Brackets: 95 % "
+                  "bootstrap intervals where computed.", ""]
+    if n is not None and n <= 2048:
+        lines += [f"With {n} images per set (≤ 2048 Inception dimensions) FID is biased upwards and comparable only "
+                  "at equal set sizes — hence the floor at the same size.", ""]
+    lines += targets_lines(quality)
     return lines
 
 
@@ -162,7 +271,7 @@ def render(card: ModelCard) -> str:
             from services.metrics.conditioning import format_table
 
             table = format_table(card.conditioning)
-        section("Conditional agreement", [CONDITIONING_METHOD, "", table])
+        section("Conditional agreement", [conditioning_method(card.conditioning), "", table])
     if card.quality:
         section("Quality vs held-out real images", quality_lines(card.quality))
     if card.benchmarks:

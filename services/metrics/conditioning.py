@@ -8,7 +8,8 @@ Infiltration | Consolidation | Pneumonia). For each finding ``f`` the generator 
 * ``accuracy``: fraction of generated images whose thresholded prediction equals the condition (the groups are
   balanced, so this is also the balanced accuracy);
 
-next to the **same classifier on real held-out images** (``valid`` split): AUC against the real labels and
+next to the **same classifier on real held-out images** (``valid`` split; the patient ``test`` split with
+``split_by="patient"``): AUC against the real labels and
 balanced accuracy at the same threshold (per finding, chosen on the training set by Youden's J). The real
 column is the ceiling the classifier allows; generated numbers near it mean the condition is followed as
 well as this classifier can tell.
@@ -68,11 +69,12 @@ def _prep(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x
 
 
-def load_real(data: str, layout: str, views: Sequence[str] | None, split: str, cache_dir=None):
-    """Real images (N, R, R) in [0, 1] and codes (N, 4) of a split."""
+def load_real(data: str, layout: str, views: Sequence[str] | None, split: str, cache_dir=None,
+              split_by: str = "recorded"):
+    """Real images (N, R, R) in [0, 1] and codes (N, 4) of a split (``split_by``: see ``load_records``)."""
     from services.common.datasets import XrayDataset, load_records
 
-    recs = load_records(data, layout, views=views, split=split)
+    recs = load_records(data, layout, views=views, split=split, split_by=split_by)
     kw = {"cache_dir": cache_dir} if cache_dir else {}
     ds = XrayDataset(recs, CLASSIFIER_RES, **kw)
     xs, cs = zip(*(ds[i] for i in range(len(ds))))
@@ -150,18 +152,22 @@ def _bal_acc(y: np.ndarray, pred: np.ndarray) -> float | None:
 def evaluate_conditioning(generator, data: str, layout: str = "nih", views: Sequence[str] | None = ("PA", "AP"),
                           n_per_condition: int = 200, device: str = "cpu", seed: int = 0, params=None,
                           classifier: FindingClassifier | None = None, epochs: int = 40, cache_dir=None,
-                          seed_offset: int = 1_000_000) -> dict:
+                          seed_offset: int = 1_000_000, split_by: str = "recorded") -> dict:
     """Per-finding agreement of ``generator`` (a LoadedGenerator) with its conditions vs the same classifier
-    on real held-out images. Returns a JSON-able dict (see module docstring)."""
+    on real held-out images. Returns a JSON-able dict (see module docstring). ``split_by="patient"``: train on
+    the patient-disjoint ``train`` split and hold out its ``test`` split (data sets without recorded splits,
+    e.g. Kermany, need it)."""
     t0 = time.time()
-    xtr, ctr = load_real(data, layout, views, "train", cache_dir)
-    xva, cva = load_real(data, layout, views, "valid", cache_dir)
+    heldout = "test" if split_by == "patient" else "valid"
+    xtr, ctr = load_real(data, layout, views, "train", cache_dir, split_by)
+    xva, cva = load_real(data, layout, views, heldout, cache_dir, split_by)
     if classifier is None:
         classifier = train_classifier(xtr, ctr, device=device, epochs=epochs, seed=seed)
     classifier = classifier.to(device).eval()
     p_tr = predict(classifier, xtr, device)
     p_va = predict(classifier, xva, device)
     out = {"data": str(data), "layout": layout, "views": list(views) if views else None,
+           "split_by": split_by, "heldout_split": heldout,
            "n_train": int(len(xtr)), "n_valid": int(len(xva)), "n_per_condition": n_per_condition,
            "model_id": getattr(generator, "model_id", None), "backend": getattr(generator, "backend", None),
            "findings": {}}
