@@ -2,7 +2,7 @@
 measure (or read) its conditional agreement and quality figure, and write its model card
 (:mod:`services.generator.cards`); for StyleGAN2 also ``benchmarks/RESULTS-stylegan2.md``.
 
-    python -m services.generator.train.finalize --from $OUT                    # what scripts/gpu/stylegan2.sh wrote
+    python -m services.generator.train.finalize --from $OUT                    # a model folder of an unpacked GPU window
     python -m services.generator.train.finalize --from runs/sg2/export --eval-n 100   # a CPU run's export folder
     python -m services.generator.train.finalize --from $OUT/ddpm --model-id ddpm-cxr64 --bench $OUT/bench_diffusion_gpu.json
     python -m services.generator.train.finalize --from runs/k128/export --model-id stylegan2-kermany128 \

@@ -65,7 +65,7 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
             f"{minutes:.1f} min of training on {tr.get('hardware')} ({tr.get('device')}, torch {tr.get('torch')}).",
             "Reproduce: `synthrad train diffusion --data ../shared/data/nih-chestxray14-64 --layout nih "
             f"--resolution {res} --out runs/ddpm --batch {tr.get('batch')} --max-minutes {max(1, round(minutes))}` "
-            "(see `scripts/gpu/diffusion.sh`).",
+            "(see `scripts/gpu/window.sh`).",
         ],
         conditioning=conditioning, quality=quality, benchmarks=benches,
         limitations=[

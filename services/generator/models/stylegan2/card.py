@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from services.generator.cards import NIH_LABEL_MAPPING, Benchmark, ModelCard, Table, grid_caption
 
-#: Benchmark files ``scripts/gpu/stylegan2.sh`` writes (card sub-heading -> file name).
+#: Benchmark files ``scripts/gpu/stylegan2_bench.sh`` writes (card sub-heading -> file name).
 GPU_BENCHES = {"GPU, shipped 64px architecture": "bench_stylegan2_gpu.json",
                "GPU, config-f-shaped 256px (random weights, anchor shape)": "bench_stylegan2_f256_gpu.json"}
 
@@ -38,7 +38,7 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
         model_id=desc["model_id"], family="stylegan2", headline=f"conditional StyleGAN2, {res}×{res} chest X-rays",
         notice=(f"**Short training**: {t.get('kimg')} kimg ({(t.get('train_seconds') or 0) / 60:.1f} min on "
                 f"{t.get('device', '?')}). The images are coarse chest "
-                "radiographs; a longer run (`scripts/gpu/stylegan2.sh` with a larger budget) improves them.")
+                "radiographs; a GPU window (`scripts/gpu/window.sh`, continuing the shipped training state) improves them.")
         if short else None,
         samples=samples or desc.get("samples") or f"{desc['model_id']}-samples.png",
         samples_caption=grid_caption("seeds 0–7 (psi = 1)"),
@@ -74,7 +74,7 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
             f"betas (0, 0.99), ADA-style augmentation (translation, cutout, brightness, contrast; final p = "
             f"{t.get('aug_p_final')}).",
             f"Command: `synthrad train stylegan2 --data ../shared/data/nih-chestxray14-64 --layout nih --views PA,AP "
-            f"--resolution {res} --batch {t.get('batch')} --max-minutes N --out RUN` (see scripts/gpu/stylegan2.sh).",
+            f"--resolution {res} --batch {t.get('batch')} --max-minutes N --out RUN` (see scripts/gpu/window.sh).",
         ],
         conditioning=conditioning, quality=quality,
         benchmarks=[Benchmark(title, throughput_table(b) if b else None) for title, b in (benchmarks or {}).items()],
