@@ -15,12 +15,7 @@ from services.common.findings import Condition
 from services.generator.base import GenerationParams
 from services.generator.train.diffusion import DiffusionTrainConfig, DiffusionTrainer, drop_conditions, train
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(out, **kw) -> DiffusionTrainConfig:

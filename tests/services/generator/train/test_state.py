@@ -15,12 +15,7 @@ NET = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=1
            d_channel_max=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sg2_cfg(out, **kw):
