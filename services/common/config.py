@@ -163,9 +163,15 @@ class ServeSettings(BaseModel):
 class RuntimeSettings(BaseModel):
     """How models run inside one process (a replica, the CLI, a benchmark)."""
 
-    ddpm_micro_batch: int | None = Field(None, ge=1, description="Images per DDPM UNet call (x2 with guidance); "
-                                                                 "default 32 on CUDA, 4 on CPU.")
+    # Micro-batches: every forward pass has exactly this many images (the last one of a request is padded), so
+    # an image's pixels never depend on what else shares its request. 0 or unset: the per-device default.
+    stylegan2_micro_batch: int | None = Field(None, ge=0, description="Images per StyleGAN2 forward pass; "
+                                                                      "0 / unset: 64 on CUDA, 4 on CPU.")
+    ddpm_micro_batch: int | None = Field(None, ge=0, description="Images per DDPM UNet call (x2 with guidance); "
+                                                                 "0 / unset: 32 on CUDA, 4 on CPU.")
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: torch's intra-op thread count).")
+    ort_spinning: bool = Field(False, description="Let ONNX Runtime's intra-op threads spin-wait between kernels "
+                                                  "(a little faster on an idle machine, much slower on a shared one).")
     ray_log_to_driver: bool = Field(False, description="Forward Ray worker logs to the process that started Ray "
                                                        "(`synthrad serve`).")
 

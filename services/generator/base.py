@@ -3,7 +3,9 @@
 Determinism contract: image ``i`` of a call depends only on the model weights, ``seeds[i]``,
 ``conditions[i]`` (and ``prompts[i]``), the generation params and the backend — never on which other
 images share the batch. Implementations draw each image's noise from its own ``torch.Generator``
-seeded with ``seeds[i]``.
+seeded with ``seeds[i]``, and run fixed-size micro-batches
+(:func:`services.generator.backends.micro_batch.fixed_micro_batches`: every forward pass has the same shape),
+which makes this hold bit for bit.
 
 Prompts are parsed once, by the caller: a class-conditional model (``text_conditioned = False``) generates
 from ``conditions`` only and ignores ``prompts`` (beyond checking there is one per image); the caller turns a

@@ -15,17 +15,27 @@ Backends:
   eager from then on.
 * ``onnx``    — one ONNX export (fp32, cached under the settings' cache dir by a key naming the weights) run
   by ONNX Runtime with TensorRT > CUDA > CPU execution providers, whichever are installed
-  (:mod:`.onnx_runtime`); intra-op threads from ``settings.runtime.ort_threads`` (default: torch's).
+  (:mod:`.onnx_runtime`); intra-op threads from ``settings.runtime.ort_threads`` (default: torch's), not
+  spin-waiting between kernels unless ``settings.runtime.ort_spinning``.
   Not every family has it (latent diffusion: eager and compile only).
-* ``auto``    — one meaning for every family:
+* ``auto``    — one rule for every family:
 
-  - **CPU**: ``eager``, fp32 — bit-reproducible whatever else shares a request;
+  - **CPU**: ``onnx`` (fp32, ONNX Runtime CPU EP) for the families that have it (``stylegan2``, ``ddpm``),
+    else ``eager`` fp32 (``latent_diffusion``; also when ONNX Runtime cannot be imported). Measured on the
+    2-core dev VM through a stored batch job (benchmarks/RESULTS-inference.md): ONNX Runtime is a little
+    faster than eager for StyleGAN2 and as fast for the (compute-bound) DDPM UNet, and its outputs do not
+    depend on the thread count. The export is made once per model hash;
   - **CUDA** (``cuda`` / ``cuda:N``): ``compile`` with fp16 + channels_last.
 
-  ``onnx`` is never chosen by ``auto``: it is opt-in (an export per model on first load).
+Determinism: families run fixed-size micro-batches (:mod:`.micro_batch`), so with a given backend an image's
+pixels are bit-identical whatever else shares its request, on CPU with ``eager`` and ``onnx`` alike (tested).
+``onnx`` CPU outputs also do not depend on the intra-op thread count; ``eager`` outputs can (oneDNN
+partitions differently).
 
-Tolerances (checked by tests/benchmarks): onnx vs eager fp32 on CPU <= 1e-3 absolute on [-1, 1] outputs;
-fp16 paths on CUDA <= ~2e-2. Only ``eager`` on CPU is bit-reproducible across batch compositions.
+Tolerances, onnx vs eager fp32 on CPU, on [0, 1] images (tests bound them, the benchmark measures the shipped
+models; docs/models.md): StyleGAN2 <= 1e-4 (shipped model ~3e-6); DDPM one UNet call <= 1e-4, a guided
+sampling run <= 2e-3 (the sampler amplifies the differences; shipped model, 20-step DPM-Solver++: ~2e-4);
+8-bit pixels at most one level apart. fp16 paths on CUDA <= ~2e-2.
 
 ``python -m services.generator.backends`` prints what this machine offers and what ``auto`` picks.
 """
@@ -40,13 +50,14 @@ import torch
 
 from services.common.config import resolve_device
 
+from .micro_batch import fixed_micro_batches, in_fixed_micro_batches, micro_batch_size
 from .policy import (BACKENDS, BackendError, check_precision, default_channels_last, default_fp16, is_cuda,
-                     resolve_backend)
+                     onnxruntime_available, resolve_backend)
 from .torch_runner import CompileFallback, TorchRunner, compile_module, prepare_module
 
 __all__ = ["BACKENDS", "BackendError", "CompileFallback", "TorchRunner", "build_runner", "compile_module",
-           "default_channels_last", "default_fp16", "is_cuda", "prepare_module", "resolve_backend",
-           "resolve_device"]
+           "default_channels_last", "default_fp16", "fixed_micro_batches", "in_fixed_micro_batches", "is_cuda",
+           "micro_batch_size", "onnxruntime_available", "prepare_module", "resolve_backend", "resolve_device"]
 
 
 def build_runner(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], input_names: Sequence[str],
@@ -72,7 +83,7 @@ def build_runner(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]
         return build_onnx_runner(module, example_inputs, input_names, device, output_names=output_names,
                                  fp16=bool(fp16), cache_dir=cache_dir or settings.resolved_cache_dir,
                                  onnx_key=onnx_key, onnx_name=onnx_name, opset=opset,
-                                 threads=settings.runtime.ort_threads)
+                                 threads=settings.runtime.ort_threads, spinning=settings.runtime.ort_spinning)
     use_fp16 = default_fp16(backend, device) if fp16 is None else bool(fp16)
     use_cl = default_channels_last(backend, device) if channels_last is None else bool(channels_last)
     check_precision(use_fp16, device)

@@ -11,16 +11,22 @@ import platform
 def environment() -> dict:
     import torch
 
-    from . import default_channels_last, default_fp16, resolve_backend
+    from services.generator.models.latent_diffusion.loader import BACKENDS as LATENT_DIFFUSION_BACKENDS
 
-    def precision(d: str) -> str:
-        b = resolve_backend("auto", d)
-        return ("fp16" if default_fp16(b, d) else "fp32") + (" + channels_last" if default_channels_last(b, d) else "")
+    from . import BACKENDS, default_channels_last, default_fp16, resolve_backend
+
+    family_backends = {"stylegan2": BACKENDS, "ddpm": BACKENDS, "latent_diffusion": LATENT_DIFFUSION_BACKENDS}
+
+    def pick(d: str, supported) -> dict:
+        b = resolve_backend("auto", d, supported)
+        return {"backend": b, "precision": ("fp16" if default_fp16(b, d) else "fp32")
+                + (" + channels_last" if default_channels_last(b, d) else "")}
 
     devices = ["cpu", "cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-           "auto": {d: {"backend": resolve_backend("auto", d), "precision": precision(d)} for d in devices}}
+           "auto": {d: pick(d, BACKENDS) for d in devices},
+           "auto_by_family": {f: {d: pick(d, sup)["backend"] for d in devices} for f, sup in family_backends.items()}}
     try:
         from .onnx_runtime import available_providers, select_providers
 
@@ -42,7 +48,8 @@ def main(argv=None) -> dict:
     else:
         print(f"python {env['python']}, torch {env['torch']}, GPUs: {', '.join(env['gpus']) or 'none'}")
         for d, a in env["auto"].items():
-            print(f"  auto on {d}: {a['backend']} ({a['precision']})")
+            fams = ", ".join(f"{f} {env['auto_by_family'][f][d]}" for f in env["auto_by_family"])
+            print(f"  auto on {d}: {a['backend']} ({a['precision']}); by family: {fams}")
         print(f"  onnxruntime providers: {env['onnxruntime_providers']}")
     return env
 

@@ -18,13 +18,24 @@ def is_cuda(device: str) -> bool:
     return str(device).startswith("cuda")
 
 
+def onnxruntime_available() -> bool:
+    """True when ONNX Runtime can be imported (a dependency of synthrad; checked, not assumed)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install counts as none
+        return False
+    return True
+
+
 def resolve_backend(backend: str | None, device: str, supported: Sequence[str] = BACKENDS,
                     family: str | None = None) -> str:
-    """``auto`` -> ``compile`` on CUDA, ``eager`` on CPU; any other name is checked against ``BACKENDS``
-    and the backends the family ``supported``."""
+    """``auto`` -> ``compile`` on CUDA; on CPU ``onnx`` when the family has it (and ONNX Runtime imports),
+    else ``eager``. Any other name is checked against ``BACKENDS`` and the backends the family ``supported``."""
     name = (backend or "auto").strip().lower()
     if name == "auto":
-        return "compile" if is_cuda(device) else "eager"
+        if is_cuda(device):
+            return "compile"
+        return "onnx" if "onnx" in supported and onnxruntime_available() else "eager"
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     if name not in supported:

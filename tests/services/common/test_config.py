@@ -37,6 +37,19 @@ def test_runtime_settings_and_the_names_of_earlier_releases(monkeypatch, caplog)
     assert "set SYNTHRAD_RUNTIME__DDPM_MICRO_BATCH instead" in caplog.text
 
 
+def test_micro_batch_and_onnx_runtime_settings(monkeypatch):
+    r = Settings().runtime
+    assert r.stylegan2_micro_batch is None and r.ddpm_micro_batch is None and r.ort_spinning is False
+    monkeypatch.setenv("SYNTHRAD_RUNTIME__STYLEGAN2_MICRO_BATCH", "16")
+    monkeypatch.setenv("SYNTHRAD_RUNTIME__DDPM_MICRO_BATCH", "0")  # 0: the per-device default
+    monkeypatch.setenv("SYNTHRAD_RUNTIME__ORT_SPINNING", "true")
+    r = Settings().runtime
+    assert (r.stylegan2_micro_batch, r.ddpm_micro_batch, r.ort_spinning) == (16, 0, True)
+    monkeypatch.setenv("SYNTHRAD_RUNTIME__STYLEGAN2_MICRO_BATCH", "-1")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
 def test_the_default_reference_is_a_setting(monkeypatch):
     assert Settings().default_reference == "nih-cxr64"
     monkeypatch.setenv("SYNTHRAD_DEFAULT_REFERENCE", "my-ref")

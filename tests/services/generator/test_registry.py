@@ -126,7 +126,9 @@ def test_register_model_rules(tmp_path, monkeypatch):
 def test_auto_backend_is_one_rule_for_every_family():
     from services.generator.backends import BackendError, default_fp16, resolve_backend
 
-    assert resolve_backend("auto", "cpu") == resolve_backend(None, "cpu") == "eager"
+    # CPU: ONNX Runtime where the family has it, else eager (tests/services/generator/backends/test_backends.py)
+    assert resolve_backend("auto", "cpu") == resolve_backend(None, "cpu") == "onnx"
+    assert resolve_backend("auto", "cpu", ("eager", "compile"), "latent diffusion") == "eager"
     assert resolve_backend("auto", "cuda") == resolve_backend(" AUTO ", "cuda:1") == "compile"
     assert default_fp16("compile", "cuda:0") and not default_fp16("compile", "cpu") and not default_fp16("eager", "cuda")
     with pytest.raises(BackendError, match="unknown backend 'tensorrt'"):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from services.common.findings import Condition
+from services.generator.backends.micro_batch import in_fixed_micro_batches, micro_batch_size
 from services.generator.base import (GenerationParams, GeneratorError, LoadedGenerator, canonical_sampler,
                                      to_unit_images)
 
@@ -29,15 +30,21 @@ ONNX_OPSET = 17
 UNET_INPUTS = ("sample", "timestep", "codes")
 
 
+#: Images per UNet call by default (``settings.runtime.ddpm_micro_batch`` overrides; 0 = default). CPU: 4,
+#: measured through a stored batch job (benchmarks/bench_cpu_inference.py, RESULTS-inference.md): on the
+#: 2-core VM the UNet is compute-bound, per-row cost is the same at 4 and 8 images (UNet batch 8 / 16 with
+#: guidance) and no better at 16, and a 1-image request pays for every padded row.
+CUDA_MICRO_BATCH = 32
+CPU_MICRO_BATCH = 4
+
+
 def default_micro_batch(device: str) -> int:
     """Images per UNet call (x2 with guidance): ``settings.runtime.ddpm_micro_batch``, else 32 on CUDA, 4 on
     CPU."""
     from services.common.config import get_settings
 
-    configured = get_settings().runtime.ddpm_micro_batch
-    if configured:
-        return int(configured)
-    return 32 if torch.device(device).type == "cuda" else 4
+    return micro_batch_size(get_settings().runtime.ddpm_micro_batch, device, cuda=CUDA_MICRO_BATCH,
+                            cpu=CPU_MICRO_BATCH)
 
 
 def unet_runner(model: ConditionalUNet, backend: str, device: str, model_hash: str = "", *,
@@ -73,9 +80,10 @@ class DDPMGenerator(LoadedGenerator):
         self.resolution = model.resolution
         self.schedule = dict(schedule or DEFAULT_SCHEDULE)
         self.defaults = {**DEFAULTS, **(defaults or {})}
-        # Every UNet call has exactly ``micro_batch`` rows (the last chunk is padded): with a fixed shape the
-        # kernels compute each row identically wherever it sits, so an image's pixels are bit-identical
-        # whatever else shares its request (batch-size-dependent kernel choice would differ by ~1e-6).
+        # Every UNet call has exactly ``micro_batch`` images (the last micro-batch is padded,
+        # services.generator.backends.micro_batch): with a fixed shape the kernels compute each row
+        # identically wherever it sits, so an image's pixels are bit-identical whatever else shares its request
+        # (batch-size-dependent kernel choice would differ by ~1e-6).
         self.micro_batch = int(micro_batch or default_micro_batch(self.device))
         self.denoise = unet_runner(model, self.backend, self.device, model_hash)
         self._count_lock = threading.Lock()
@@ -110,23 +118,17 @@ class DDPMGenerator(LoadedGenerator):
         out_res = (params.resolution if params and params.resolution else self.resolution)
         if not seeds:
             return np.zeros((0, out_res, out_res), np.float32)
-        codes = torch.tensor([c.codes() for c in conditions], dtype=torch.long)
-        mb = self.micro_batch
-        chunks = []
-        for s in range(0, len(seeds), mb):
-            c = codes[s:s + mb]
-            sd = [int(v) for v in seeds[s:s + mb]]
-            n = len(sd)
-            if n < mb:  # pad to the fixed shape; padding rows are discarded
-                c = torch.cat([c, torch.full((mb - n, 4), 2, dtype=torch.long)], dim=0)
-                sd = sd + [0] * (mb - n)
-            x = sample(self._denoise_counted, c, sd, resolution=self.resolution, schedule=self.schedule,
-                       sampler=sampler, steps=steps, guidance=guidance, device=self.device, callback=callback)[:n]
+
+        def run(conds: list[Condition], sds: list[int]) -> np.ndarray:  # exactly self.micro_batch images
+            codes = torch.tensor([c.codes() for c in conds], dtype=torch.long)
+            x = sample(self._denoise_counted, codes, sds, resolution=self.resolution, schedule=self.schedule,
+                       sampler=sampler, steps=steps, guidance=guidance, device=self.device, callback=callback)
             if out_res != self.resolution:
                 x = torch.nn.functional.interpolate(x.float(), size=(out_res, out_res), mode="bilinear",
                                                     antialias=out_res < self.resolution, align_corners=False)
-            chunks.append(to_unit_images(x))
-        return np.concatenate(chunks, axis=0)
+            return to_unit_images(x)
+
+        return in_fixed_micro_batches(run, conditions, seeds, self.micro_batch)
 
 
 def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: str = "cpu") -> DDPMGenerator:

@@ -52,8 +52,9 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
             "distribution.",
             "Truncation: `truncation` psi per request (default 1.0 = none) toward the **per-condition mean w** "
             "(2048 fixed z, cached per condition), not the global w_avg.",
-            "Determinism: image i is drawn from its own seed (z, then every per-layer noise map); on CPU each "
-            "image is computed alone, so pixels are bit-identical whatever else is in the request.",
+            "Determinism: image i is drawn from its own seed (z, then every per-layer noise map); every forward "
+            "pass has a fixed number of images (the last chunk padded), so pixels are bit-identical whatever "
+            "else is in the request.",
         ],
         data=[
             f"NIH ChestX-ray14, {res}×{res} subset at `{t.get('data')}`: split `{t.get('split')}`, views {views}, "

@@ -3,7 +3,8 @@
 Determinism: image ``i`` is drawn from ``torch.Generator().manual_seed(seeds[i])`` on CPU — first ``z``
 (z_dim normals), then the per-layer noise maps (``GeneratorExport.noise_dim()`` normals, in layer order) —
 so it depends only on its own seed, condition and params. Noise is passed to every backend as an explicit
-input (the ONNX graph has no random ops).
+input (the ONNX graph has no random ops). Every forward pass has ``micro_batch`` images (the last one padded,
+see ``CPU_MICRO_BATCH``), so the pixels are also bit-identical whatever else shares the request.
 
 Truncation (``params.truncation`` = psi, default from the descriptor, 1.0 = none) moves ``w`` toward the
 **per-condition mean** ``w`` (mean of the mapping over 2048 fixed ``z`` for that condition, computed once per
@@ -24,18 +25,31 @@ import torch
 import torch.nn.functional as F
 
 from services.common.findings import FINDINGS, Condition
+from services.generator.backends.micro_batch import in_fixed_micro_batches, micro_batch_size
 from services.generator.base import GenerationParams, GeneratorError, LoadedGenerator, to_unit_images
 
 from .network import Generator, GeneratorExport, StyleGAN2Config, encode_conditions
 
 CENTER_SAMPLES = 2048
 CENTER_SEED = 0x5EED
-MAX_CHUNK = 64
-# On CPU every image is its own forward pass: oneDNN picks different conv/matmul kernels for different batch
-# sizes (differences ~1e-6), so this is what makes pixels bit-identical whatever else shares the request; at
-# these model sizes batch 1 is as fast per image as larger batches on CPU. On CUDA images are batched
-# (chunks of MAX_CHUNK) and batch-composition effects stay within ~1e-5 in fp32 / ~1e-2 in fp16.
-CPU_MICROBATCH = 1
+# Every forward pass has exactly ``micro_batch`` images (the last micro-batch of a request is padded,
+# services.generator.backends.micro_batch): oneDNN and ONNX Runtime pick kernels by shape (batch-size dependent
+# differences ~1e-6), and with one shape an image's pixels are bit-identical whatever else shares its request.
+# Defaults (``settings.runtime.stylegan2_micro_batch`` overrides; 0 = default): CUDA 64; CPU 4, measured
+# through a stored batch job (benchmarks/bench_cpu_inference.py, RESULTS-inference.md): with ONNX Runtime the
+# per-image cost on the shared 2-core VM is flat within noise (+-3 %) from 1 to 16 (an idler earlier run of
+# bench_generator.py: +4 % at 8, +11 % at 32), a request's chunk (serve.generator_max_batch_size, 16) splits
+# into whole micro-batches, and a 1-image request pays for only 4.
+CUDA_MICRO_BATCH = 64
+CPU_MICRO_BATCH = 4
+
+
+def default_micro_batch(device: str) -> int:
+    """Images per forward pass: ``settings.runtime.stylegan2_micro_batch``, else 64 on CUDA, 4 on CPU."""
+    from services.common.config import get_settings
+
+    return micro_batch_size(get_settings().runtime.stylegan2_micro_batch, device, cuda=CUDA_MICRO_BATCH,
+                            cpu=CPU_MICRO_BATCH)
 
 
 def load_weights(weights_path: str | Path, config: dict | None = None) -> Generator:
@@ -61,12 +75,15 @@ def load_weights(weights_path: str | Path, config: dict | None = None) -> Genera
     return G.eval().requires_grad_(False)
 
 
-def save_weights(G: Generator, path: str | Path, metadata: dict | None = None) -> Path:
+def save_weights(G: Generator, path: str | Path, metadata: dict | None = None,
+                 dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``G``'s state dict as safetensors (``dtype``: fp16 halves the file; loading casts to fp32)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().float().cpu().contiguous() for k, v in G.state_dict().items()}
+    sd = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+          for k, v in G.state_dict().items()}
     meta = {"config": json.dumps(G.cfg.to_dict()), "format": "synthrad-stylegan2-v1"}
     meta.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()})
     save_file(sd, str(path), metadata=meta)
@@ -90,7 +107,7 @@ class StyleGAN2Generator(LoadedGenerator):
 
     def __init__(self, G: Generator, model_id: str, model_hash: str, backend: str = "auto", device: str = "cpu",
                  default_truncation: float = 1.0, truncation_center: str = "condition", cache_dir=None,
-                 fp16: bool | None = None, compile_mode: str | None = None):
+                 fp16: bool | None = None, compile_mode: str | None = None, micro_batch: int | None = None):
         from services.generator.backends import build_runner, resolve_backend, resolve_device
 
         self.G = G.float().cpu().eval().requires_grad_(False)
@@ -101,11 +118,12 @@ class StyleGAN2Generator(LoadedGenerator):
         self.resolution = self.cfg.resolution
         self.default_truncation = float(default_truncation)
         self.truncation_center = truncation_center if self.cfg.c_dim > 0 else "global"
+        self.micro_batch = int(micro_batch or default_micro_batch(self.device))
         self.export = GeneratorExport(self.G).eval()
         self.noise_dim = self.export.noise_dim()
         self._centers: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
-        ex = self._inputs([Condition()], [0], 1.0)
+        ex = self._inputs([Condition()], [0], 1.0)  # export example (dynamic batch axis)
         self.runner = build_runner(self.export, ex, GeneratorExport.input_names, self.backend, self.device,
                                    output_names=("img",), cache_dir=cache_dir, fp16=fp16,
                                    onnx_key=f"stylegan2|{model_hash}|{json.dumps(self.cfg.to_dict(), sort_keys=True)}",
@@ -157,22 +175,27 @@ class StyleGAN2Generator(LoadedGenerator):
                                  f"resolution {out_res} is not a supported resize (16..{self.resolution * 4})")
         if not seeds:
             return np.zeros((0, out_res, out_res), np.float32)
-        outs = []
-        chunk = CPU_MICROBATCH if self.device == "cpu" else MAX_CHUNK
-        for i in range(0, len(seeds), chunk):
-            inputs = self._inputs(conditions[i:i + chunk], seeds[i:i + chunk], psi)
-            img = self.runner(*inputs).float().cpu()
+
+        def run(conds: list[Condition], sds: list[int]) -> np.ndarray:  # exactly self.micro_batch images
+            img = self.runner(*self._inputs(conds, sds, psi)).float().cpu()
             if img.shape[1] == 3:  # imported RGB generators: luminance
                 img = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]).unsqueeze(1)
             if out_res != self.resolution:
                 img = F.interpolate(img, size=(out_res, out_res), mode="bilinear", align_corners=False,
                                     antialias=out_res < self.resolution)
-            outs.append(to_unit_images(img))
-        return np.concatenate(outs, axis=0)
+            return to_unit_images(img)
+
+        return in_fixed_micro_batches(run, conditions, seeds, self.micro_batch)
 
     def raw(self, conditions: Sequence[Condition], seeds: Sequence[int], psi: float = 1.0) -> torch.Tensor:
-        """Model-space output (N, 1, R, R) in ~[-1, 1] (for tests / metrics)."""
-        return self.runner(*self._inputs(conditions, seeds, psi)).float().cpu()
+        """Model-space output (N, C, R, R) in ~[-1, 1] (for tests / metrics), in the same fixed micro-batches
+        as :meth:`generate`."""
+        self.check_inputs(conditions, seeds, None)
+        if not seeds:
+            return torch.zeros(0, self.cfg.img_channels, self.resolution, self.resolution)
+        out = in_fixed_micro_batches(lambda c, s: self.runner(*self._inputs(c, s, psi)).float().cpu().numpy(),
+                                     conditions, seeds, self.micro_batch)
+        return torch.from_numpy(out)
 
 
 def load(descriptor: dict, weights_path: Path, backend: str = "auto", device: str = "cpu") -> StyleGAN2Generator:

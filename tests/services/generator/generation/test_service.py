@@ -139,7 +139,7 @@ def test_the_cli_and_the_api_make_the_same_batch(tmp_path):
     cli_store = BatchStore(out)
     (cli_batch,) = cli_store.list()
 
-    gen = load_generator("stylegan2-cxr64", "eager", "cpu")
+    gen = load_generator("stylegan2-cxr64", "auto", "cpu")  # the CLI's default backend (settings.backend)
     platform, store, _ = make_platform(tmp_path, gen=gen)
 
     async def go():

@@ -1,5 +1,6 @@
-"""Class-conditional DDPM family: conditioning, guidance, determinism, samplers, per-request schedulers,
-ONNX vs eager, prompts (parsed by the caller), registry loading. Tiny random-weight UNet (16 px) so everything runs in seconds."""
+"""Class-conditional DDPM family: conditioning, guidance, determinism (fixed micro-batches, eager and ONNX),
+samplers, per-request schedulers, ONNX vs eager, what ``auto`` loads on CPU, prompts (parsed by the caller),
+registry loading. Tiny random-weight UNet (16 px) so everything runs in seconds."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from concurrency import run_together
 
 from services.common.findings import Condition
 from services.generator.base import GenerationParams, GeneratorError
-from services.generator.models.ddpm.loader import DDPMGenerator, load
+from services.generator.models.ddpm.loader import CPU_MICRO_BATCH, DDPMGenerator, load
 from services.generator.models.ddpm.model import DEFAULT_SCHEDULE, ConditionalUNet, save_weights, unet_config
 from services.generator.models.ddpm.sampling import make_scheduler
 
@@ -147,10 +148,63 @@ def test_onnx_unet_matches_eager(tiny_dir, monkeypatch, tmp_path):
         a = eager.generate([EFFUSION, NORMAL], [1, 2], p)
         b = onnx.generate([EFFUSION, NORMAL], [1, 2], p)
         assert np.abs(a - b).max() < 2e-3
+        assert np.abs(np.round(a * 255) - np.round(b * 255)).max() <= 1  # 8-bit pixels: at most one level
         # the ONNX backend keeps the batch-composition guarantee
         assert np.array_equal(b[1], onnx.generate([NORMAL], [2], p)[0])
     finally:
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNTHRAD_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _load(tiny_dir, backend, monkeypatch=None, micro_batch=None):
+    if micro_batch is not None:
+        monkeypatch.setenv("SYNTHRAD_RUNTIME__DDPM_MICRO_BATCH", str(micro_batch))
+    desc = json.loads((tiny_dir / "ddpm-tiny-test.json").read_text())
+    return load(desc, tiny_dir / desc["weights"], backend, "cpu")
+
+
+def test_every_unet_call_has_exactly_micro_batch_rows(tiny_dir, monkeypatch):
+    g = _load(tiny_dir, "eager", monkeypatch, micro_batch=3)
+    assert g.micro_batch == 3
+    rows = []
+    inner = g.denoise
+
+    def counting(x, t, c):
+        rows.append(x.shape[0])
+        return inner(x, t, c)
+
+    g.denoise = counting
+    out = g.generate([EFFUSION] * 7, list(range(7)), GenerationParams(sampler="ddim", steps=2, guidance=2.0))
+    assert out.shape == (7, RES, RES) and rows == [6] * 6  # 3 micro-batches (the last padded) x 2 steps, CFG x2
+    monkeypatch.setenv("SYNTHRAD_RUNTIME__DDPM_MICRO_BATCH", "0")
+    assert _load(tiny_dir, "eager").micro_batch == CPU_MICRO_BATCH  # 0: the CPU default
+
+
+MIXED = [EFFUSION, NORMAL, CARDIO, UNCOND, EFFUSION, CARDIO, NORMAL]
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_image_alone_equals_the_same_image_inside_a_larger_mixed_request(tiny_dir, cache, backend):
+    g = _load(tiny_dir, backend)
+    assert g.backend == backend
+    p = GenerationParams(sampler="dpmpp", steps=3, guidance=2.0)
+    seeds = list(range(40, 40 + len(MIXED)))
+    full = g.generate(MIXED, seeds, p)  # two micro-batches of 4, the second padded
+    for i in (0, 3, 5, 6):
+        assert np.array_equal(g.generate([MIXED[i]], [seeds[i]], p)[0], full[i]), i
+    assert np.array_equal(g.generate(MIXED, seeds, p), full)  # same seed + condition + backend: same pixels
+
+
+def test_auto_on_cpu_loads_onnx(tiny_dir, cache):
+    a, o = _load(tiny_dir, "auto"), _load(tiny_dir, "onnx")
+    assert a.backend == "onnx" and "CPUExecutionProvider" in a.denoise.providers
+    p = GenerationParams(sampler="ddim", steps=2)
+    assert np.array_equal(a.generate([EFFUSION], [1], p), o.generate([EFFUSION], [1], p))
 
 
 def test_prompts_are_parsed_by_the_caller_not_the_model(gen):
