@@ -144,6 +144,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--quality-extractors", default=",".join(EXTRACTORS),
                     help="feature extractors of the quality figure (default %(default)s)")
     ap.add_argument("--no-quality", action="store_true", help="do not compute a missing quality figure")
+    ap.add_argument("--no-conditioning", action="store_true",
+                    help="do not measure a missing conditional agreement (the card says 'not measured'; say why "
+                         "in --notes)")
     ap.add_argument("--bench", action="append", default=[], metavar="[TITLE=]FILE", help="more benchmark JSON")
     ap.add_argument("--cpu-bench", default=None, help="StyleGAN2 CPU benchmark JSON (bench_generator.py)")
     ap.add_argument("--notes", default=None)
@@ -167,7 +170,7 @@ def main(argv=None) -> dict:
     registry._loaded.clear()  # the shipped files changed under this process
     g = None
     cond = _load(_first(src, f"{family}_conditioning.json", "conditioning.json"))
-    if cond is None:
+    if cond is None and not a.no_conditioning:
         from services.metrics.conditioning import evaluate_conditioning
 
         t0 = time.time()

@@ -22,6 +22,21 @@ def default_model_id(family: str, out: Path) -> str:
     return f"{family}-{stem}"[:64]
 
 
+def _exported_by(model_id: str, out: Path) -> bool:
+    """Whether the registered ``model_id`` lives inside the run folder ``out`` (this run exported it)."""
+    from services.generator import registry
+
+    files = registry._scan()[1]
+    f = files.get(model_id)
+    if f is None:
+        return False
+    try:
+        f.resolve().relative_to(Path(out).resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def export_model_id(model_id: str | None, family: str, out: Path, replace: bool, continues: str | None = None) -> str:
     """The checked export id (:class:`ModelIdTaken` / :class:`~services.generator.registry.InvalidModelId`)."""
     from services.generator import registry
@@ -31,6 +46,8 @@ def export_model_id(model_id: str | None, family: str, out: Path, replace: bool,
     if replace:
         return mid
     owner = registry.canonical_model_id(mid)
+    if owner == mid and _exported_by(mid, out):
+        return mid  # this run's own earlier export (a --resume of the same run folder)
     if owner in registry.known_ids():
         what = f"the id of registered model {owner!r}" if owner == mid else f"an alias of model {owner!r}"
         hint = (f" (this run continues {continues!r}: a continued model gets a new id unless --replace)"

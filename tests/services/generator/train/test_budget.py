@@ -4,13 +4,15 @@ measured in the run (services/generator/train/common.py TimeBudget)."""
 import time
 
 import pytest
-import torch
 from toy_data import ToyXrays
 
 from services.generator.train import diffusion
 from services.generator.train.common import TimeBudget, timed
 from services.generator.train.diffusion import DiffusionTrainConfig, DiffusionTrainer
 
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # restores the thread count afterwards
 
 def test_budget_reserves_the_measured_finishing_costs():
     b = TimeBudget(1.0, safety=1.5)
@@ -30,7 +32,6 @@ def test_diffusion_run_ends_within_its_budget_including_a_slow_final_grid(tmp_pa
     """Each grid costs 4 s here (a slow sampler, as a 64 px grid is on a CPU); a 0.75 min (45 s) budget must
     hold the training, the grids and the export. (Before: the loop ran to the limit and the final grid and
     export came on top.)"""
-    torch.set_num_threads(1)
     real = diffusion.save_grid
 
     def slow_grid(*a, **kw):

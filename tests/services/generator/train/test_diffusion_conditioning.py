@@ -17,6 +17,9 @@ RES = 16
 EFFUSION = 2  # index of pleural effusion in FINDINGS
 
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # restores the thread count afterwards
+
 class QuadrantFinding(torch.utils.data.Dataset):
     """Smooth random backgrounds; finding ``EFFUSION`` present brightens the lower-left quadrant by 0.5."""
 
@@ -39,7 +42,6 @@ class QuadrantFinding(torch.utils.data.Dataset):
 def test_present_vs_absent_moves_image_and_classifier_the_right_way(tmp_path, monkeypatch):
     from sklearn.linear_model import LogisticRegression
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     monkeypatch.setitem(UNET_PRESETS, "cond-test", dict(UNET_PRESETS["tiny"]))
     data = QuadrantFinding()
     cfg = DiffusionTrainConfig(out=str(tmp_path / "run"), preset="cond-test", resolution=RES, batch=16, max_steps=150,

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from toy_data import ToyXrays
 
 from services.generator import registry
@@ -14,6 +13,9 @@ from services.generator.train.stylegan2 import StyleGAN2Trainer, TrainConfig
 NET = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16, d_channel_base=128,
            d_channel_max=16)
 
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # restores the thread count afterwards
 
 def cfg(out, **kw):
     base = dict(out=str(out), resolution=16, batch=4, device="cpu", net=NET, progress=False, snap_minutes=0,
@@ -39,7 +41,6 @@ def test_shipped_ids_and_aliases_are_refused_before_training(tmp_path):
 
 
 def test_an_export_only_takes_over_a_shipped_id_with_replace(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     tr = StyleGAN2Trainer(cfg(tmp_path / "run", model_id="sg2-naming-test"), dataset=ToyXrays(states=2))
     tr.train()
     exp = tmp_path / "run" / "export"
