@@ -54,8 +54,11 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
         data=[f"{tr.get('data')} (layout `{tr.get('layout')}`), split `{tr.get('split')}`, views `{tr.get('views')}` "
               f"(PA and AP: with {tr.get('images')} training images every view counts), preprocessed to {res} px."],
         label_mapping=NIH_LABEL_MAPPING if tr.get("layout", "nih") == "nih" else None,
-        label_note="NIH labels every image for all its findings, so each of ours is present or absent in the "
-                   "training data; \"unspecified\" is learned only through condition dropout.",
+        label_note=("NIH labels every image for all its findings, so each of ours is present or absent in the "
+                    "training data; \"unspecified\" is learned only through condition dropout."
+                    if tr.get("layout", "nih") == "nih" else
+                    "Kermany folders: NORMAL → no finding (all four absent), PNEUMONIA → lung opacity present, the "
+                    "other findings unspecified; patients from the file names, split patient-disjoint."),
         training=[
             f"{tr.get('steps')} optimizer steps, batch {tr.get('batch')}, {tr.get('images_seen')} images seen "
             f"(~{tr.get('images_seen', 0) / max(tr.get('images', 1), 1):.0f} epochs); AdamW lr {tr.get('lr')} with "
@@ -63,7 +66,8 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
             f"Condition dropout: whole condition {tr.get('p_uncond')}, each finding {tr.get('p_drop_finding')}; "
             "random translations of ±1/16 of the side (no flips: anatomy is lateralised).",
             f"{minutes:.1f} min of training on {tr.get('hardware')} ({tr.get('device')}, torch {tr.get('torch')}).",
-            "Reproduce: `synthrad train diffusion --data ../shared/data/nih-chestxray14-64 --layout nih "
+            f"Reproduce: `synthrad train diffusion --data ../shared/data/"
+            f"{'nih-chestxray14-64 --layout nih' if tr.get('layout', 'nih') == 'nih' else 'kermany-pneumonia-224/train --layout folder --views all'} "
             f"--resolution {res} --out runs/ddpm --batch {tr.get('batch')} --max-minutes {max(1, round(minutes))}` "
             "(see `scripts/gpu/window.sh`).",
         ],

@@ -27,6 +27,35 @@ def throughput_table(bench: dict) -> Table:
     return Table(["variant", "batch", "precision", "img/s", "vs eager fp32"], rows, ["l", "r", "l", "r", "r"], caption)
 
 
+def _data_folder(t: dict) -> str:
+    data = str(t.get("data") or "nih-chestxray14-64")
+    return "kermany-pneumonia-224/train" if "kermany" in data else "nih-chestxray14-64"
+
+
+def data_lines(t: dict, res: int) -> list[str]:
+    """The card's data section for the dataset the model was trained on (NIH 64 px or the Kermany folder)."""
+    views = t.get("views")
+    split = f"split `{t.get('split')}` ({'patient-disjoint' if t.get('split_by') == 'patient' else 'as recorded'})"
+    if t.get("layout", "nih") != "nih":
+        return [
+            f"Kermany paediatric chest X-rays (Kermany et al., Cell 2018, CC BY 4.0; 224 px JPEGs resized to {res} px): "
+            f"{split}, {t.get('num_images')} images.",
+            "Label mapping: folder NORMAL → no finding (all four absent); PNEUMONIA → lung opacity present, the "
+            "other findings unspecified (bacterial and viral pneumonia together). Patients from the file names.",
+            "No horizontal flips in augmentation (anatomy is lateralised).",
+        ]
+    return [
+        f"NIH ChestX-ray14, {res}×{res} subset at `{t.get('data')}`: {split}, views {views}, "
+        f"{t.get('num_images')} images (PA and AP both used: the subset has only 386 PA training images).",
+        "Label mapping (table): **lung_opacity ← Infiltration | Consolidation | Pneumonia**. We chose this NIH "
+        "stand-in over the Kermany pneumonia set because the Kermany images are paediatric (ages 1–5), a "
+        "different anatomy, scanner population and image processing; mixing them would teach the model "
+        "\"child\" instead of \"opacity\". The NIH labels are adult, same domain, and co-occur with the other "
+        "findings as in practice; they are NLP-mined labels and noisy.",
+        "No horizontal flips in augmentation (anatomy is lateralised).",
+    ]
+
+
 def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | None = None,
              benchmarks: Mapping[str, dict | None] | None = None, samples: str | None = None,
              notes: str | None = None) -> ModelCard:
@@ -37,7 +66,7 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
     return ModelCard(
         model_id=desc["model_id"], family="stylegan2", headline=f"conditional StyleGAN2, {res}×{res} chest X-rays",
         notice=(f"**Short training**: {t.get('kimg')} kimg ({(t.get('train_seconds') or 0) / 60:.1f} min on "
-                f"{t.get('device', '?')}). The images are coarse chest "
+                f"{t.get('device', '?')}). The images are far from real chest "
                 "radiographs; a GPU window (`scripts/gpu/window.sh`, continuing the shipped training state) improves them.")
         if short else None,
         samples=samples or desc.get("samples") or f"{desc['model_id']}-samples.png",
@@ -56,16 +85,7 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
             "pass has a fixed number of images (the last chunk padded), so pixels are bit-identical whatever "
             "else is in the request.",
         ],
-        data=[
-            f"NIH ChestX-ray14, {res}×{res} subset at `{t.get('data')}`: split `{t.get('split')}`, views {views}, "
-            f"{t.get('num_images')} images (PA and AP both used: the subset has only 386 PA training images).",
-            "Label mapping (table): **lung_opacity ← Infiltration | Consolidation | Pneumonia**. We chose this NIH "
-            "stand-in over the Kermany pneumonia set because the Kermany images are paediatric (ages 1–5), a "
-            "different anatomy, scanner population and image processing; mixing them would teach the model "
-            "\"child\" instead of \"opacity\". The NIH labels are adult, same domain, and co-occur with the other "
-            "findings as in practice; they are NLP-mined labels and noisy.",
-            "No horizontal flips in augmentation (anatomy is lateralised).",
-        ],
+        data=data_lines(t, res),
         label_mapping=NIH_LABEL_MAPPING if t.get("layout", "nih") == "nih" else None,
         training=[
             f"{t.get('steps')} steps, {t.get('kimg')} kimg at batch {t.get('batch')}, "
@@ -74,15 +94,18 @@ def describe(desc: dict, *, conditioning: dict | None = None, quality: dict | No
             f"(half-life {t.get('ema_kimg')} kimg), style mixing {t.get('style_mixing')}, Adam lr {t.get('lr_g')} "
             f"betas (0, 0.99), ADA-style augmentation (translation, cutout, brightness, contrast; final p = "
             f"{t.get('aug_p_final')}).",
-            f"Command: `synthrad train stylegan2 --data ../shared/data/nih-chestxray14-64 --layout nih --views PA,AP "
-            f"--resolution {res} --batch {t.get('batch')} --max-minutes N --out RUN` (see scripts/gpu/window.sh).",
+            f"Command: `synthrad train stylegan2 --data ../shared/data/{_data_folder(t)} --layout {t.get('layout', 'nih')} "
+            f"--views {'all' if views in (None, 'all') else ','.join(views)} --resolution {res} --batch {t.get('batch')} "
+            f"--max-minutes N --out RUN`; continue it with `--resume-from {desc['model_id']}` (docs/training.md).",
         ],
         conditioning=conditioning, quality=quality,
         benchmarks=[Benchmark(title, throughput_table(b) if b else None) for title, b in (benchmarks or {}).items()],
         limitations=[
             f"{res}×{res} only; trained briefly on ~{t.get('num_images') or 600} images: anatomy is coarse, fine "
             "findings are not resolvable.",
-            "NIH labels are text-mined and noisy; lung opacity is a proxy (see above).",
+            ("NIH labels are text-mined and noisy; lung opacity is a proxy (see above)." if t.get("layout", "nih") == "nih"
+             else "Kermany labels are per folder (normal / pneumonia): only lung opacity is conditioned meaningfully; "
+                  "the other findings were never labelled (unspecified) in training."),
             "Conditional agreement is bounded by the small classifier (see the real held-out column).",
         ],
         notes=notes, sha256=desc.get("sha256"))
