@@ -26,7 +26,7 @@ def cfg(out, **kw):
 
 def test_default_id_comes_from_the_run_folder(tmp_path):
     assert default_model_id("stylegan2", tmp_path / "my run #3") == "stylegan2-my-run-3"
-    assert export_model_id(None, "ddpm", tmp_path / "kermany128", replace=False) == "ddpm-kermany128"
+    assert export_model_id(None, "ddpm", tmp_path / "toy-run-7", replace=False) == "ddpm-toy-run-7"
 
 
 def test_shipped_ids_and_aliases_are_refused_before_training(tmp_path):
