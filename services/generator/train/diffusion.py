@@ -391,9 +391,6 @@ class DiffusionTrainer:
                         extra={"grid_s": round(budget.costs.get("grid", 0.0), 1)})
             grid = None
         desc = self.export(grid=grid)
-        if grid is None and budget.allows("grid", finish=0.0):
-            grid = self.sample_grid(self.out / f"{self.model_id}-grid.png")
-            desc = self.export(grid=grid)
         (self.out / "summary.json").write_text(json.dumps(
             {"model_id": self.model_id, "step": self.step, "stop": stop, "wall_seconds": round(budget.elapsed(), 1),
              "costs_s": {k: round(v, 2) for k, v in budget.costs.items()}}, indent=2))

@@ -3,7 +3,7 @@
 A run exports under ``--model-id`` or, by default, ``<family>-<run folder name>``. An id (or alias) that the
 registry already knows — a shipped model above all — is refused before training starts unless ``--replace``
 is given; the export then records ``"replaces": <id>`` and the registry lets it take that id's place (see
-``registry._scan``). Continuing a shipped model (``--resume-from``) exports under a new id too, unless told
+``registry.descriptor_dirs``). Continuing a shipped model (``--resume-from``) exports under a new id too, unless told
 to replace it.
 """
 
@@ -26,8 +26,7 @@ def _exported_by(model_id: str, out: Path) -> bool:
     """Whether the registered ``model_id`` lives inside the run folder ``out`` (this run exported it)."""
     from services.generator import registry
 
-    files = registry._scan()[1]
-    f = files.get(model_id)
+    f = registry.descriptor_file(model_id)
     if f is None:
         return False
     try:
