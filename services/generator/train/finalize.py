@@ -111,9 +111,11 @@ def load_shipped(desc: dict, weights_dir: Path, backend: str, device: str):
     from services.common.config import resolve_device
     from services.generator import registry
 
+    weights = weights_dir / desc["weights"]
+    if desc.get("sha256") and registry.weights_hash(weights) != desc["sha256"]:
+        raise registry.GeneratorError(f"{weights} does not match the sha256 in its descriptor")
     mod, fn = registry.FAMILIES[desc["family"]].split(":")
-    return getattr(importlib.import_module(mod), fn)(desc, weights_dir / desc["weights"], backend,
-                                                     resolve_device(device))
+    return getattr(importlib.import_module(mod), fn)(desc, weights, backend, resolve_device(device))
 
 
 def results_stylegan2(benches: dict) -> str:
