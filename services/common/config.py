@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_serializer, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -160,6 +160,18 @@ class ServeSettings(BaseModel):
                                                                "of a fresh random token per start.")
 
 
+class DatasetSetting(BaseModel):
+    """A labelled real dataset on the server that evaluation jobs may read (requests name it, never a path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="Dataset folder (NIH labels.csv, Kermany NORMAL/ PNEUMONIA/ folders, ...).")
+    layout: str = Field("auto", description="nih | chexpert | mimic | folder | auto")
+    views: list[str] | None = Field(None, description="Kept views (None: all).")
+    split_by: Literal["patient", "recorded"] = Field(
+        "patient", description="patient: train / test by a hash of the patient id; recorded: the dataset's own.")
+
+
 class RuntimeSettings(BaseModel):
     """How models run inside one process (a replica, the CLI, a benchmark)."""
 
@@ -210,6 +222,10 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    datasets: dict[str, DatasetSetting] = Field(
+        default_factory=dict,
+        description="Labelled real datasets evaluation jobs may read, by name (utility, per-finding, bias, "
+                    "memorisation galleries); env: a JSON object {name: {path, layout, views, split_by}}.")
 
     @field_validator("device", mode="before")
     @classmethod

@@ -45,6 +45,8 @@ OPERATION_SCOPES: dict[str, str | None] = {
     "DownloadBatch": "read", "GetImage": "read", "GetFile": "read",
     "DeleteBatch": "delete",
     "CreateScore": "score", "GetScore": "read",
+    "ListEvaluationKinds": "read", "ListDatasets": "read",
+    "CreateEvaluation": "score", "GetEvaluation": "read", "GetEvaluationReport": "read",
     "RayMetrics": "admin",
 }
 
@@ -65,6 +67,11 @@ REST_OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/references"): "ListReferences",
     ("POST", "/v1/scores"): "CreateScore",
     ("GET", "/v1/scores/{job_id}"): "GetScore",
+    ("GET", "/v1/evaluation-kinds"): "ListEvaluationKinds",
+    ("GET", "/v1/datasets"): "ListDatasets",
+    ("POST", "/v1/evaluations"): "CreateEvaluation",
+    ("GET", "/v1/evaluations/{job_id}"): "GetEvaluation",
+    ("GET", "/v1/evaluations/{job_id}/report"): "GetEvaluationReport",
 }
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ by the benchmark's "no Serve" baseline).
 from __future__ import annotations
 
 import asyncio
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 from services.generator.base import GenerationParams
 from services.generator.chunks import ChunkResult, GenChunk
@@ -19,8 +19,14 @@ from services.generator.replica import ServedModel
 from services.metrics.summary import ScoreSummary
 
 
+#: (done, total, stage) of a running evaluation
+EvaluationProgress = Callable[[int, int, str], None]
+
+
 class Scorer(Protocol):
     async def references(self) -> list[str]: ...
+
+    async def evaluate(self, kind: str, batch_ids: list[str], options: dict, progress: EvaluationProgress) -> dict: ...
 
     async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> ScoreSummary: ...
 
@@ -82,6 +88,14 @@ class LocalScorer:
         data = await asyncio.to_thread(self.replica.score, batch_id, reference, metrics, extractor)
         return ScoreSummary.model_validate(data)
 
+    async def evaluate(self, kind: str, batch_ids: list[str], options: dict, progress: EvaluationProgress) -> dict:
+        loop = asyncio.get_running_loop()
+
+        def report(done: int, total: int, stage: str) -> None:
+            loop.call_soon_threadsafe(progress, done, total, stage)
+
+        return await asyncio.to_thread(self.replica.evaluate, kind, batch_ids, options, report)
+
     async def ready(self) -> bool:
         return True
 
@@ -95,6 +109,17 @@ class HandleScorer:
 
     async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str) -> ScoreSummary:
         return ScoreSummary.model_validate(await self.handle.score.remote(batch_id, reference, metrics, extractor))
+
+    async def evaluate(self, kind: str, batch_ids: list[str], options: dict, progress: EvaluationProgress) -> dict:
+        result = None
+        async for item in self.handle.options(stream=True).evaluate.remote(kind, batch_ids, options):
+            if "progress" in item:
+                progress(*item["progress"])
+            else:
+                result = item["result"]
+        if result is None:
+            raise RuntimeError("the metrics deployment ended an evaluation without a result")
+        return result
 
     async def ready(self) -> bool:
         return bool(await self.handle.ready.remote())

@@ -38,6 +38,9 @@ from .jobs import BatchJobResult, JobHandle, JobManager, JobRecord, JobState, Lo
 from .schemas import ModelView
 
 log = get_logger(__name__)
+#: an evaluation job's progress is reported in these units (its stages differ per kind)
+EVALUATION_STEPS = 1000
+MAX_EVALUATION_BATCHES = 32
 
 
 class Platform:
@@ -61,7 +64,8 @@ class Platform:
         self.audit = audit if audit is not None else AuditLog(settings.resolved_audit_log)
         self.jobs = JobManager(jobs_dir, settings.limits.max_concurrent_jobs, on_change=self._job_changed,
                                settings=settings.jobs,
-                               resumers={"batch": self._resume_batch, "score": self._resume_score})
+                               resumers={"batch": self._resume_batch, "score": self._resume_score,
+                                         "evaluation": self._resume_evaluation})
         self._cleanup_store()
         m.init_labels(ids)
         m.set_job_counts(self.jobs.counts())
@@ -227,6 +231,109 @@ class Platform:
     def _resume_score(self, rec: JobRecord) -> Runner:
         """Scoring has no partial state worth keeping: an orphaned scoring job runs again."""
         return self._score_runner(rec.request, rec.total)
+
+    # ---- evaluations (utility, conditioning, memorisation, bias, per-finding) ------------------
+    def datasets(self) -> list[str]:
+        """The labelled real datasets evaluation jobs may read (``settings.datasets``; names only)."""
+        return sorted(self.settings.datasets)
+
+    def evaluation_kinds(self) -> list[dict]:
+        from services.metrics.evaluation.registry import evaluation_kinds, get_evaluation
+
+        out = []
+        for kind in evaluation_kinds():
+            ev = get_evaluation(kind)
+            schema = ev.options.model_json_schema()
+            schema.get("properties", {}).pop("data", None)
+            if "required" in schema:
+                schema["required"] = [r for r in schema["required"] if r != "data"]
+            out.append({"kind": kind, "summary": ev.summary, "needs_dataset": ev.needs_data, "options": schema})
+        return out
+
+    def _evaluation_options(self, kind: str, dataset: str | None, options: dict | None) -> tuple[str, dict]:
+        """``(kind, options)`` validated by the metrics layer; the ``data`` option comes only from a configured
+        dataset name (a request never names a server path)."""
+        from services.metrics.errors import MetricsError
+        from services.metrics.evaluation.registry import get_evaluation, parse_options
+
+        options = dict(options or {})
+        if "data" in options:
+            raise InvalidArgument("options.data cannot be sent: name a configured dataset in 'dataset' "
+                                  "(GET /v1/datasets)")
+        try:
+            ev = get_evaluation(kind)
+        except MetricsError as e:
+            raise InvalidArgument(str(e)) from None
+        fields = ev.options.model_fields
+        if dataset is not None:
+            spec = self.settings.datasets.get(dataset)
+            if spec is None:
+                raise InvalidArgument(f"unknown dataset {quoted(dataset)}; configured datasets: "
+                                      f"{', '.join(self.datasets()) or '(none: set SYNTHRAD_DATASETS)'}")
+            if "data" not in fields:
+                raise InvalidArgument(f"evaluation {ev.kind!r} reads no dataset; leave 'dataset' out")
+            options["data"] = {"path": str(spec.path), "layout": spec.layout, "views": spec.views,
+                               "split_by": spec.split_by, "name": dataset}
+        elif ev.needs_data:
+            raise InvalidArgument(f"evaluation {ev.kind!r} needs a labelled real dataset: name one in 'dataset' "
+                                  f"({', '.join(self.datasets()) or 'none configured: set SYNTHRAD_DATASETS'})")
+        try:
+            parsed = parse_options(ev.kind, options)
+        except MetricsError as e:
+            raise InvalidArgument(str(e)) from None
+        return ev.kind, parsed.model_dump(mode="json")
+
+    async def create_evaluation_job(self, batch_ids: list[str], kind: str, dataset: str | None,
+                                    options: dict | None, caller: Caller = LOCAL) -> JobRecord:
+        """An evaluation of stored batches of one model (one batch per condition when conditions are compared)."""
+        if self.scorer is None:
+            raise Unavailable("this platform runs without a metrics deployment")
+        ids = list(dict.fromkeys(batch_ids))
+        if not 1 <= len(ids) <= MAX_EVALUATION_BATCHES:
+            raise InvalidArgument(f"give 1 to {MAX_EVALUATION_BATCHES} batch ids, got {len(ids)}")
+        kind, resolved = self._evaluation_options(kind, dataset, options)
+        manifests = [await self.get_batch(b, caller) for b in ids]
+        models = sorted({m.model_id for m in manifests})
+        if len(models) > 1:
+            raise InvalidArgument(f"the batches come from different models ({', '.join(models)}); evaluate one "
+                                  "model at a time")
+        request = {"batch_ids": [m.batch_id for m in manifests], "kind": kind, "dataset": dataset,
+                   "options": {k: v for k, v in resolved.items() if k != "data"}}
+        rec = self.jobs.submit("evaluation", request, EVALUATION_STEPS, self._evaluation_runner(request, resolved),
+                               key_id=caller.key_id)
+        self.audit.record("evaluation.create", caller.key_id, "accepted", caller.peer,
+                          batch_id=",".join(request["batch_ids"]), kind=kind, job_id=rec.job_id)
+        return rec
+
+    def _evaluation_runner(self, request: dict, options: dict) -> Runner:
+        from services.metrics.evaluation.result import EvaluationResult
+
+        batch_ids, kind = list(request["batch_ids"]), request["kind"]
+
+        async def run(handle: JobHandle) -> EvaluationResult:
+            def progress(done: int, total: int, stage: str) -> None:
+                handle.progress(int(EVALUATION_STEPS * min(done, total) / max(1, total)))
+
+            data = await self.scorer.evaluate(kind, batch_ids, options, progress)
+            return EvaluationResult.model_validate(data)
+
+        return run
+
+    def _resume_evaluation(self, rec: JobRecord) -> Runner:
+        """An orphaned evaluation runs again from its request (its options resolved again: the dataset by name)."""
+        req = rec.request
+        _, resolved = self._evaluation_options(req["kind"], req.get("dataset"), req.get("options"))
+        return self._evaluation_runner(req, resolved)
+
+    def evaluation_result(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
+        rec = self._job(job_id, caller)
+        if rec.kind != "evaluation":
+            raise NotFound(f"job {job_id} is a {rec.kind} job, not an evaluation job")
+        if rec.state == JobState.FAILED:
+            return rec
+        if not rec.state.finished:
+            raise NotReady(f"evaluation job {job_id} is {rec.state.value} ({rec.done}/{rec.total}); poll again")
+        return rec
 
     # ---- jobs ---------------------------------------------------------------------------------
     def _job(self, job_id: str, caller: Caller) -> JobRecord:

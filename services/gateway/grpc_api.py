@@ -218,8 +218,8 @@ class GrpcApi:
 
     async def ListJobs(self, request, caller: Caller = LOCAL):
         kind = request.kind or None
-        if kind not in (None, "batch", "score"):
-            raise InvalidArgument(f"unknown job kind {request.kind!r}; use batch or score")
+        if kind not in (None, "batch", "score", "evaluation"):
+            raise InvalidArgument(f"unknown job kind {request.kind!r}; use batch, score or evaluation")
         return common_pb2.ListJobsResponse(jobs=[job_to_pb(j) for j in self.p.list_jobs(kind, caller)])
 
     async def WatchJob(self, request, caller: Caller = LOCAL) -> AsyncIterator[common_pb2.Job]:
@@ -277,6 +277,31 @@ class GrpcApi:
         as over REST. Still queued or running: FAILED_PRECONDITION (``Platform.score_result``)."""
         return score_to_pb(self.p.score_result(request.job_id, caller))
 
+    async def ListEvaluationKinds(self, request, caller: Caller = LOCAL):
+        return metrics_pb2.ListEvaluationKindsResponse(kinds=[
+            metrics_pb2.EvaluationKind(kind=k["kind"], summary=k["summary"], needs_dataset=k["needs_dataset"],
+                                       options_schema_json=json.dumps(k["options"], sort_keys=True))
+            for k in self.p.evaluation_kinds()])
+
+    async def ListDatasets(self, request, caller: Caller = LOCAL):
+        return metrics_pb2.ListDatasetsResponse(datasets=self.p.datasets())
+
+    async def CreateEvaluation(self, request, caller: Caller = LOCAL):
+        options: Any = {}
+        if request.options_json.strip():
+            try:
+                options = json.loads(request.options_json)
+            except ValueError as e:
+                raise InvalidArgument(f"options_json is not JSON: {e.msg} at position {e.pos}") from None
+            if not isinstance(options, dict):
+                raise InvalidArgument("options_json must be a JSON object")
+        rec = await self.p.create_evaluation_job(list(request.batch_ids), request.kind, request.dataset or None, options,
+                                                 caller)
+        return job_to_pb(rec)
+
+    async def GetEvaluation(self, request, caller: Caller = LOCAL):
+        return evaluation_to_pb(self.p.evaluation_result(request.job_id, caller))
+
 
 def stamp_to_pb(stamp: dict | str | None) -> metrics_pb2.ExtractorStamp:
     """A result's extractor stamp (``{name, weights_sha256, preprocessing, dtype}``; a bare name) -> protobuf.
@@ -309,5 +334,23 @@ def score_to_pb(rec: JobRecord) -> metrics_pb2.ScoreResult:
     return out
 
 
-__all__ = ["GrpcApi", "condition_from_pb", "condition_to_pb", "params_from_pb", "check_encoding", "encode_pb_image",
+def evaluation_to_pb(rec: JobRecord) -> metrics_pb2.EvaluationResult:
+    """A finished evaluation job -> EvaluationResult: state, error, headline numbers and the full JSON."""
+    res = dict(rec.result or {})
+    out = metrics_pb2.EvaluationResult(
+        job_id=rec.job_id, batch_ids=[str(b) for b in rec.request.get("batch_ids", [])],
+        kind=str(rec.request.get("kind", "")),
+        state=_JOB_STATE[rec.state], error=rec.error or "",
+        result_json=json.dumps(res, sort_keys=True, default=str) if rec.result is not None else "")
+    for name, v in (res.get("headline") or {}).items():
+        h = metrics_pb2.Headline(name=str(name))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            h.value = float(v)
+        elif v is not None:
+            h.text = str(v)
+        out.headline.append(h)
+    return out
+
+
+__all__ = ["GrpcApi", "evaluation_to_pb", "condition_from_pb", "condition_to_pb", "params_from_pb", "check_encoding", "encode_pb_image",
            "decode_pb_image", "job_to_pb", "stamp_to_pb", "score_to_pb"]

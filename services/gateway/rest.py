@@ -25,7 +25,7 @@ from .access import AccessControl
 from .limits import BodySizeLimit
 from .schemas import (BATCH_ID_EXAMPLE, BATCH_ID_PATTERN, FILE_NAME_PATTERN, JOB_ID_EXAMPLE, JOB_ID_PATTERN,
                       BatchRequest, BatchSummary, ErrorBody, GenerateRequest, JobView, ModelView, Readiness,
-                      ScoreRequest)
+                      EvaluationKind, EvaluationRequest, ScoreRequest)
 
 _MEDIA = {".png": "image/png", ".dcm": "application/dicom", ".npz": "application/x-npz", ".tar": "application/x-tar",
           ".json": "application/json"}
@@ -224,6 +224,8 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
             {"name": "batches", "description": "Stored augmentation batches (jobs with progress)."},
             {"name": "jobs", "description": "Batch and scoring jobs."},
             {"name": "scores", "description": "Scoring batches against real references."},
+            {"name": "evaluations", "description": "Utility, conditional accuracy, memorisation, bias and "
+                                                   "per-finding fidelity of a stored batch."},
             {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
         ],
     )
@@ -389,7 +391,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
     # ---- jobs ---------------------------------------------------------------------------------
     @app.get("/v1/jobs", tags=["jobs"], response_model=list[JobView], responses=_errors(*_API),
              summary="Batch and scoring jobs, newest first.")
-    async def list_jobs(request: Request, kind: Literal["batch", "score"] | None = None):
+    async def list_jobs(request: Request, kind: Literal["batch", "score", "evaluation"] | None = None):
         return [JobView.of(j) for j in platform.list_jobs(kind, caller_of(request))]
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_errors(*_API, 400, 404),
@@ -419,6 +421,46 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
         rec = platform.score_result(job_id, caller_of(request))
         return JobView.of(rec)
 
+    # ---- evaluations ---------------------------------------------------------------------------
+    @app.get("/v1/evaluation-kinds", tags=["evaluations"], response_model=list[EvaluationKind],
+             responses=_errors(*_API), summary="Evaluation kinds with their options' JSON schemas.")
+    async def evaluation_kinds():
+        return platform.evaluation_kinds()
+
+    @app.get("/v1/datasets", tags=["evaluations"], responses=_errors(*_API),
+             summary="Labelled real datasets configured for evaluations (names only).")
+    async def datasets() -> list[str]:
+        return platform.datasets()
+
+    @app.post("/v1/evaluations", tags=["evaluations"], status_code=202, response_model=JobView,
+              responses=_errors(*_API, *_BODY, 404, 503),
+              summary="Start evaluating a stored batch (utility, conditioning, memorisation, bias, per-finding); "
+                      "poll GET /v1/evaluations/{job_id}.")
+    async def create_evaluation(body: EvaluationRequest, request: Request):
+        rec = await platform.create_evaluation_job(body.batch_ids, body.kind, body.dataset, body.options,
+                                                   caller_of(request))
+        return JSONResponse(JobView.of(rec).model_dump(), status_code=202,
+                            headers={"Location": f"/v1/evaluations/{rec.job_id}"})
+
+    @app.get("/v1/evaluations/{job_id}", tags=["evaluations"], response_model=JobView,
+             responses=_errors(*_API, 400, 404, 409),
+             summary="A finished evaluation job: its result (tables, headline numbers, provenance) is the "
+                     "record's result (409 while it runs); a failed job has state failed and the error.")
+    async def get_evaluation(request: Request, job_id: str = _JOB_ID):
+        return JobView.of(platform.evaluation_result(job_id, caller_of(request)))
+
+    @app.get("/v1/evaluations/{job_id}/report", tags=["evaluations"], responses=_errors(*_API, 400, 404, 409),
+             response_class=Response, summary="A finished evaluation's self-contained HTML report (plots inline).")
+    async def get_evaluation_report(request: Request, job_id: str = _JOB_ID):
+        from services.metrics.evaluation.report import render_html
+        from services.metrics.evaluation.result import EvaluationResult
+
+        rec = platform.evaluation_result(job_id, caller_of(request))
+        if rec.result is None:
+            raise NotFound(f"evaluation job {job_id} has no result ({rec.state.value}: {rec.error or 'no error'})")
+        html = render_html([EvaluationResult.model_validate(rec.result)])
+        return Response(html, media_type="text/html; charset=utf-8")
+
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
     _document_links(app)
     return app
@@ -430,6 +472,8 @@ _LINKS = [
     # (from method, from path, status, link name, to method, to path, {param: runtime expression or constant})
     ("POST", "/v1/batches", "202", "GetJob", "GET", "/v1/jobs/{job_id}", {"job_id": "$response.body#/job_id"}),
     ("POST", "/v1/scores", "202", "GetScore", "GET", "/v1/scores/{job_id}", {"job_id": "$response.body#/job_id"}),
+    ("POST", "/v1/evaluations", "202", "GetEvaluation", "GET", "/v1/evaluations/{job_id}",
+     {"job_id": "$response.body#/job_id"}),
     ("GET", "/v1/jobs/{job_id}", "200", "GetBatch", "GET", "/v1/batches/{batch_id}",
      {"batch_id": "$response.body#/batch_id"}),
     ("GET", "/v1/batches", "200", "GetBatch", "GET", "/v1/batches/{batch_id}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator, model_validator
 
 from services.common.findings import FINDING_ALIASES, FINDINGS, NO_FINDING, Condition, FindingState
 from services.common.store import BATCH_FORMATS
@@ -124,6 +124,38 @@ class ScoreRequest(BaseModel):
         return v
 
 
+class EvaluationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_ids: list[Annotated[str, StringConstraints(max_length=64, pattern=BATCH_ID_PATTERN)]] = Field(
+        ..., min_length=1, max_length=32,
+        description="Stored batches of one model (GET /v1/batches), evaluated as one set: a batch has one "
+                    "condition, so comparing conditions (present vs absent) takes one batch per condition.",
+        examples=[[BATCH_ID_EXAMPLE]])
+    kind: str = Field(..., max_length=32, description="utility | conditioning | memorisation | bias | per-finding "
+                                                      "(GET /v1/evaluation-kinds lists them with their options).",
+                      examples=["conditioning"])
+    dataset: str | None = Field(None, max_length=64,
+                                description="A configured labelled real dataset (GET /v1/datasets) for the kinds "
+                                            "that read one (utility, per-finding; optional for bias, memorisation).",
+                                examples=["nih"])
+    options: dict = Field(default_factory=dict, description="The kind's options (its JSON schema: GET "
+                                                            "/v1/evaluation-kinds); defaults fill the rest.",
+                          examples=[{}])
+
+    @field_validator("kind", "dataset")
+    @classmethod
+    def _valid_text(cls, v, info):
+        return _text_ok(v, info.field_name) if v is not None else v
+
+
+class EvaluationKind(BaseModel):
+    kind: str
+    summary: str
+    needs_dataset: bool
+    options: dict = Field(description="JSON schema of the kind's options")
+
+
 class JobView(BaseModel):
     job_id: str = Field(..., pattern=JOB_ID_PATTERN, examples=[JOB_ID_EXAMPLE])
     kind: str
@@ -151,6 +183,8 @@ class JobView(BaseModel):
             links.update(batch=f"/v1/batches/{rec.batch_id}", download=f"/v1/batches/{rec.batch_id}/download")
         if rec.kind == "score":
             links["result"] = f"/v1/scores/{rec.job_id}"
+        if rec.kind == "evaluation":
+            links.update(result=f"/v1/evaluations/{rec.job_id}", report=f"/v1/evaluations/{rec.job_id}/report")
         return cls(job_id=rec.job_id, kind=rec.kind, state=rec.state.value, done=rec.done, total=rec.total,
                    progress=round(rec.progress, 4), batch_id=rec.batch_id, error=rec.error, created=rec.created,
                    updated=rec.updated, started=rec.started, finished=rec.finished, request=rec.request,

@@ -29,5 +29,24 @@ class MetricsDeployment:
     async def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str = defaults.EXTRACTOR) -> dict:
         return await asyncio.to_thread(self.core.score, batch_id, reference, metrics, extractor)
 
+    async def evaluate(self, kind: str, batch_ids: list[str], options: dict):
+        """A streaming method (call with ``handle.options(stream=True)``): yields ``{"progress": [done, total,
+        stage]}`` while the evaluation runs in a thread, then ``{"result": EvaluationResult JSON}``."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def progress(done: int, total: int, stage: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, {"progress": [int(done), int(total), str(stage)]})
+
+        task = asyncio.ensure_future(asyncio.to_thread(self.core.evaluate, kind, batch_ids, options, progress))
+        while not task.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        yield {"result": task.result()}  # raises the evaluation's error (the gateway maps it)
+
     async def ready(self) -> bool:
         return True

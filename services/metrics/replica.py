@@ -44,6 +44,17 @@ class MetricsReplica:
                                weights=weights, device=self.device)
         return ScoreSummary.from_result(result, batch_id, reference, time.perf_counter() - t0)
 
+    def evaluate(self, kind: str, batch_ids: list[str], options: dict, progress=None) -> dict:
+        """Run evaluation ``kind`` (``services.metrics.evaluation``) on stored batches of one model (one set);
+        ``options`` are the kind's
+        options, already resolved by the serving layer (a ``data`` field names a server-side dataset, never a
+        path from a client). Returns the :class:`EvaluationResult` as JSON; ``progress(done, total, stage)``."""
+        from services.metrics.evaluation import evaluate
+
+        with self._lock:
+            result = evaluate(kind, list(batch_ids), options, progress, store_url=self.store_url)
+        return result.model_dump(mode="json")
+
     def score(self, batch_id: str, reference: str, metrics: list[str], extractor: str = defaults.EXTRACTOR) -> dict:
         """:meth:`score_summary` as the JSON-able dict the gateway stores as the job's result."""
         return self.score_summary(batch_id, reference, metrics, extractor).model_dump(mode="json")

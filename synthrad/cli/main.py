@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("synthrad.cli.models_cmd", "List shipped/registered models and show model cards."),
     "train": ("synthrad.cli.train_cmd", "Train a generator (stylegan2, diffusion) on real images."),
     "score": ("synthrad.cli.score_cmd", "Score synthetic images against real ones (FID, KID, IPR, ...)."),
+    "evaluate": ("synthrad.cli.evaluate_cmd", "Utility, conditioning, memorisation, bias, per-finding, efficiency."),
     "serve": ("synthrad.cli.serve_cmd", "Run the platform locally (Ray Serve: REST + gRPC + /metrics)."),
     "demo": ("synthrad.cli.demo_cmd", "The main job: serve, generate a batch per finding, score, report."),
 }

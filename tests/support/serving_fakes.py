@@ -103,6 +103,12 @@ class FakeScorer:
             "n_real": 10, "n_synthetic": int(len(imgs)),
         }
 
+    def evaluate(self, kind: str, batch_ids: list[str], options: dict, progress=None) -> dict:
+        """Evaluations are the real thing (the metrics service's own core on this store)."""
+        from services.metrics.replica import MetricsReplica
+
+        return MetricsReplica(self.store.url, device="cpu").evaluate(kind, batch_ids, options, progress)
+
 
 def make_platform(tmp_path, gen: TinyGenerator | None = None, more: tuple = (), **settings_kw):
     """An in-process Platform (no Ray) on a tiny generator (the default model; ``more`` generators are served

@@ -25,25 +25,41 @@ _sym_db = _symbol_database.Default()
 from services.gateway.stubs import common_pb2 as synthrad_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19synthrad/v1/metrics.proto\x12\x0bsynthrad.v1\x1a\x18synthrad/v1/common.proto\"\x17\n\x15ListReferencesRequest\",\n\x16ListReferencesResponse\x12\x12\n\nreferences\x18\x01 \x03(\t\"]\n\x12\x43reateScoreRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12\x11\n\textractor\x18\x04 \x01(\t\"Z\n\x0e\x45xtractorStamp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cweights_hash\x18\x02 \x01(\t\x12\x15\n\rpreprocessing\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\"\x80\x01\n\x05Score\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x10\n\x03std\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06\x63i_low\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07\x63i_high\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\x06\n\x04_stdB\t\n\x07_ci_lowB\n\n\x08_ci_high\"\x85\x02\n\x0bScoreResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12.\n\textractor\x18\x04 \x01(\x0b\x32\x1b.synthrad.v1.ExtractorStamp\x12\"\n\x06scores\x18\x05 \x03(\x0b\x32\x12.synthrad.v1.Score\x12\x0e\n\x06n_real\x18\x06 \x01(\x04\x12\x13\n\x0bn_synthetic\x18\x07 \x01(\x04\x12\x13\n\x0bresult_json\x18\x08 \x01(\t\x12$\n\x05state\x18\t \x01(\x0e\x32\x15.synthrad.v1.JobState\x12\r\n\x05\x65rror\x18\n \x01(\t2\xef\x01\n\x0eMetricsService\x12Y\n\x0eListReferences\x12\".synthrad.v1.ListReferencesRequest\x1a#.synthrad.v1.ListReferencesResponse\x12@\n\x0b\x43reateScore\x12\x1f.synthrad.v1.CreateScoreRequest\x1a\x10.synthrad.v1.Job\x12@\n\x08GetScore\x12\x1a.synthrad.v1.GetJobRequest\x1a\x18.synthrad.v1.ScoreResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19synthrad/v1/metrics.proto\x12\x0bsynthrad.v1\x1a\x18synthrad/v1/common.proto\"\x1c\n\x1aListEvaluationKindsRequest\"c\n\x0e\x45valuationKind\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x15\n\rneeds_dataset\x18\x03 \x01(\x08\x12\x1b\n\x13options_schema_json\x18\x04 \x01(\t\"I\n\x1bListEvaluationKindsResponse\x12*\n\x05kinds\x18\x01 \x03(\x0b\x32\x1b.synthrad.v1.EvaluationKind\"\x15\n\x13ListDatasetsRequest\"(\n\x14ListDatasetsResponse\x12\x10\n\x08\x64\x61tasets\x18\x01 \x03(\t\"a\n\x17\x43reateEvaluationRequest\x12\x11\n\tbatch_ids\x18\x01 \x03(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x14\n\x0coptions_json\x18\x04 \x01(\t\"D\n\x08Headline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x03 \x01(\tB\x08\n\x06_value\"\xb6\x01\n\x10\x45valuationResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tbatch_ids\x18\x02 \x03(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.synthrad.v1.JobState\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\'\n\x08headline\x18\x06 \x03(\x0b\x32\x15.synthrad.v1.Headline\x12\x13\n\x0bresult_json\x18\x07 \x01(\t\"\x17\n\x15ListReferencesRequest\",\n\x16ListReferencesResponse\x12\x12\n\nreferences\x18\x01 \x03(\t\"]\n\x12\x43reateScoreRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12\x11\n\textractor\x18\x04 \x01(\t\"Z\n\x0e\x45xtractorStamp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cweights_hash\x18\x02 \x01(\t\x12\x15\n\rpreprocessing\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\"\x80\x01\n\x05Score\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x10\n\x03std\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06\x63i_low\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07\x63i_high\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\x06\n\x04_stdB\t\n\x07_ci_lowB\n\n\x08_ci_high\"\x85\x02\n\x0bScoreResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12.\n\textractor\x18\x04 \x01(\x0b\x32\x1b.synthrad.v1.ExtractorStamp\x12\"\n\x06scores\x18\x05 \x03(\x0b\x32\x12.synthrad.v1.Score\x12\x0e\n\x06n_real\x18\x06 \x01(\x04\x12\x13\n\x0bn_synthetic\x18\x07 \x01(\x04\x12\x13\n\x0bresult_json\x18\x08 \x01(\t\x12$\n\x05state\x18\t \x01(\x0e\x32\x15.synthrad.v1.JobState\x12\r\n\x05\x65rror\x18\n \x01(\t2\xc6\x04\n\x0eMetricsService\x12Y\n\x0eListReferences\x12\".synthrad.v1.ListReferencesRequest\x1a#.synthrad.v1.ListReferencesResponse\x12@\n\x0b\x43reateScore\x12\x1f.synthrad.v1.CreateScoreRequest\x1a\x10.synthrad.v1.Job\x12@\n\x08GetScore\x12\x1a.synthrad.v1.GetJobRequest\x1a\x18.synthrad.v1.ScoreResult\x12h\n\x13ListEvaluationKinds\x12\'.synthrad.v1.ListEvaluationKindsRequest\x1a(.synthrad.v1.ListEvaluationKindsResponse\x12S\n\x0cListDatasets\x12 .synthrad.v1.ListDatasetsRequest\x1a!.synthrad.v1.ListDatasetsResponse\x12J\n\x10\x43reateEvaluation\x12$.synthrad.v1.CreateEvaluationRequest\x1a\x10.synthrad.v1.Job\x12J\n\rGetEvaluation\x12\x1a.synthrad.v1.GetJobRequest\x1a\x1d.synthrad.v1.EvaluationResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.gateway.stubs.metrics_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTREFERENCESREQUEST']._serialized_start=68
-  _globals['_LISTREFERENCESREQUEST']._serialized_end=91
-  _globals['_LISTREFERENCESRESPONSE']._serialized_start=93
-  _globals['_LISTREFERENCESRESPONSE']._serialized_end=137
-  _globals['_CREATESCOREREQUEST']._serialized_start=139
-  _globals['_CREATESCOREREQUEST']._serialized_end=232
-  _globals['_EXTRACTORSTAMP']._serialized_start=234
-  _globals['_EXTRACTORSTAMP']._serialized_end=324
-  _globals['_SCORE']._serialized_start=327
-  _globals['_SCORE']._serialized_end=455
-  _globals['_SCORERESULT']._serialized_start=458
-  _globals['_SCORERESULT']._serialized_end=719
-  _globals['_METRICSSERVICE']._serialized_start=722
-  _globals['_METRICSSERVICE']._serialized_end=961
+  _globals['_LISTEVALUATIONKINDSREQUEST']._serialized_start=68
+  _globals['_LISTEVALUATIONKINDSREQUEST']._serialized_end=96
+  _globals['_EVALUATIONKIND']._serialized_start=98
+  _globals['_EVALUATIONKIND']._serialized_end=197
+  _globals['_LISTEVALUATIONKINDSRESPONSE']._serialized_start=199
+  _globals['_LISTEVALUATIONKINDSRESPONSE']._serialized_end=272
+  _globals['_LISTDATASETSREQUEST']._serialized_start=274
+  _globals['_LISTDATASETSREQUEST']._serialized_end=295
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=297
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=337
+  _globals['_CREATEEVALUATIONREQUEST']._serialized_start=339
+  _globals['_CREATEEVALUATIONREQUEST']._serialized_end=436
+  _globals['_HEADLINE']._serialized_start=438
+  _globals['_HEADLINE']._serialized_end=506
+  _globals['_EVALUATIONRESULT']._serialized_start=509
+  _globals['_EVALUATIONRESULT']._serialized_end=691
+  _globals['_LISTREFERENCESREQUEST']._serialized_start=693
+  _globals['_LISTREFERENCESREQUEST']._serialized_end=716
+  _globals['_LISTREFERENCESRESPONSE']._serialized_start=718
+  _globals['_LISTREFERENCESRESPONSE']._serialized_end=762
+  _globals['_CREATESCOREREQUEST']._serialized_start=764
+  _globals['_CREATESCOREREQUEST']._serialized_end=857
+  _globals['_EXTRACTORSTAMP']._serialized_start=859
+  _globals['_EXTRACTORSTAMP']._serialized_end=949
+  _globals['_SCORE']._serialized_start=952
+  _globals['_SCORE']._serialized_end=1080
+  _globals['_SCORERESULT']._serialized_start=1083
+  _globals['_SCORERESULT']._serialized_end=1344
+  _globals['_METRICSSERVICE']._serialized_start=1347
+  _globals['_METRICSSERVICE']._serialized_end=1929
 # @@protoc_insertion_point(module_scope)

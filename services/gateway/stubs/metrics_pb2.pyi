@@ -7,6 +7,78 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListEvaluationKindsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EvaluationKind(_message.Message):
+    __slots__ = ("kind", "summary", "needs_dataset", "options_schema_json")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_DATASET_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    summary: str
+    needs_dataset: bool
+    options_schema_json: str
+    def __init__(self, kind: _Optional[str] = ..., summary: _Optional[str] = ..., needs_dataset: _Optional[bool] = ..., options_schema_json: _Optional[str] = ...) -> None: ...
+
+class ListEvaluationKindsResponse(_message.Message):
+    __slots__ = ("kinds",)
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    kinds: _containers.RepeatedCompositeFieldContainer[EvaluationKind]
+    def __init__(self, kinds: _Optional[_Iterable[_Union[EvaluationKind, _Mapping]]] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateEvaluationRequest(_message.Message):
+    __slots__ = ("batch_ids", "kind", "dataset", "options_json")
+    BATCH_IDS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    batch_ids: _containers.RepeatedScalarFieldContainer[str]
+    kind: str
+    dataset: str
+    options_json: str
+    def __init__(self, batch_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ..., dataset: _Optional[str] = ..., options_json: _Optional[str] = ...) -> None: ...
+
+class Headline(_message.Message):
+    __slots__ = ("name", "value", "text")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    text: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+
+class EvaluationResult(_message.Message):
+    __slots__ = ("job_id", "batch_ids", "kind", "state", "error", "headline", "result_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_IDS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    HEADLINE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    batch_ids: _containers.RepeatedScalarFieldContainer[str]
+    kind: str
+    state: _common_pb2.JobState
+    error: str
+    headline: _containers.RepeatedCompositeFieldContainer[Headline]
+    result_json: str
+    def __init__(self, job_id: _Optional[str] = ..., batch_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., error: _Optional[str] = ..., headline: _Optional[_Iterable[_Union[Headline, _Mapping]]] = ..., result_json: _Optional[str] = ...) -> None: ...
+
 class ListReferencesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

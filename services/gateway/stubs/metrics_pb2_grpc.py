@@ -50,6 +50,26 @@ class MetricsServiceStub:
                 request_serializer=synthrad_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=synthrad_dot_v1_dot_metrics__pb2.ScoreResult.FromString,
                 _registered_method=True)
+        self.ListEvaluationKinds = channel.unary_unary(
+                '/synthrad.v1.MetricsService/ListEvaluationKinds',
+                request_serializer=synthrad_dot_v1_dot_metrics__pb2.ListEvaluationKindsRequest.SerializeToString,
+                response_deserializer=synthrad_dot_v1_dot_metrics__pb2.ListEvaluationKindsResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/synthrad.v1.MetricsService/ListDatasets',
+                request_serializer=synthrad_dot_v1_dot_metrics__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=synthrad_dot_v1_dot_metrics__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.CreateEvaluation = channel.unary_unary(
+                '/synthrad.v1.MetricsService/CreateEvaluation',
+                request_serializer=synthrad_dot_v1_dot_metrics__pb2.CreateEvaluationRequest.SerializeToString,
+                response_deserializer=synthrad_dot_v1_dot_common__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetEvaluation = channel.unary_unary(
+                '/synthrad.v1.MetricsService/GetEvaluation',
+                request_serializer=synthrad_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=synthrad_dot_v1_dot_metrics__pb2.EvaluationResult.FromString,
+                _registered_method=True)
 
 
 class MetricsServiceServicer:
@@ -76,6 +96,35 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvaluationKinds(self, request, context):
+        """Evaluation kinds (utility, conditioning, memorisation, bias, per-finding) with their options' JSON schemas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Labelled real datasets configured on the server for evaluations (names only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateEvaluation(self, request, context):
+        """Start an evaluation job of a stored batch (progress: BatchService.GetJob / WatchJob).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvaluation(self, request, context):
+        """The result of a finished evaluation job: FAILED_PRECONDITION while it is queued or running; a failed job
+        is OK with state JOB_STATE_FAILED and the reason in error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +142,26 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.GetScore,
                     request_deserializer=synthrad_dot_v1_dot_common__pb2.GetJobRequest.FromString,
                     response_serializer=synthrad_dot_v1_dot_metrics__pb2.ScoreResult.SerializeToString,
+            ),
+            'ListEvaluationKinds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluationKinds,
+                    request_deserializer=synthrad_dot_v1_dot_metrics__pb2.ListEvaluationKindsRequest.FromString,
+                    response_serializer=synthrad_dot_v1_dot_metrics__pb2.ListEvaluationKindsResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=synthrad_dot_v1_dot_metrics__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=synthrad_dot_v1_dot_metrics__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'CreateEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEvaluation,
+                    request_deserializer=synthrad_dot_v1_dot_metrics__pb2.CreateEvaluationRequest.FromString,
+                    response_serializer=synthrad_dot_v1_dot_common__pb2.Job.SerializeToString,
+            ),
+            'GetEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvaluation,
+                    request_deserializer=synthrad_dot_v1_dot_common__pb2.GetJobRequest.FromString,
+                    response_serializer=synthrad_dot_v1_dot_metrics__pb2.EvaluationResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +245,114 @@ class MetricsService:
             '/synthrad.v1.MetricsService/GetScore',
             synthrad_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
             synthrad_dot_v1_dot_metrics__pb2.ScoreResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluationKinds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthrad.v1.MetricsService/ListEvaluationKinds',
+            synthrad_dot_v1_dot_metrics__pb2.ListEvaluationKindsRequest.SerializeToString,
+            synthrad_dot_v1_dot_metrics__pb2.ListEvaluationKindsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthrad.v1.MetricsService/ListDatasets',
+            synthrad_dot_v1_dot_metrics__pb2.ListDatasetsRequest.SerializeToString,
+            synthrad_dot_v1_dot_metrics__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthrad.v1.MetricsService/CreateEvaluation',
+            synthrad_dot_v1_dot_metrics__pb2.CreateEvaluationRequest.SerializeToString,
+            synthrad_dot_v1_dot_common__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthrad.v1.MetricsService/GetEvaluation',
+            synthrad_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
+            synthrad_dot_v1_dot_metrics__pb2.EvaluationResult.FromString,
             options,
             channel_credentials,
             insecure,
