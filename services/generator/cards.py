@@ -24,10 +24,11 @@ SYNTHETIC_NOTICE = ("**Synthetic images only.** Every image this model produces 
                     "diagnosis.")
 
 CONDITIONING_METHOD = (
-    "A small CNN trained on the real training split's labels (multi-label, 4 findings) scores images generated "
-    "with *finding present* vs *finding absent* (other findings unspecified); the same classifier on real "
-    "held-out (`valid` split) images is the reference — the ceiling this classifier allows. See "
-    "`services/metrics/conditioning.py`.")
+    "The shipped independent classifier `cxr-classifier-64` (ResNet-18, trained on real NIH + Kermany images only, "
+    "patient-disjoint split; card: `services/metrics/evaluation/classifier/cxr-classifier-64.md`) scores images "
+    "generated with *finding present* vs *finding absent* (other findings unspecified); its AUC on real held-out "
+    "(`valid` split) images is the reference — the ceiling this classifier allows — and findings it cannot tell "
+    "apart on real images are flagged, not scored. See `services/metrics/evaluation/conditioning.py`.")
 
 
 def conditioning_method(conditioning: dict | None) -> str:
@@ -36,7 +37,7 @@ def conditioning_method(conditioning: dict | None) -> str:
         return CONDITIONING_METHOD.replace(
             "held-out (`valid` split)",
             f"held-out (`{conditioning.get('heldout_split', 'test')}` split, patient-disjoint 80/20 by hashed "
-            "patient id)").replace("the real training split's", "the real (patient) training split's")
+            "patient id)")
     return CONDITIONING_METHOD
 
 

@@ -1,4 +1,4 @@
-"""``synthrad models list|card ID|register DIR --model-id ID|evaluate ID --data DIR``."""
+"""``synthrad models list|card ID|register DIR --model-id ID|evaluate ID [--data DIR]``."""
 
 from __future__ import annotations
 
@@ -102,26 +102,31 @@ def register_cmd(path: str, model_id: str, out: str | None, sampler: str | None,
 
 @command.command(name="evaluate")
 @click.argument("model_id")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Labelled real images (e.g. ../shared/data/nih-chestxray14-64): the classifier's training split "
-                   "and the held-out reference.")
-@click.option("--layout", default="nih", show_default=True, help="Dataset layout: nih, chexpert, mimic or folder.")
-@click.option("--views", default="PA,AP", show_default=True, help="Views to use (comma list) or 'all'.")
+@click.option("--data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Labelled real images (e.g. ../shared/data/nih-chestxray14-64): the real reference is the shipped "
+                   "classifier on their patient-disjoint test split. Default: the classifier card's held-out AUC.")
+@click.option("--layout", default="nih", show_default=True, help="Layout of --data: nih, chexpert, mimic or folder.")
+@click.option("--views", default="PA,AP", show_default=True, help="Views of --data to use (comma list) or 'all'.")
+@click.option("--reference", default="auto", show_default=True,
+              help="Without --data: the card's test set (auto = NIH ChestX-ray14; kermany-pneumonia-224 for lung "
+                   "opacity of paediatric models).")
 @click.option("--backend", default="auto", show_default=True, help="auto | eager | compile | onnx.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--n-per-condition", type=click.IntRange(min=2), default=200, show_default=True,
               help="Images generated per finding with it present and with it absent.")
-@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Classifier epochs.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap replicates of the AUC CIs (0: none).")
 @click.option("--truncation", type=float, default=None, help="StyleGAN2 truncation psi (default: the model's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the result here.")
-def evaluate_cmd(model_id, data, layout, views, backend, device, n_per_condition, epochs, truncation, seed,
-                 threads, json_out) -> None:
+def evaluate_cmd(model_id, data, layout, views, reference, backend, device, n_per_condition, bootstrap, truncation,
+                 seed, threads, json_out) -> None:
     """Conditional agreement of MODEL_ID: does it draw the findings it is conditioned on?
 
-    A finding classifier trained on the real training split scores images generated with each finding present
-    vs absent, next to the same classifier on real held-out images (services/metrics/conditioning.py)."""
+    The shipped independent classifier (trained on real labelled images only; services/metrics/evaluation/
+    classifier) scores images generated with each finding present vs absent: generated AUC next to the same
+    classifier's real held-out AUC, and their ratio (services/metrics/conditioning.py)."""
     import json
     from pathlib import Path
 
@@ -129,6 +134,7 @@ def evaluate_cmd(model_id, data, layout, views, backend, device, n_per_condition
     from services.generator import registry
     from services.generator.base import GenerationParams, GeneratorError
     from services.metrics.conditioning import evaluate_conditioning, format_table
+    from services.metrics.errors import MetricsError
 
     if threads:
         import torch
@@ -146,8 +152,11 @@ def evaluate_cmd(model_id, data, layout, views, backend, device, n_per_condition
     except GeneratorError as e:
         raise click.ClickException(str(e)) from e
     picked = None if views.strip().lower() == "all" else tuple(v.strip().upper() for v in views.split(","))
-    res = evaluate_conditioning(gen, data, layout, picked, n_per_condition, device=dev, seed=seed, params=params,
-                                epochs=epochs)
+    try:
+        res = evaluate_conditioning(gen, data, layout, picked, n_per_condition, device=dev, seed=seed, params=params,
+                                    bootstrap=bootstrap, reference=reference)
+    except MetricsError as e:
+        raise click.ClickException(str(e)) from e
     click.echo(format_table(res))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
