@@ -8,7 +8,7 @@ the file and a crash loses at most the record being written. Prompts are not log
 patient-like text); batch manifests keep them for the key that owns the batch.
 
 Actions: ``generate`` (inline/streamed), ``batch.create`` (job accepted), ``batch.stored`` (job committed a
-batch), ``batch.delete``, ``score.create``, ``auth.denied`` (an authenticated key without the scope).
+batch), ``batch.delete``, ``score.create``, ``evaluation.create``, ``auth.denied`` (an authenticated key without the scope).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from services.common.provenance import utc_now
 
 log = get_logger(__name__)
 
-ACTIONS = ("generate", "batch.create", "batch.stored", "batch.delete", "score.create", "auth.denied")
+ACTIONS = ("generate", "batch.create", "batch.stored", "batch.delete", "score.create", "evaluation.create", "auth.denied")
 
 
 class AuditLog:

@@ -120,3 +120,26 @@ def test_demo_command_against_the_running_platform(served, tmp_path):
                                                       "enlarged_cardiac_silhouette"]
     assert all(r["scores"][0]["name"] == "FID" for r in doc["results"])  # inception extractor -> called FID
     assert "FID" in res.output and "extractor inception" in res.output
+
+
+def test_evaluation_job_streams_progress_through_serve(client, served):
+    """An evaluation runs on the metrics deployment (a streaming call: progress, then the result) and is
+    read back as a job, its report as HTML."""
+    model = served.real_model or "tiny"
+    ids = []
+    for state in ("present", "absent"):
+        r = client.post("/v1/batches", json={"model": model, "condition": {"pleural_effusion": state}, "count": 8,
+                                              "seed": 5000})
+        ids.append(wait_job(client, r.json()["job_id"])["batch_id"])
+    r = client.post("/v1/evaluations", json={"batch_ids": ids, "kind": "conditioning"})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["done"] == job["total"]
+    res = client.get(f"/v1/evaluations/{job['job_id']}").json()["result"]
+    assert res["kind"] == "conditioning" and res["subject"]["n"] == 16
+    assert res["provenance"]["classifier"]["weights_sha256"]
+    report = client.get(f"/v1/evaluations/{job['job_id']}/report")
+    assert report.status_code == 200 and "conditioning" in report.text
+    bad = client.post("/v1/evaluations", json={"batch_ids": ids, "kind": "utility"})
+    assert bad.status_code == 422 and "needs a labelled real dataset" in bad.json()["detail"]

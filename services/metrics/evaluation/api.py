@@ -28,5 +28,23 @@ def evaluate(kind: str, synthetic: "SyntheticSet | str | list[str]", options: Ba
     result: EvaluationResult = ev.run(syn, opts, progress or no_progress)
     result.seconds = round(time.perf_counter() - t0, 2)
     if not result.provenance.options:
-        result.provenance.options = opts.model_dump(mode="json")
-    return result
+        result.provenance.options = opts.model_dump(mode="json", exclude={"data"})
+    else:
+        result.provenance.options.pop("data", None)
+    return _without_paths(result, getattr(opts, "data", None))
+
+
+def _without_paths(result: EvaluationResult, data) -> EvaluationResult:
+    """A dataset's folder is the server's business: wherever a kind wrote it into the result, it is replaced by
+    the dataset's name (results are served over the API and written into shared reports)."""
+    if data is None:
+        return result
+    from pathlib import Path
+
+    text = result.model_dump_json()
+    folders = {str(data.path), str(Path(data.path).expanduser()), str(Path(data.path).expanduser().resolve())}
+    hit = False
+    for folder in sorted(folders, key=len, reverse=True):
+        if folder and folder in text:
+            text, hit = text.replace(folder, f"<{data.display}>"), True
+    return EvaluationResult.model_validate_json(text) if hit else result

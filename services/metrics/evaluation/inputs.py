@@ -78,7 +78,7 @@ def load_batch(batch_id: str, store_url: str | None = None) -> SyntheticSet:
         images, codes, seeds = [], [], []
         for rec, img in store.iter_images(batch_id):
             images.append(img if img.ndim == 2 else img.mean(-1))
-            codes.append(rec.condition.codes)
+            codes.append(rec.condition.codes())
             seeds.append(int(rec.seed))
     except StoreError as e:
         raise MetricsError(str(e)) from None

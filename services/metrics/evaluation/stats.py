@@ -51,24 +51,31 @@ def min_wilcoxon_p(n: int) -> float:
     return float(2.0 / 2 ** n)
 
 
+def auc_mann_whitney(pos: np.ndarray, neg: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney U statistic / (n_pos n_neg) (ties count one half) — equal to
+    ``sklearn.metrics.roc_auc_score``, without its per-call overhead (the bootstrap calls it thousands of times)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    n1, n0 = len(pos), len(neg)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def bootstrap_auc(y: np.ndarray, p: np.ndarray, replicates: int = 1000, ci_level: float = 0.95,
                   seed: int = 0) -> tuple[float | None, float | None, float | None]:
     """ROC-AUC with a percentile bootstrap CI (stratified: positives and negatives resampled separately).
     ``(None, None, None)`` when one class is missing."""
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=np.float64)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    pos, neg = p[y == 1], p[y == 0]
     if len(pos) == 0 or len(neg) == 0:
         return None, None, None
-    auc = float(roc_auc_score(y, p))
+    auc = auc_mann_whitney(pos, neg)
+    if replicates <= 0:
+        return auc, None, None
     rng = np.random.default_rng(seed)
-    boots = np.empty(replicates)
-    for i in range(replicates):
-        ip, ineg = rng.choice(pos, len(pos)), rng.choice(neg, len(neg))
-        yy = np.r_[np.ones(len(ip)), np.zeros(len(ineg))]
-        boots[i] = roc_auc_score(yy, np.r_[p[ip], p[ineg]])
+    boots = np.array([auc_mann_whitney(rng.choice(pos, len(pos)), rng.choice(neg, len(neg)))
+                      for _ in range(replicates)])
     lo, hi = np.quantile(boots, [0.5 - ci_level / 2, 0.5 + ci_level / 2])
     return auc, float(lo), float(hi)
 
