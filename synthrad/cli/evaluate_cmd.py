@@ -168,9 +168,15 @@ _COMMON_NAMES = {"batches", "model", "n", "first_seed", "backend", "store", "dat
 
 
 def _kind_command(ev) -> click.Command:
-    own = _option_params(ev.options)
-    clash = {p.name for p in own} & _COMMON_NAMES
-    own = [p for p in own if p.name not in clash]
+    taken = {o for p in _COMMON for o in p.opts}
+    own = []
+    for p in _option_params(ev.options):
+        if p.name in _COMMON_NAMES:
+            continue  # e.g. a kind's own "seed": its default stands (the common flag means something else)
+        if set(p.opts) & taken:  # a flag the common ones use (utility's training "batch" vs --batch ID)
+            flag = f"--{ev.kind}-{p.name.replace('_', '-')}"
+            p = click.Option([flag, p.name], type=p.type, default=None, help=p.help, metavar=p.metavar)
+        own.append(p)
 
     def callback(**kw):
         _run(ev, kw)

@@ -92,8 +92,9 @@ def run(synthetic: SyntheticSet, options: PerFindingOptions, progress: ProgressF
         warnings.append(f"not scored (fewer than {options.min_group} real or synthetic images): {', '.join(skipped)}")
     warnings.append("FID of small groups is biased upwards and falls with n: compare rows of similar sizes, "
                     "prefer KID")
+    split_name = "valid" if (options.split == "test" and real.spec.split_by == "recorded") else options.split
     table = Table(title=f"Per-finding fidelity ({options.extractor} features; real: {real.spec.display} "
-                        f"{options.split} split)",
+                        f"{split_name} split)",
                   columns=["finding", "state", "n real", "n synthetic"] + names, rows=rows,
                   note="Synthetic groups by the requested condition; real groups by the dataset's labels.")
     all_scores = groups[0]["scores"]
@@ -109,7 +110,7 @@ def run(synthetic: SyntheticSet, options: PerFindingOptions, progress: ProgressF
                         model_hash=synthetic.model_hash, n=synthetic.n),
         provenance=Provenance(extractors={options.extractor: stamp.weights_sha256 or ""}, seeds=[options.seed],
                               set_sizes={"real": len(f_real), "synthetic": len(f_syn)},
-                              data={"dataset": real.spec.display, "split": options.split,
+                              data={"dataset": real.spec.display, "split": split_name,
                                     "split_by": real.spec.split_by}),
         headline=headline, tables=[table], warnings=list(dict.fromkeys(warnings)), details={"groups": groups})
 
