@@ -48,6 +48,7 @@ from .codecs.webdataset import add_sample, sample_json
 from .findings import Condition
 from .logging import get_logger
 from .provenance import Origin, Provenance, utc_now
+from .screening import ScreeningRecord
 
 BATCH_FORMATS = IMAGE_FORMATS + ("webdataset",)
 MANIFEST = "manifest.json"
@@ -109,6 +110,7 @@ class ImageRecord(BaseModel):
     condition: Condition
     prompt: str | None = None
     sha256: str
+    near_copy: bool | None = None  # screened batches: a near copy of the training set (None: not screened)
 
 
 class Manifest(BaseModel):
@@ -125,6 +127,17 @@ class Manifest(BaseModel):
     images: list[ImageRecord]
     files: dict[str, str] = Field(default_factory=dict)  # sha256 of every stored file but manifest.json (schema 2)
     created_by: str | None = None  # id of the API key that made the batch (never the key); None: auth off
+    screening: ScreeningRecord | None = None  # near-copy screening at generation time (None: not screened)
+
+    def to_json(self, indent: int | None = 1) -> bytes:
+        """The manifest file's bytes (``indent=None``: compact). The screening fields are left out of unscreened
+        batches (their manifests read as before the fields existed)."""
+        exclude: dict = {}
+        if self.screening is None:
+            exclude["screening"] = True
+        if all(r.near_copy is None for r in self.images):
+            exclude["images"] = {"__all__": {"near_copy"}}
+        return self.model_dump_json(indent=indent, exclude=exclude or None).encode()
 
     @property
     def origin(self) -> Origin:
@@ -597,6 +610,7 @@ class BatchWriter(AbstractContextManager):
         self.created = _created or utc_now()
         self.records: list[ImageRecord] = []
         self.files: dict[str, str] = {}  # sha256 per stored file (the manifest's ``files``)
+        self.screening: ScreeningRecord | None = None  # set by a screening caller before commit
         self._done = False
         self._shard: tarfile.TarFile | None = None
         self._shard_fh: _HashingWriter | None = None
@@ -738,7 +752,8 @@ class BatchWriter(AbstractContextManager):
         with self.store.fs.open(f"{self.dir}/{name}", "wb") as fh:
             fh.write(data)
 
-    def add(self, image: np.ndarray, seed: int, condition: Condition, prompt: str | None = None) -> ImageRecord:
+    def add(self, image: np.ndarray, seed: int, condition: Condition, prompt: str | None = None,
+            near_copy: bool | None = None) -> ImageRecord:
         if self._done:
             raise StoreError("batch already committed or aborted")
         index = len(self.records)
@@ -749,13 +764,13 @@ class BatchWriter(AbstractContextManager):
             member = f"{index:06d}{ext}"
             self._add_to_shard(index, member, data, prov)
             rec = ImageRecord(index=index, file=self._shard_name, member=member, seed=int(seed), condition=condition,
-                              prompt=prompt, sha256=hashlib.sha256(data).hexdigest())
+                              prompt=prompt, sha256=hashlib.sha256(data).hexdigest(), near_copy=near_copy)
         else:
             ext, data = encode_image(image, self.fmt, prov, instance_number=index + 1)
             name = f"{index:06d}-s{int(seed)}{EXTENSIONS[self.fmt]}"
             self._write(name, data)
             rec = ImageRecord(index=index, file=name, seed=int(seed), condition=condition, prompt=prompt,
-                              sha256=_sha256(data))
+                              sha256=_sha256(data), near_copy=near_copy)
             self.files[name] = rec.sha256
         self.records.append(rec)
         self._journal.append(json.dumps({"image": rec.model_dump(mode="json")}))
@@ -796,14 +811,14 @@ class BatchWriter(AbstractContextManager):
         manifest = Manifest(
             batch_id=self.batch_id, model_id=self.model_id, model_hash=self.model_hash, backend=self.backend,
             format=self.fmt, created=self.created, params=self.params, count=len(self.records), images=self.records,
-            files=self.files, created_by=self.created_by,
+            files=self.files, created_by=self.created_by, screening=self.screening,
         )
         for name in ([JOURNAL] if self.store.local else [_JOURNAL_PART.format(i) for i in range(self._journal_parts)]):
             try:  # the journal only serves a resumed write; a published batch has its manifest
                 self.store.fs.rm(f"{self.dir}/{name}")
             except FileNotFoundError:
                 pass
-        self._write(MANIFEST, manifest.model_dump_json(indent=1).encode())  # manifest last
+        self._write(MANIFEST, manifest.to_json())  # manifest last
         if self.store.local:
             os.rename(self.dir, self.store._path(self.batch_id))  # atomic publish
         self._done = True

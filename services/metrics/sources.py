@@ -245,7 +245,7 @@ class BatchSource(ImageSource):
     def content_hash(self) -> str:
         """Committed batches are immutable: hash the batch id + the manifest's JSON (no pixel reads)."""
         if self._hash is None:
-            body = self.manifest.model_dump_json()
+            body = self.manifest.to_json(indent=None).decode()  # unscreened batches hash as before screening
             self._hash = hashlib.sha256(f"batch-v1|{self.batch_id}|{body}".encode()).hexdigest()
         return self._hash
 

@@ -146,8 +146,17 @@ def build_params(**kw):
 @click.option("--sampler", default=None, help="ddpm | ddim | dpmpp (diffusion models).")
 @click.option("--truncation", type=float, default=None, help="Truncation psi, 0-2 (StyleGAN2; 1 = none).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale, 0-50 (diffusion models).")
+@click.option("--screen", type=click.Choice(("off", "flag", "drop")), default="off", show_default=True,
+              help="Screen for near copies of the model's training set (its shipped training-set index): flag marks "
+                   "them in the manifest, drop leaves them out (their seeds recorded).")
+@click.option("--screen-space", "screen_spaces", multiple=True, type=click.Choice(("pixel", "cxr-encoder", "inception")),
+              help="Feature space(s) of --screen (repeatable; default pixel). A near copy in any space counts.")
+@click.option("--screen-quantile", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Near-copy threshold: this quantile of real held-out images' distances to the "
+                                      "training set.")
+@click.option("--screen-index", default=None, help="Training-set index to screen against (default: the model's).")
 def command(model, model_path, model_sha256, model_id, condition, prompt, n, seed, out, fmt, backend, device, steps,
-            sampler, truncation, guidance) -> None:
+            sampler, truncation, guidance, screen, screen_spaces, screen_quantile, screen_index) -> None:
     """Generate N marked synthetic chest X-rays for one condition into a new batch; prints the batch path.
 
     \b
@@ -203,19 +212,30 @@ def command(model, model_path, model_sha256, model_id, condition, prompt, n, see
                 param_hint=PARAM_OPTIONS.get(e.param, e.param)) from None
     except (ConditionError, GeneratorError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    request = GenerationRequest(model=gen.model_id, condition=cond, prompt=prompt, count=n, seed=seed, params=params)
+    request = GenerationRequest(model=gen.model_id, condition=cond, prompt=prompt, count=n, seed=seed, params=params,
+                                screen=screen)
     store = BatchStore(out or settings.resolved_store_url)
-    manifest, plan = _run(gen, request, store, fmt, max_n)
+    screeners = None
+    if screen != "off":
+        from services.metrics.evaluation.screening import screener_factory
+
+        screeners = screener_factory(list(screen_spaces) or ["pixel"], screen_quantile, screen_index)
+    manifest, plan = _run(gen, request, store, fmt, max_n, screeners)
     if plan.prompts is not None and plan.condition == Condition():
         click.echo(f"note: the findings parser cannot read this prompt; it went to {gen.model_id}'s text encoder "
                    "as written and the batch records the condition as unspecified", err=True)
     what = f"prompt {prompt!r}" if plan.prompts is not None else plan.condition.describe()
     click.echo(f"{manifest.count} images ({what}) from {gen.model_id} [{gen.backend}] -> "
                f"batch {manifest.batch_id}", err=True)
+    if manifest.screening is not None:
+        sc = manifest.screening
+        verb = f"dropped {len(sc.dropped_seeds)}" if sc.action == "drop" else f"flagged {len(sc.flagged_seeds)}"
+        click.echo(f"screening ({', '.join(sc.spaces)} against index {sc.index}): {verb} near cop"
+                   f"{'y' if len(sc.flagged_seeds) == 1 else 'ies'} of {sc.screened} images", err=True)
     click.echo(store.batch_path(manifest.batch_id))
 
 
-def _run(gen, request, store, fmt: str, max_n: int):
+def _run(gen, request, store, fmt: str, max_n: int, screeners=None):
     """Plan, generate and store through the same use case the API serves (in process, with a progress bar)."""
     import asyncio
 
@@ -223,11 +243,11 @@ def _run(gen, request, store, fmt: str, max_n: int):
 
     from services.common.config import get_settings
     from services.generator.base import GeneratorError
-    from services.generator.generation import GenerationService, InvalidPrompt, LocalGenerators
+    from services.generator.generation import GenerationService, InvalidPrompt, InvalidRequest, LocalGenerators
     from services.generator.replica import GeneratorReplica
 
     service = GenerationService(LocalGenerators({gen.model_id: GeneratorReplica(gen.model_id, generator=gen)}),
-                                get_settings().limits, gen.model_id, window=1)
+                                get_settings().limits, gen.model_id, window=1, screeners=screeners)
 
     async def go():
         plan = await service.plan(request, max_n, "one batch")
@@ -242,5 +262,9 @@ def _run(gen, request, store, fmt: str, max_n: int):
         return asyncio.run(go())
     except InvalidPrompt as e:
         raise click.BadParameter(str(e), param_hint="--prompt") from None
+    except InvalidRequest as e:
+        if request.screen != "off" and "screen" in str(e):
+            raise click.BadParameter(str(e), param_hint="--screen") from None
+        raise click.ClickException(str(e)) from e
     except GeneratorError as e:
         raise click.ClickException(str(e)) from e

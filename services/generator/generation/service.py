@@ -5,6 +5,12 @@ REST, gRPC and batch jobs (over Serve deployment handles). Image ``i`` of a requ
 ``s + i``. A plan runs in chunks of at most the model's ``max_batch_size`` images; ``window`` chunks are kept in
 flight (so a replica's ``@serve.batch`` queue never runs dry) and results are consumed in order. A chunk whose
 replica died is sent again (same seeds, so the same pixels), up to ``retries`` times.
+
+Screening (``request.screen`` ``flag`` / ``drop``): each chunk of a stored batch is given to the model's
+:class:`~services.common.screening.Screener` (from the ``screeners`` factory the service was built with; the
+metrics package provides one over a training-set index) before it is written; near copies are marked or left
+out and the manifest's ``screening`` records the index, thresholds and seeds. A resumed screened batch continues
+after the last *generated* image (the seed of the last stored one), so dropped images are not redone twice.
 """
 
 from __future__ import annotations
@@ -19,15 +25,16 @@ import numpy as np
 
 from services.common.config import Limits
 from services.common.logging import get_logger
+from services.common.screening import Screener, ScreenerFactory, ScreeningUnavailable, ScreenVerdict
 from services.common.store import BatchStore, BatchWriter, Manifest
-from services.generator.base import GenerationParams
+from services.generator.base import GenerationParams, GeneratorError
 from services.generator.chunks import ChunkResult, GenChunk
 from services.generator.registry import UnknownModel, pick_model
 from services.generator.replica import ServedModel
 
 from .generators import Generators
 from .plan import GenerationPlan, check_request, make_plan
-from .request import GenerationRequest
+from .request import GenerationRequest, InvalidRequest
 
 log = get_logger(__name__)
 
@@ -62,8 +69,10 @@ class RetryPolicy:
 
 class GenerationService:
     def __init__(self, generators: Generators, limits: Limits, default_model: str | None = None, window: int = 4,
-                 retry: RetryPolicy | None = None, observer: ChunkObserver | None = None):
+                 retry: RetryPolicy | None = None, observer: ChunkObserver | None = None,
+                 screeners: ScreenerFactory | None = None):
         self.generators = generators
+        self.screeners = screeners
         self.limits = limits
         ids = generators.model_ids()
         self.default_model = default_model if default_model in ids else (ids[0] if ids else (default_model or ""))
@@ -110,7 +119,19 @@ class GenerationService:
         check_request(request, self.limits, max_images, what)
         model = await self.model_info(model_id)
         resolved = await self.resolve_params(model_id, request.params)
+        if request.screen != "off":
+            await asyncio.to_thread(self.screener, model_id)  # refused now, not after the images are made
         return make_plan(request, model, resolved)
+
+    def screener(self, model_id: str) -> Screener:
+        """The near-copy screener of ``model_id`` (InvalidRequest when screening is unavailable for it)."""
+        if self.screeners is None:
+            raise InvalidRequest("near-copy screening is not available here (no training-set index is set up); "
+                                 "use screen=off")
+        try:
+            return self.screeners(model_id)
+        except ScreeningUnavailable as e:
+            raise InvalidRequest(f"cannot screen images of model {model_id}: {e}") from None
 
     # ---- running ------------------------------------------------------------------------------
     async def _call(self, model_id: str, chunk: GenChunk, on_retry: Callable[[], None] | None) -> ChunkResult:
@@ -166,7 +187,11 @@ class GenerationService:
                 task.cancel()
 
     async def generate(self, plan: GenerationPlan) -> np.ndarray:
-        """The plan's images in memory, ``(N, H, W)`` float32 in [0, 1]."""
+        """The plan's images in memory, ``(N, H, W)`` float32 in [0, 1]. Screening applies to stored batches
+        only (their manifest records it): a screened plan is refused here."""
+        if plan.request.screen != "off":
+            raise InvalidRequest("screening applies to stored batches (the manifest records it); use screen=off "
+                                 "for images returned inline")
         parts = [res.images async for _, _, res in self.stream(plan)]
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0, 0), np.float32)
 
@@ -194,17 +219,26 @@ class GenerationService:
         ``suspend_on`` exceptions (a job's cancellation and lost lease) keep what is stored (suspend: the batch
         can be resumed); any other failure removes it (all or nothing: no half-stored batch)."""
         try:
+            action = plan.request.screen
+            screener = await asyncio.to_thread(self.screener, plan.model_id) if action != "off" else None
+            start = resume_position(plan, writer)
             if progress is not None:
-                progress(writer.count)
-            async for first, chunk, res in self.stream(plan, start=writer.count, on_retry=on_retry):
+                progress(start)
+            async for first, chunk, res in self.stream(plan, start=start, on_retry=on_retry):
                 if check is not None:
                     check()
-                await asyncio.to_thread(add_chunk, writer, plan, first, chunk, res)
+                verdicts = await asyncio.to_thread(screener.screen, res.images) if screener is not None else None
+                await asyncio.to_thread(add_chunk, writer, plan, first, chunk, res, verdicts, action)
                 await asyncio.to_thread(writer.sync)
                 if progress is not None:
                     progress(first + len(chunk))
             if check is not None:
                 check()
+            if screener is not None:
+                writer.screening = screening_record(screener, action, plan, writer)
+                if not writer.records:
+                    raise GeneratorError(f"all {plan.count} images were near copies of the training set "
+                                         f"(index {writer.screening.index}) and were dropped; nothing to store")
             return await asyncio.to_thread(writer.commit)
         except suspend_on:
             await asyncio.to_thread(writer.suspend)
@@ -214,8 +248,36 @@ class GenerationService:
             raise
 
 
-def add_chunk(writer: BatchWriter, plan: GenerationPlan, first: int, chunk: GenChunk, res: ChunkResult) -> None:
+def add_chunk(writer: BatchWriter, plan: GenerationPlan, first: int, chunk: GenChunk, res: ChunkResult,
+              verdicts: list[ScreenVerdict] | None = None, action: str = "off") -> None:
     """Store one chunk's images with their seeds, conditions and the request's prompt (recorded for every
-    model, even class-conditional ones that were given the parsed condition)."""
+    model, even class-conditional ones that were given the parsed condition). With ``verdicts`` (screening):
+    ``flag`` marks each image's ``near_copy``, ``drop`` leaves near copies out."""
+    if verdicts is not None and len(verdicts) != len(chunk):
+        raise GeneratorError(f"the screener returned {len(verdicts)} verdicts for {len(chunk)} images")
     for j in range(len(chunk)):
-        writer.add(res.images[j], chunk.seeds[j], chunk.conditions[j], prompt=plan.prompt)
+        near = None if verdicts is None else bool(verdicts[j].near_copy)
+        if near and action == "drop":
+            continue
+        writer.add(res.images[j], chunk.seeds[j], chunk.conditions[j], prompt=plan.prompt, near_copy=near)
+
+
+def resume_position(plan: GenerationPlan, writer: BatchWriter) -> int:
+    """The plan index to continue from: after the image of the last stored seed (= ``writer.count`` unless
+    near copies were dropped)."""
+    if not writer.records:
+        return 0
+    pos = int(writer.records[-1].seed) - int(plan.seeds[0]) + 1
+    if 0 < pos <= plan.count and plan.seeds[pos - 1] == writer.records[-1].seed:
+        return pos
+    return writer.count
+
+
+def screening_record(screener: Screener, action: str, plan: GenerationPlan, writer: BatchWriter):
+    """The manifest's record of a finished screened batch (rebuilt from the stored records, so a resumed batch
+    records the seeds dropped before its restart too)."""
+    kept = {int(r.seed) for r in writer.records}
+    dropped = [int(s) for s in plan.seeds if int(s) not in kept] if action == "drop" else []
+    flagged = sorted(set(dropped) | {int(r.seed) for r in writer.records if r.near_copy})
+    return screener.record(action).model_copy(update={"screened": plan.count, "flagged_seeds": flagged,
+                                                      "dropped_seeds": dropped})
