@@ -172,6 +172,14 @@ class DatasetSetting(BaseModel):
         "patient", description="patient: train / test by a hash of the patient id; recorded: the dataset's own.")
 
 
+class ScreeningSettings(BaseModel):
+    spaces: list[Literal["pixel", "inception", "cxr-encoder"]] = Field(
+        default_factory=lambda: ["pixel"], description="Feature spaces a batch with screen=flag|drop is checked in "
+                                                       "against the model's training-set index.")
+    quantile: float = Field(0.01, gt=0, lt=0.5, description="Near-copy threshold: this quantile of real held-out "
+                                                            "images' distances to the training set.")
+
+
 class RuntimeSettings(BaseModel):
     """How models run inside one process (a replica, the CLI, a benchmark)."""
 
@@ -222,6 +230,7 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    screening: ScreeningSettings = Field(default_factory=ScreeningSettings)
     datasets: dict[str, DatasetSetting] = Field(
         default_factory=dict,
         description="Labelled real datasets evaluation jobs may read, by name (utility, per-finding, bias, "

@@ -57,7 +57,8 @@ class Platform:
         ids = generators.model_ids()
         self.generation = GenerationService(
             generators, settings.limits, default_model or settings.default_model, window=window,
-            retry=RetryPolicy(settings.jobs.chunk_retries, settings.jobs.retry_backoff_s), observer=m.ChunkTelemetry())
+            retry=RetryPolicy(settings.jobs.chunk_retries, settings.jobs.retry_backoff_s), observer=m.ChunkTelemetry(),
+            screeners=_screeners(settings))
         self.default_model = self.generation.default_model
         self._finished_jobs: set[str] = set()
         self.auth = auth or ApiKeyAuth(settings.api_keys, settings.security)
@@ -102,11 +103,15 @@ class Platform:
 
     # ---- planning -----------------------------------------------------------------------------
     async def plan(self, model: str | None, condition: Condition | None, prompt: str | None, count: int,
-                   seed: int, params: GenerationParams | None, limit: int, what: str) -> GenerationPlan:
-        """The checked plan of one request (InvalidArgument naming what is wrong), at most ``limit`` images."""
+                   seed: int, params: GenerationParams | None, limit: int, what: str,
+                   screen: str = "off") -> GenerationPlan:
+        """The checked plan of one request (InvalidArgument naming what is wrong), at most ``limit`` images;
+        ``screen`` (stored batches only): off, or flag / drop near-copies of the model's training images."""
+        if screen not in ("off", "flag", "drop"):
+            raise InvalidArgument(f"unknown screen {quoted(screen)}; use off, flag or drop")
         try:
             request = GenerationRequest(model=model, condition=condition, prompt=prompt, count=int(count),
-                                        seed=int(seed), params=params or GenerationParams())
+                                        seed=int(seed), params=params or GenerationParams(), screen=screen)
         except ValidationError as e:  # the REST/gRPC schemas check the same first; this is the last guard
             raise InvalidArgument(f"invalid generation request: {e.errors()[0]['msg']}") from None
         return await _api(self.generation.plan(request, limit, what))
@@ -438,6 +443,14 @@ class Platform:
 
     async def shutdown(self) -> None:
         await self.jobs.shutdown()
+
+
+def _screeners(settings: Settings):
+    """Near-copy screening of stored batches against the models' shipped training-set indexes (built lazily,
+    per model, on the first screened request)."""
+    from services.metrics.evaluation.screening import screener_factory
+
+    return screener_factory(settings.screening.spaces, settings.screening.quantile)
 
 
 async def _api(awaitable):

@@ -172,10 +172,11 @@ class GrpcApi:
             ))
         return out
 
-    async def _plan(self, request, limit: int, what: str):
+    async def _plan(self, request, limit: int, what: str, screen: str = "off"):
         cond = condition_from_pb(request.condition) if request.HasField("condition") else None
         return await self.p.plan(request.model_id, cond, request.prompt, int(request.count or 0), int(request.seed),
-                                 params_from_pb(request.params) if request.HasField("params") else None, limit, what)
+                                 params_from_pb(request.params) if request.HasField("params") else None, limit, what,
+                                 screen=screen)
 
     def _image_pb(self, plan, index: int, img: np.ndarray, encoding: int) -> common_pb2.GeneratedImage:
         enc, data = encode_pb_image(img, encoding, plan.provenance(index))
@@ -210,7 +211,7 @@ class GrpcApi:
         if fmt is None:
             raise InvalidArgument(f"unknown batch format {request.format}; use one of "
                                   + ", ".join(f"{batch_pb2.BatchFormat.Name(v)} ({v})" for v in sorted(_FORMATS)))
-        plan = await self._plan(request, self.p.limits.max_batch_images, "one batch")
+        plan = await self._plan(request, self.p.limits.max_batch_images, "one batch", screen=request.screen or "off")
         return job_to_pb(self.p.create_batch_job(plan, fmt, caller))
 
     async def GetJob(self, request, caller: Caller = LOCAL):
@@ -230,12 +231,16 @@ class GrpcApi:
     def _batch_pb(man, with_images: bool) -> batch_pb2.Batch:
         out = batch_pb2.Batch(batch_id=man.batch_id, model_id=man.model_id, model_hash=man.model_hash,
                               backend=man.backend, format=man.format, created=man.created, count=man.count,
-                              params_json=json.dumps(man.params, sort_keys=True))
+                              params_json=json.dumps(man.params, sort_keys=True),
+                              screening_json=man.screening.model_dump_json() if man.screening is not None else "")
         if with_images:
             for r in man.images:
-                out.images.append(batch_pb2.ImageEntry(index=r.index, file=r.file, member=r.member or "", seed=r.seed,
-                                                       condition=condition_to_pb(r.condition), prompt=r.prompt or "",
-                                                       sha256=r.sha256))
+                entry = batch_pb2.ImageEntry(index=r.index, file=r.file, member=r.member or "", seed=r.seed,
+                                             condition=condition_to_pb(r.condition), prompt=r.prompt or "",
+                                             sha256=r.sha256)
+                if r.near_copy is not None:
+                    entry.near_copy = bool(r.near_copy)
+                out.images.append(entry)
         return out
 
     async def ListBatches(self, request, caller: Caller = LOCAL):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import zipfile
 from typing import Literal
 
@@ -326,7 +327,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
               summary="Start a job that generates and stores a batch; poll GET /v1/jobs/{job_id}.")
     async def create_batch(body: BatchRequest, request: Request):
         plan = await platform.plan(body.model, body.condition, body.prompt, body.count, body.seed, body.params,
-                                   platform.limits.max_batch_images, "one batch")
+                                   platform.limits.max_batch_images, "one batch", screen=body.screen)
         rec = platform.create_batch_job(plan, body.format, caller_of(request))
         return JSONResponse(JobView.of(rec).model_dump(), status_code=202,
                             headers={"Location": f"/v1/jobs/{rec.job_id}"})
@@ -340,7 +341,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
              summary="A batch's manifest (model, hash, backend, per-image seed and condition).")
     async def get_batch(request: Request, batch_id: str = _BATCH_ID):
         man = await platform.get_batch(batch_id, caller_of(request))
-        return {**man.model_dump(mode="json"), "links": _batch_summary(man).links}
+        return {**json.loads(man.to_json()), "links": _batch_summary(man).links}
 
     @app.delete("/v1/batches/{batch_id}", tags=["batches"], responses=_errors(*_API, 400, 404, 409),
                 summary="Delete a stored batch.")

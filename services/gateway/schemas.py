@@ -92,6 +92,10 @@ class GenerateRequest(_GenBase):
 class BatchRequest(_GenBase):
     count: int = Field(..., ge=1, description="Images in the batch (at most limits.max_batch_images).")
     format: Literal[BATCH_FORMATS] = "png"  # type: ignore[valid-type]
+    screen: Literal["off", "flag", "drop"] = Field(
+        "off", description="Near-copy screening against the model's training-set index: flag marks near copies "
+                           "(images[].near_copy), drop leaves them out; the manifest's screening records the index, "
+                           "thresholds and seeds.")
 
 
 class ScoreRequest(BaseModel):

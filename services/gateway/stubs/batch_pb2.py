@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from services.gateway.stubs import common_pb2 as synthrad_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17synthrad/v1/batch.proto\x12\x0bsynthrad.v1\x1a\x18synthrad/v1/common.proto\"\xd7\x01\n\x12\x43reateBatchRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12)\n\tcondition\x18\x02 \x01(\x0b\x32\x16.synthrad.v1.Condition\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12(\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x18.synthrad.v1.BatchFormat\x12-\n\x06params\x18\x07 \x01(\x0b\x32\x1d.synthrad.v1.GenerationParams\"\x92\x01\n\nImageEntry\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06member\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12)\n\tcondition\x18\x05 \x01(\x0b\x32\x16.synthrad.v1.Condition\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"\xbe\x01\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\nmodel_hash\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x13\n\x0bparams_json\x18\x08 \x01(\t\x12\'\n\x06images\x18\t \x03(\x0b\x32\x17.synthrad.v1.ImageEntry\"\x14\n\x12ListBatchesRequest\":\n\x13ListBatchesResponse\x12#\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x12.synthrad.v1.Batch\"#\n\x0fGetBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"8\n\x13\x44\x65leteBatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"Z\n\x18StreamBatchImagesRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12,\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1a.synthrad.v1.ImageEncoding*\xa4\x01\n\x0b\x42\x61tchFormat\x12\x1c\n\x18\x42\x41TCH_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42\x41TCH_FORMAT_PNG\x10\x01\x12\x16\n\x12\x42\x41TCH_FORMAT_PNG16\x10\x02\x12\x16\n\x12\x42\x41TCH_FORMAT_DICOM\x10\x03\x12\x14\n\x10\x42\x41TCH_FORMAT_NPZ\x10\x04\x12\x1b\n\x17\x42\x41TCH_FORMAT_WEBDATASET\x10\x05\x32\xc7\x04\n\x0c\x42\x61tchService\x12@\n\x0b\x43reateBatch\x12\x1f.synthrad.v1.CreateBatchRequest\x1a\x10.synthrad.v1.Job\x12\x36\n\x06GetJob\x12\x1a.synthrad.v1.GetJobRequest\x1a\x10.synthrad.v1.Job\x12G\n\x08ListJobs\x12\x1c.synthrad.v1.ListJobsRequest\x1a\x1d.synthrad.v1.ListJobsResponse\x12:\n\x08WatchJob\x12\x1a.synthrad.v1.GetJobRequest\x1a\x10.synthrad.v1.Job0\x01\x12P\n\x0bListBatches\x12\x1f.synthrad.v1.ListBatchesRequest\x1a .synthrad.v1.ListBatchesResponse\x12<\n\x08GetBatch\x12\x1c.synthrad.v1.GetBatchRequest\x1a\x12.synthrad.v1.Batch\x12M\n\x0b\x44\x65leteBatch\x12\x1c.synthrad.v1.GetBatchRequest\x1a .synthrad.v1.DeleteBatchResponse\x12Y\n\x11StreamBatchImages\x12%.synthrad.v1.StreamBatchImagesRequest\x1a\x1b.synthrad.v1.GeneratedImage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17synthrad/v1/batch.proto\x12\x0bsynthrad.v1\x1a\x18synthrad/v1/common.proto\"\xe7\x01\n\x12\x43reateBatchRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12)\n\tcondition\x18\x02 \x01(\x0b\x32\x16.synthrad.v1.Condition\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12(\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x18.synthrad.v1.BatchFormat\x12-\n\x06params\x18\x07 \x01(\x0b\x32\x1d.synthrad.v1.GenerationParams\x12\x0e\n\x06screen\x18\x08 \x01(\t\"\xb8\x01\n\nImageEntry\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06member\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12)\n\tcondition\x18\x05 \x01(\x0b\x32\x16.synthrad.v1.Condition\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x16\n\tnear_copy\x18\x08 \x01(\x08H\x00\x88\x01\x01\x42\x0c\n\n_near_copy\"\xd6\x01\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\nmodel_hash\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x13\n\x0bparams_json\x18\x08 \x01(\t\x12\'\n\x06images\x18\t \x03(\x0b\x32\x17.synthrad.v1.ImageEntry\x12\x16\n\x0escreening_json\x18\n \x01(\t\"\x14\n\x12ListBatchesRequest\":\n\x13ListBatchesResponse\x12#\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x12.synthrad.v1.Batch\"#\n\x0fGetBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"8\n\x13\x44\x65leteBatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"Z\n\x18StreamBatchImagesRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12,\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1a.synthrad.v1.ImageEncoding*\xa4\x01\n\x0b\x42\x61tchFormat\x12\x1c\n\x18\x42\x41TCH_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42\x41TCH_FORMAT_PNG\x10\x01\x12\x16\n\x12\x42\x41TCH_FORMAT_PNG16\x10\x02\x12\x16\n\x12\x42\x41TCH_FORMAT_DICOM\x10\x03\x12\x14\n\x10\x42\x41TCH_FORMAT_NPZ\x10\x04\x12\x1b\n\x17\x42\x41TCH_FORMAT_WEBDATASET\x10\x05\x32\xc7\x04\n\x0c\x42\x61tchService\x12@\n\x0b\x43reateBatch\x12\x1f.synthrad.v1.CreateBatchRequest\x1a\x10.synthrad.v1.Job\x12\x36\n\x06GetJob\x12\x1a.synthrad.v1.GetJobRequest\x1a\x10.synthrad.v1.Job\x12G\n\x08ListJobs\x12\x1c.synthrad.v1.ListJobsRequest\x1a\x1d.synthrad.v1.ListJobsResponse\x12:\n\x08WatchJob\x12\x1a.synthrad.v1.GetJobRequest\x1a\x10.synthrad.v1.Job0\x01\x12P\n\x0bListBatches\x12\x1f.synthrad.v1.ListBatchesRequest\x1a .synthrad.v1.ListBatchesResponse\x12<\n\x08GetBatch\x12\x1c.synthrad.v1.GetBatchRequest\x1a\x12.synthrad.v1.Batch\x12M\n\x0b\x44\x65leteBatch\x12\x1c.synthrad.v1.GetBatchRequest\x1a .synthrad.v1.DeleteBatchResponse\x12Y\n\x11StreamBatchImages\x12%.synthrad.v1.StreamBatchImagesRequest\x1a\x1b.synthrad.v1.GeneratedImage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.gateway.stubs.batch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BATCHFORMAT']._serialized_start=896
-  _globals['_BATCHFORMAT']._serialized_end=1060
+  _globals['_BATCHFORMAT']._serialized_start=974
+  _globals['_BATCHFORMAT']._serialized_end=1138
   _globals['_CREATEBATCHREQUEST']._serialized_start=67
-  _globals['_CREATEBATCHREQUEST']._serialized_end=282
-  _globals['_IMAGEENTRY']._serialized_start=285
-  _globals['_IMAGEENTRY']._serialized_end=431
-  _globals['_BATCH']._serialized_start=434
-  _globals['_BATCH']._serialized_end=624
-  _globals['_LISTBATCHESREQUEST']._serialized_start=626
-  _globals['_LISTBATCHESREQUEST']._serialized_end=646
-  _globals['_LISTBATCHESRESPONSE']._serialized_start=648
-  _globals['_LISTBATCHESRESPONSE']._serialized_end=706
-  _globals['_GETBATCHREQUEST']._serialized_start=708
-  _globals['_GETBATCHREQUEST']._serialized_end=743
-  _globals['_DELETEBATCHRESPONSE']._serialized_start=745
-  _globals['_DELETEBATCHRESPONSE']._serialized_end=801
-  _globals['_STREAMBATCHIMAGESREQUEST']._serialized_start=803
-  _globals['_STREAMBATCHIMAGESREQUEST']._serialized_end=893
-  _globals['_BATCHSERVICE']._serialized_start=1063
-  _globals['_BATCHSERVICE']._serialized_end=1646
+  _globals['_CREATEBATCHREQUEST']._serialized_end=298
+  _globals['_IMAGEENTRY']._serialized_start=301
+  _globals['_IMAGEENTRY']._serialized_end=485
+  _globals['_BATCH']._serialized_start=488
+  _globals['_BATCH']._serialized_end=702
+  _globals['_LISTBATCHESREQUEST']._serialized_start=704
+  _globals['_LISTBATCHESREQUEST']._serialized_end=724
+  _globals['_LISTBATCHESRESPONSE']._serialized_start=726
+  _globals['_LISTBATCHESRESPONSE']._serialized_end=784
+  _globals['_GETBATCHREQUEST']._serialized_start=786
+  _globals['_GETBATCHREQUEST']._serialized_end=821
+  _globals['_DELETEBATCHRESPONSE']._serialized_start=823
+  _globals['_DELETEBATCHRESPONSE']._serialized_end=879
+  _globals['_STREAMBATCHIMAGESREQUEST']._serialized_start=881
+  _globals['_STREAMBATCHIMAGESREQUEST']._serialized_end=971
+  _globals['_BATCHSERVICE']._serialized_start=1141
+  _globals['_BATCHSERVICE']._serialized_end=1724
 # @@protoc_insertion_point(module_scope)

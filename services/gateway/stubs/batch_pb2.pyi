@@ -24,7 +24,7 @@ BATCH_FORMAT_NPZ: BatchFormat
 BATCH_FORMAT_WEBDATASET: BatchFormat
 
 class CreateBatchRequest(_message.Message):
-    __slots__ = ("model_id", "condition", "prompt", "count", "seed", "format", "params")
+    __slots__ = ("model_id", "condition", "prompt", "count", "seed", "format", "params", "screen")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONDITION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class CreateBatchRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     condition: _common_pb2.Condition
     prompt: str
@@ -39,10 +40,11 @@ class CreateBatchRequest(_message.Message):
     seed: int
     format: BatchFormat
     params: _common_pb2.GenerationParams
-    def __init__(self, model_id: _Optional[str] = ..., condition: _Optional[_Union[_common_pb2.Condition, _Mapping]] = ..., prompt: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., format: _Optional[_Union[BatchFormat, str]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ...) -> None: ...
+    screen: str
+    def __init__(self, model_id: _Optional[str] = ..., condition: _Optional[_Union[_common_pb2.Condition, _Mapping]] = ..., prompt: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., format: _Optional[_Union[BatchFormat, str]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., screen: _Optional[str] = ...) -> None: ...
 
 class ImageEntry(_message.Message):
-    __slots__ = ("index", "file", "member", "seed", "condition", "prompt", "sha256")
+    __slots__ = ("index", "file", "member", "seed", "condition", "prompt", "sha256", "near_copy")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     MEMBER_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +52,7 @@ class ImageEntry(_message.Message):
     CONDITION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    NEAR_COPY_FIELD_NUMBER: _ClassVar[int]
     index: int
     file: str
     member: str
@@ -57,10 +60,11 @@ class ImageEntry(_message.Message):
     condition: _common_pb2.Condition
     prompt: str
     sha256: str
-    def __init__(self, index: _Optional[int] = ..., file: _Optional[str] = ..., member: _Optional[str] = ..., seed: _Optional[int] = ..., condition: _Optional[_Union[_common_pb2.Condition, _Mapping]] = ..., prompt: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    near_copy: bool
+    def __init__(self, index: _Optional[int] = ..., file: _Optional[str] = ..., member: _Optional[str] = ..., seed: _Optional[int] = ..., condition: _Optional[_Union[_common_pb2.Condition, _Mapping]] = ..., prompt: _Optional[str] = ..., sha256: _Optional[str] = ..., near_copy: _Optional[bool] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("batch_id", "model_id", "model_hash", "backend", "format", "created", "count", "params_json", "images")
+    __slots__ = ("batch_id", "model_id", "model_hash", "backend", "format", "created", "count", "params_json", "images", "screening_json")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +74,7 @@ class Batch(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SCREENING_JSON_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     model_id: str
     model_hash: str
@@ -79,7 +84,8 @@ class Batch(_message.Message):
     count: int
     params_json: str
     images: _containers.RepeatedCompositeFieldContainer[ImageEntry]
-    def __init__(self, batch_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_hash: _Optional[str] = ..., backend: _Optional[str] = ..., format: _Optional[str] = ..., created: _Optional[str] = ..., count: _Optional[int] = ..., params_json: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageEntry, _Mapping]]] = ...) -> None: ...
+    screening_json: str
+    def __init__(self, batch_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_hash: _Optional[str] = ..., backend: _Optional[str] = ..., format: _Optional[str] = ..., created: _Optional[str] = ..., count: _Optional[int] = ..., params_json: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageEntry, _Mapping]]] = ..., screening_json: _Optional[str] = ...) -> None: ...
 
 class ListBatchesRequest(_message.Message):
     __slots__ = ()
