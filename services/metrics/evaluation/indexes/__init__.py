@@ -450,7 +450,8 @@ def index_for_model(model_id: str | None) -> str | None:
     if desc.get("training_index"):
         return str(desc["training_index"])
     training = desc.get("training") or {}
-    for info in list_indexes():
+    shipped_first = sorted(list_indexes(), key=lambda i: (i.folder.resolve() != SHIPPED_DIR.resolve(), i.name))
+    for info in shipped_first:  # a user's copy of a shipped training set never shadows the shipped index
         if source_matches(info.source, training):
             return info.name
     return None

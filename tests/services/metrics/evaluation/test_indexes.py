@@ -120,7 +120,8 @@ def _copy_index(name: str, new: str, folder):
     return meta
 
 
-def test_a_damaged_index_file_is_refused():
+def test_a_damaged_index_file_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNTHRAD_HOME", str(tmp_path))  # the damaged copy stays out of other tests' home
     meta = _copy_index("nih-cxr64-train", "damaged-copy", ix.user_dir())
     path = ix.user_dir() / meta["spaces"]["pixel"]["main"]["file"]
     data = bytearray(path.read_bytes())
@@ -132,7 +133,8 @@ def test_a_damaged_index_file_is_refused():
     index.space("cxr-encoder")  # the other files are fine
 
 
-def test_features_of_another_network_are_refused():
+def test_features_of_another_network_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNTHRAD_HOME", str(tmp_path))
     meta = _copy_index("nih-cxr64-train", "other-net", ix.user_dir())
     meta["spaces"]["cxr-encoder"]["stamp"]["weights_sha256"] = "0" * 64
     (ix.user_dir() / "other-net.json").write_text(json.dumps(meta))
