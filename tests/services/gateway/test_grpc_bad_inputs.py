@@ -191,7 +191,7 @@ def test_list_jobs_kind(tmp_path):
     async def go():
         async with Env(tmp_path) as env:
             await expect(env.batch_stub.ListJobs(common_pb2.ListJobsRequest(kind="everything")), INVALID, "everything",
-                         "batch or score")
+                         "batch, score or evaluation")
 
     asyncio.run(go())
 

@@ -154,6 +154,7 @@ def test_the_builder_writes_an_index_that_loads(tmp_path):
     assert meta["source"]["data"] == "nih-chestxray14-64" and meta["spaces"]["pixel"]["cells"] == 3
     index = ix.TrainingIndex(meta, out)
     shipped = ix.load_index("nih-cxr64-train")
-    np.testing.assert_array_equal(index.space("pixel").train, shipped.space("pixel").train)  # reproducible
+    # reproducible up to BLAS summation order (thread count): a few float16 steps out of 153,600 values
+    np.testing.assert_allclose(index.space("pixel").train, shipped.space("pixel").train, rtol=0, atol=5e-3)
     assert sorted(p.name for p in out.iterdir()) == ["nih-pixel.json", "nih-pixel.pixel.heldout.npz",
                                                      "nih-pixel.pixel.npz"]
