@@ -331,14 +331,7 @@ class Platform:
         return self._evaluation_runner(req, resolved)
 
     def evaluation_result(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
-        rec = self._job(job_id, caller)
-        if rec.kind != "evaluation":
-            raise NotFound(f"job {job_id} is a {rec.kind} job, not an evaluation job")
-        if rec.state == JobState.FAILED:
-            return rec
-        if not rec.state.finished:
-            raise NotReady(f"evaluation job {job_id} is {rec.state.value} ({rec.done}/{rec.total}); poll again")
-        return rec
+        return self._finished(job_id, caller, "evaluation", "an evaluation")
 
     # ---- jobs ---------------------------------------------------------------------------------
     def _job(self, job_id: str, caller: Caller) -> JobRecord:
@@ -360,13 +353,19 @@ class Platform:
             yield rec
 
     def score_result(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
+        return self._finished(job_id, caller, "score", "a scoring")
+
+    def _finished(self, job_id: str, caller: Caller, kind: str, what: str) -> JobRecord:
+        """A finished job of ``kind`` (a failed one is finished too: its record carries the error); NotReady while
+        it is queued or running, NotFound for another kind."""
         rec = self._job(job_id, caller)
-        if rec.kind != "score":
-            raise NotFound(f"job {job_id} is a {rec.kind} job, not a scoring job")
+        if rec.kind != kind:
+            raise NotFound(f"job {job_id} is a {rec.kind} job, not {what} job")
         if rec.state == JobState.FAILED:
             return rec
         if not rec.state.finished:
-            raise NotReady(f"scoring job {job_id} is {rec.state.value} ({rec.done}/{rec.total}); poll again")
+            raise NotReady(f"{what.split(' ', 1)[1]} job {job_id} is {rec.state.value} ({rec.done}/{rec.total}); "
+                           "poll again")
         return rec
 
     def _job_changed(self, rec: JobRecord) -> None:
