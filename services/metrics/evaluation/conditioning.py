@@ -65,7 +65,7 @@ def per_finding(probs: np.ndarray, codes: np.ndarray, thresholds: dict[str, floa
                 options: ConditioningOptions) -> dict[str, dict[str, Any]]:
     """The per-finding agreement of ``probs`` (n, 4) with the requested ``codes`` (n, 4; 0 absent, 1 present,
     2 unspecified) against the real references ``real[finding]`` (card entries: auc, ci_low, ci_high, ...)."""
-    from services.metrics.evaluation.classifier.model import auc_ci
+    from services.metrics.evaluation.stats import bootstrap_auc
 
     probs, codes = np.asarray(probs, np.float64), np.asarray(codes)
     out = {}
@@ -75,7 +75,7 @@ def per_finding(probs: np.ndarray, codes: np.ndarray, thresholds: dict[str, floa
         auc = lo = hi = None
         if n_p >= options.min_group and n_a >= options.min_group:
             y = codes[pres | absn, j].astype(int)
-            auc, lo, hi = auc_ci(y, probs[pres | absn, j], options.bootstrap, options.ci_level, options.seed + j)
+            auc, lo, hi = bootstrap_auc(y, probs[pres | absn, j], options.bootstrap, options.ci_level, options.seed + j)
         thr = float(thresholds[f])
         sens = _mean((probs[pres, j] > thr).astype(float))
         spec = _mean((probs[absn, j] <= thr).astype(float))

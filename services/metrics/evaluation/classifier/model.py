@@ -26,6 +26,7 @@ import numpy as np
 
 from services.common.findings import FINDINGS
 from services.metrics.errors import MetricsError
+from services.metrics.evaluation.stats import bootstrap_auc
 
 HERE = Path(__file__).resolve().parent
 NAME = "cxr-classifier-64"
@@ -75,19 +76,6 @@ def decode_state(tensors: dict) -> dict:
     return sd
 
 
-def auc_ci(y: np.ndarray, p: np.ndarray, replicates: int, ci_level: float = 0.95,
-           seed: int = 0) -> tuple[float | None, float | None, float | None]:
-    """``stats.bootstrap_auc`` (stratified percentile bootstrap); no CI when ``replicates`` is 0."""
-    from services.metrics.evaluation.stats import bootstrap_auc
-
-    if replicates > 0:
-        return bootstrap_auc(y, p, replicates, ci_level, seed)
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y).astype(int)
-    return (float(roc_auc_score(y, p)), None, None) if len(np.unique(y)) == 2 else (None, None, None)
-
-
 def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 4)
 
@@ -102,7 +90,7 @@ def heldout_metrics(p: np.ndarray, codes: np.ndarray, thresholds: dict, replicat
         y, pj = codes[k, j].astype(int), np.asarray(p)[k, j]
         if (y == 1).sum() == 0 or (y == 0).sum() == 0:
             continue
-        auc, lo, hi = auc_ci(y, pj, replicates, ci_level, seed + j)
+        auc, lo, hi = bootstrap_auc(y, pj, replicates, ci_level, seed + j)
         pred = pj > thresholds[f]
         sens, spec = float(pred[y == 1].mean()), float((~pred[y == 0]).mean())
         out[f] = {"auc": _r(auc), "ci_low": _r(lo), "ci_high": _r(hi), "ci_level": ci_level,
