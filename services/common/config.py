@@ -180,6 +180,12 @@ class ScreeningSettings(BaseModel):
                                                             "images' distances to the training set.")
 
 
+class StudySettings(BaseModel):
+    db: Path | None = Field(None, description="SQLite file of the reader studies (designs, de-identified images, "
+                                              "answer keys, answers); default HOME/studies.sqlite3.")
+    enabled: bool = Field(True, description="Mount the reading pages (/study/) and /v1/studies on the gateway.")
+
+
 class RuntimeSettings(BaseModel):
     """How models run inside one process (a replica, the CLI, a benchmark)."""
 
@@ -231,6 +237,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     screening: ScreeningSettings = Field(default_factory=ScreeningSettings)
+    studies: StudySettings = Field(default_factory=StudySettings)
     datasets: dict[str, DatasetSetting] = Field(
         default_factory=dict,
         description="Labelled real datasets evaluation jobs may read, by name (utility, per-finding, bias, "
@@ -284,6 +291,10 @@ class Settings(BaseSettings):
     @property
     def resolved_audit_log(self) -> Path:
         return self.security.audit_log or (self.home / "audit.log")
+
+    @property
+    def resolved_studies_db(self) -> Path:
+        return self.studies.db or (self.home / "studies.sqlite3")
 
     @property
     def resolved_cache_dir(self) -> Path:

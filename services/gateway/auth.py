@@ -11,6 +11,7 @@ With keys configured every API call must carry one:
 Every operation has ONE name (the gRPC method name; REST routes map onto the same names in
 :data:`REST_OPERATIONS`) and ONE scope in :data:`OPERATION_SCOPES`. A key without the scope gets 403 /
 PERMISSION_DENIED. Liveness/readiness, ``/metrics`` (Prometheus scrapers) and the OpenAPI docs stay open;
+reader studies (``/study/``, ``/v1/studies``) check their own reader tokens and owner keys instead;
 ``/metrics?ray=1`` (Ray's own series) needs ``admin``.
 
 Keys are stored and compared as sha256 digests, in constant time over the whole key list. A missing or wrong
@@ -34,6 +35,9 @@ from .net import is_loopback
 from .quotas import AuthFailureGuard, KeyLimiter
 
 OPEN_PATHS = ("/v1/healthz", "/v1/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+#: paths that authenticate themselves, not with API keys: reader studies (a reader token or the study's owner
+#: key, see services.gateway.studies_rest) and their pages
+STUDY_PATHS = ("/study", "/v1/studies")
 
 #: operation -> scope it needs (None: open). Operation names are the gRPC method names.
 OPERATION_SCOPES: dict[str, str | None] = {
@@ -204,7 +208,7 @@ class ApiKeyAuth:
 
     @staticmethod
     def is_open_path(path: str) -> bool:
-        return any(path == p or path.startswith(p + "/") for p in OPEN_PATHS)
+        return any(path == p or path.startswith(p + "/") for p in OPEN_PATHS + STUDY_PATHS)
 
 
 def grpc_headers(metadata: Sequence[tuple[str, object]] | None) -> dict[str, str]:

@@ -37,6 +37,7 @@ STATUS: dict[str, tuple[int, grpc.StatusCode]] = {
     "not_found": (404, _C.NOT_FOUND),
     "method_not_allowed": (405, _C.UNIMPLEMENTED),
     "not_ready": (409, _C.FAILED_PRECONDITION),
+    "conflict": (409, _C.ALREADY_EXISTS),
     "too_large": (413, _C.RESOURCE_EXHAUSTED),
     "unsupported_media_type": (415, _C.INVALID_ARGUMENT),
     "too_many_jobs": (429, _C.RESOURCE_EXHAUSTED),
@@ -192,6 +193,13 @@ class NotReady(ApiError):
     kind = "not_ready"
 
 
+class Conflict(ApiError):
+    """The request contradicts what is stored (a study case answered already, an idempotency key reused for
+    another answer): 409 / ALREADY_EXISTS."""
+
+    kind = "conflict"
+
+
 class Unauthenticated(ApiError):
     """No API key, an unknown one, or (keyless local mode) a call from beyond loopback."""
 
@@ -307,6 +315,8 @@ def api_error(exc: BaseException, where: str = "") -> ApiError:
     from services.common.store import BatchDamaged, BatchNotFound, InvalidBatchId
     from services.generator.base import GeneratorError
     from services.metrics.errors import MetricsError
+    from services.studies.errors import (StudyConflict, StudyDamaged, StudyError, StudyNotFound,
+                                         StudyUnauthenticated)
 
     if isinstance(exc, InvalidBatchId):
         return BadId(scrub(str(exc)))
@@ -316,6 +326,12 @@ def api_error(exc: BaseException, where: str = "") -> ApiError:
     if isinstance(exc, BatchNotFound):
         # "batch X not found in <store root>": the root is the server's business
         return NotFound(_NOT_FOUND_IN_RE.sub(" not found", scrub(str(exc))))
+    if isinstance(exc, StudyError):
+        if isinstance(exc, StudyDamaged):
+            log.error("damaged study image", extra={"detail": str(exc)})
+        kind = {StudyNotFound: NotFound, StudyConflict: Conflict, StudyUnauthenticated: Unauthenticated,
+                StudyDamaged: BatchDamagedError}.get(type(exc), InvalidArgument)
+        return kind(scrub(str(exc)))
     if isinstance(exc, (ConditionError, GeneratorError, MetricsError)):  # UnknownModel is a GeneratorError
         return InvalidArgument(scrub(str(exc)))
     return internal_error(exc, where)

@@ -195,6 +195,19 @@ def _batch_summary(man) -> BatchSummary:
     )
 
 
+def install_error_handling(app: FastAPI) -> None:
+    """Every error is JSON (ErrorBody, errors.error_response): ours, FastAPI's validation errors, Starlette's
+    404/405/400, the shared layers' (by _CatchAll), and anything unexpected (500 with an error id; the traceback
+    stays in the server log). Exception: ServerErrorMiddleware calls that handler for errors outside the routes.
+    Shared by the gateway's app and the standalone study app."""
+    async def _error(request: Request, exc: Exception):
+        return error_response(_as_api_error(request, exc))
+
+    for exc_type in (ApiError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, _error)
+    app.add_middleware(_CatchAll)
+
+
 def caller_of(request: Request) -> Caller:
     return getattr(request.state, "caller", LOCAL)
 
@@ -227,22 +240,14 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
             {"name": "scores", "description": "Scoring batches against real references."},
             {"name": "evaluations", "description": "Utility, conditional accuracy, memorisation, bias and "
                                                    "per-finding fidelity of a stored batch."},
+            {"name": "studies", "description": "Reader studies: readers (reader token) answer real-vs-synthetic "
+                                               "cases on /study/; the owner (owner key) reads results."},
             {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
         ],
     )
     app.state.platform = platform
 
-    # ---- errors ---------------------------------------------------------------------------------
-    # Every error is JSON (ErrorBody, errors.error_response): ours, FastAPI's validation errors, Starlette's
-    # 404/405/400, the shared layers' (by _CatchAll), and anything unexpected (500 with an error id; the traceback
-    # stays in the server log). Exception: ServerErrorMiddleware calls that handler for errors outside the routes.
-    async def _error(request: Request, exc: Exception):
-        return error_response(_as_api_error(request, exc))
-
-    for exc_type in (ApiError, RequestValidationError, StarletteHTTPException, Exception):
-        app.add_exception_handler(exc_type, _error)
-
-    app.add_middleware(_CatchAll)  # added before the middleware below, so it sits inside it (counted)
+    install_error_handling(app)  # added before the middleware below, so it sits inside it (counted)
 
     # ---- middleware: request counting + auth (body size limit wraps everything, added last) ------
     app.add_middleware(AccessControl, fastapi_app=app, auth=auth, audit=platform.audit)
@@ -462,6 +467,13 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
         html = render_html([EvaluationResult.model_validate(rec.result)])
         return Response(html, media_type="text/html; charset=utf-8")
 
+    if settings.studies.enabled:  # reader studies: /v1/studies + the reading pages under /study/
+        from services.studies.service import StudyService
+
+        from .studies_rest import include_studies
+
+        include_studies(app, StudyService(settings.resolved_studies_db))
+
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
     _document_links(app)
     return app
@@ -511,4 +523,4 @@ def _document_links(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "install_error_handling"]

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("synthrad.cli.train_cmd", "Train a generator (stylegan2, diffusion) on real images."),
     "score": ("synthrad.cli.score_cmd", "Score synthetic images against real ones (FID, KID, IPR, ...)."),
     "evaluate": ("synthrad.cli.evaluate_cmd", "Utility, conditioning, memorisation, bias, per-finding, efficiency."),
+    "study": ("synthrad.cli.study_cmd", "Reader studies: create, serve the reading page, results (UAR, CAR, kappa)."),
     "serve": ("synthrad.cli.serve_cmd", "Run the platform locally (Ray Serve: REST + gRPC + /metrics)."),
     "demo": ("synthrad.cli.demo_cmd", "The main job: serve, generate a batch per finding, score, report."),
 }
