@@ -24,7 +24,8 @@ from services.common.provenance import utc_now
 
 log = get_logger(__name__)
 
-ACTIONS = ("generate", "batch.create", "batch.stored", "batch.delete", "score.create", "evaluation.create", "auth.denied")
+ACTIONS = ("generate", "batch.create", "batch.stored", "batch.delete", "score.create", "evaluation.create", "auth.denied",
+           "study.denied", "study.export", "study.add_reader")
 
 
 class AuditLog:

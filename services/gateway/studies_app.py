@@ -13,6 +13,7 @@ from fastapi.responses import RedirectResponse
 from services.common.config import Settings, get_settings
 from services.studies.service import StudyService
 
+from .audit import AuditLog
 from .auth import ApiKeyAuth
 from .errors import ApiError, error_response
 from .limits import BodySizeLimit
@@ -52,7 +53,7 @@ def create_study_app(settings: Settings | None = None, db_path=None) -> FastAPI:
     async def healthz():
         return {"status": "ok"}
 
-    include_studies(app, StudyService(db_path or settings.resolved_studies_db))
+    include_studies(app, StudyService(db_path or settings.resolved_studies_db), AuditLog(settings.resolved_audit_log))
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
     return app
 

@@ -14,14 +14,16 @@ from __future__ import annotations
 from importlib import resources
 from typing import Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from services.studies.errors import StudyUnauthenticated
 from services.studies.model import LIKERT_LABELS, Reader
 from services.studies.service import StudyService
 
+from .audit import AuditLog
 from .schemas import ErrorBody
 from .study_schemas import (CASE_ID_PATTERN, IMAGE_ID_PATTERN, STUDY_ID_PATTERN, AnswerAck, AnswerRequest,
                             CaseResponse, NewReader, NewReaderRequest, SessionView, StudyOverview)
@@ -74,15 +76,21 @@ def _case_response(study_id: str, view) -> CaseResponse:
         "answer": view.answer})
 
 
-def study_router(service: StudyService) -> APIRouter:
+def study_router(service: StudyService, audit: AuditLog | None = None) -> APIRouter:
+    """The routes; ``audit`` records owner-key failures, exports and new readers (the gateway's audit log)."""
+    audit = audit or AuditLog(None)
     router = APIRouter(tags=["studies"])
     api = APIRouter(prefix="/v1/studies/{study_id}", tags=["studies"], responses=_errors(401, 404, 422, 500))
 
     async def reader(study_id: str = _STUDY, creds=Depends(_bearer)) -> tuple[str, Reader]:
         return study_id, await run_in_threadpool(service.authenticate_reader, study_id, _token(creds))
 
-    async def owner(study_id: str = _STUDY, creds=Depends(_bearer)) -> str:
-        await run_in_threadpool(service.authenticate_owner, study_id, _token(creds))
+    async def owner(request: Request, study_id: str = _STUDY, creds=Depends(_bearer)) -> str:
+        try:
+            await run_in_threadpool(service.authenticate_owner, study_id, _token(creds))
+        except StudyUnauthenticated:
+            audit.record("study.denied", None, "denied", _peer(request), study_id=study_id)
+            raise
         return study_id
 
     # ---- reader -------------------------------------------------------------------------------------------
@@ -157,16 +165,18 @@ def study_router(service: StudyService) -> APIRouter:
              responses={200: {"content": {"text/csv": {"schema": {"type": "string"}},
                                           "application/json": {"schema": {"type": "object"}}},
                               "description": "the answers joined with the answer key"}})
-    async def export(study_id: str = Depends(owner), format: Literal["csv", "json"] = Query("csv")):
+    async def export(request: Request, study_id: str = Depends(owner), format: Literal["csv", "json"] = Query("csv")):
         data = await run_in_threadpool(service.export, study_id, format)
+        audit.record("study.export", None, "ok", _peer(request), study_id=study_id, format=format)
         media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
         return Response(data, media_type=media, headers={
             **API_HEADERS, "Content-Disposition": f'attachment; filename="{study_id}-answers.{format}"'})
 
     @api.post("/readers", response_model=NewReader, status_code=201, responses=_errors(400, 409, 413, 415),
               summary="Owner: add a reader; the response carries the reader's token (shown once).")
-    async def add_reader(body: NewReaderRequest, study_id: str = Depends(owner)):
+    async def add_reader(body: NewReaderRequest, request: Request, study_id: str = Depends(owner)):
         rdr, token = await run_in_threadpool(service.add_reader, study_id, body.name)
+        audit.record("study.add_reader", None, "ok", _peer(request), study_id=study_id, reader_id=rdr.id)
         return _json(NewReader(reader={"id": rdr.id, "name": rdr.name}, token=token), 201)
 
     router.include_router(api)
@@ -195,6 +205,10 @@ def study_router(service: StudyService) -> APIRouter:
     return router
 
 
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 def _asset(name: str) -> bytes:
     return resources.files("services.studies").joinpath("web", name).read_bytes()
 
@@ -213,9 +227,9 @@ def _json_dict(data, status: int = 200) -> Response:
     return JSONResponse(data, status_code=status, headers=API_HEADERS)
 
 
-def include_studies(app: FastAPI, service: StudyService) -> None:
+def include_studies(app: FastAPI, service: StudyService, audit: AuditLog | None = None) -> None:
     """Mount the study API and pages on an app."""
-    app.include_router(study_router(service))
+    app.include_router(study_router(service, audit))
 
 
 __all__ = ["ASSETS", "PAGE_HEADERS", "include_studies", "study_router"]

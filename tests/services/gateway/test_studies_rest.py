@@ -78,6 +78,14 @@ def test_the_owner_key_opens_results_and_nothing_else_does(gateway):
     assert s.json()["reader"]["name"] == "bob"
     assert client.post("/v1/studies/pilot/readers", json={"name": "bob"}, headers=O).status_code == 409
     assert client.get("/v1/studies/pilot/export?format=xml", headers=O).status_code == 422
+    import json as _json
+
+    audit = [_json.loads(x) for x in client.app.state.platform.settings.resolved_audit_log.read_text().splitlines()]
+    actions = [(a["action"], a.get("study_id"), a["outcome"]) for a in audit if a["action"].startswith("study.")]
+    assert ("study.export", "pilot", "ok") in actions and ("study.add_reader", "pilot", "ok") in actions
+    assert ("study.denied", "pilot", "denied") in actions
+    assert not any(made.owner_key in line or "r." + made.reader_tokens["ann"].split(".r.")[1] in line
+                   for line in map(str, audit))  # no secret in the audit log
 
 
 def test_pages_assets_and_openapi(gateway):
