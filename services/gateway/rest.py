@@ -472,7 +472,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
 
         from .studies_rest import include_studies
 
-        include_studies(app, StudyService(settings.resolved_studies_db), platform.audit)
+        include_studies(app, StudyService(settings.resolved_studies_db), platform.audit, settings.security)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
     _document_links(app)

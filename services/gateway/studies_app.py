@@ -53,7 +53,8 @@ def create_study_app(settings: Settings | None = None, db_path=None) -> FastAPI:
     async def healthz():
         return {"status": "ok"}
 
-    include_studies(app, StudyService(db_path or settings.resolved_studies_db), AuditLog(settings.resolved_audit_log))
+    include_studies(app, StudyService(db_path or settings.resolved_studies_db), AuditLog(settings.resolved_audit_log),
+                    settings.security)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
     return app
 

@@ -11,6 +11,7 @@ files of the package, served with a strict Content-Security-Policy (no external 
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import Literal
 
@@ -19,11 +20,13 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from services.common.config import SecuritySettings
 from services.studies.errors import StudyUnauthenticated
 from services.studies.model import LIKERT_LABELS, Reader
 from services.studies.service import StudyService
 
 from .audit import AuditLog
+from .quotas import AuthFailureGuard
 from .schemas import ErrorBody
 from .study_schemas import (CASE_ID_PATTERN, IMAGE_ID_PATTERN, STUDY_ID_PATTERN, AnswerAck, AnswerRequest,
                             CaseResponse, NewReader, NewReaderRequest, SessionView, StudyOverview)
@@ -42,6 +45,7 @@ API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _ERR = {code: {"model": ErrorBody, "description": text} for code, text in {
     400: "Malformed request body.",
     401: "Missing or wrong reader token / owner key (Authorization: Bearer <token>).",
+    429: "Too many failed token checks from this client: retry after Retry-After seconds.",
     404: "No such study, case or image.",
     409: "The case is answered already (and the study does not allow changing answers), it is not the current "
          "case, or the idempotency key was used for another case.",
@@ -76,21 +80,36 @@ def _case_response(study_id: str, view) -> CaseResponse:
         "answer": view.answer})
 
 
-def study_router(service: StudyService, audit: AuditLog | None = None) -> APIRouter:
-    """The routes; ``audit`` records owner-key failures, exports and new readers (the gateway's audit log)."""
+def study_router(service: StudyService, audit: AuditLog | None = None,
+                 security: SecuritySettings | None = None) -> APIRouter:
+    """The routes. ``audit`` records owner-key failures (once a minute per client and study), exports and new
+    readers; a client that fails token checks too often is locked out (429) like one that fails API keys."""
     audit = audit or AuditLog(None)
-    router = APIRouter(tags=["studies"])
-    api = APIRouter(prefix="/v1/studies/{study_id}", tags=["studies"], responses=_errors(401, 404, 422, 500))
+    guard = AuthFailureGuard(security or SecuritySettings())
+    denied_at: dict[tuple[str, str], float] = {}
 
-    async def reader(study_id: str = _STUDY, creds=Depends(_bearer)) -> tuple[str, Reader]:
-        return study_id, await run_in_threadpool(service.authenticate_reader, study_id, _token(creds))
+    async def authenticated(request: Request, check, study_id: str, token: str | None, role: str):
+        peer = _peer(request)
+        try:
+            return await run_in_threadpool(check, study_id, token)
+        except StudyUnauthenticated:
+            guard.check(peer)  # a valid token is never locked out (readers behind one NAT)
+            guard.failed(peer, f"study {role} token")
+            now = time.monotonic()
+            if role == "owner" and now - denied_at.get((peer, study_id), -1e9) >= 60:
+                if len(denied_at) > 10_000:
+                    denied_at.clear()
+                denied_at[(peer, study_id)] = now
+                audit.record("study.denied", None, "denied", peer, study_id=study_id)
+            raise
+    router = APIRouter(tags=["studies"])
+    api = APIRouter(prefix="/v1/studies/{study_id}", tags=["studies"], responses=_errors(401, 404, 422, 429, 500))
+
+    async def reader(request: Request, study_id: str = _STUDY, creds=Depends(_bearer)) -> tuple[str, Reader]:
+        return study_id, await authenticated(request, service.authenticate_reader, study_id, _token(creds), "reader")
 
     async def owner(request: Request, study_id: str = _STUDY, creds=Depends(_bearer)) -> str:
-        try:
-            await run_in_threadpool(service.authenticate_owner, study_id, _token(creds))
-        except StudyUnauthenticated:
-            audit.record("study.denied", None, "denied", _peer(request), study_id=study_id)
-            raise
+        await authenticated(request, service.authenticate_owner, study_id, _token(creds), "owner")
         return study_id
 
     # ---- reader -------------------------------------------------------------------------------------------
@@ -227,9 +246,10 @@ def _json_dict(data, status: int = 200) -> Response:
     return JSONResponse(data, status_code=status, headers=API_HEADERS)
 
 
-def include_studies(app: FastAPI, service: StudyService, audit: AuditLog | None = None) -> None:
+def include_studies(app: FastAPI, service: StudyService, audit: AuditLog | None = None,
+                    security: SecuritySettings | None = None) -> None:
     """Mount the study API and pages on an app."""
-    app.include_router(study_router(service, audit))
+    app.include_router(study_router(service, audit, security))
 
 
 __all__ = ["ASSETS", "PAGE_HEADERS", "include_studies", "study_router"]

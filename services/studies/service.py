@@ -69,7 +69,8 @@ class StudyService:
             raise StudyError("the study has no cases")
         size = plan.image_size or max(max(im.pixels.shape) for c in cases for im in c.images.values()
                                       if im.source == "synthetic" and im.pixels is not None)
-        design = {"plan": plan.model_dump(mode="json", exclude={"readers"}), "cases": [c.canonical() for c in cases]}
+        design = {"plan": plan.model_dump(mode="json", exclude={"readers", "study_id", "title", "instructions"}),
+                  "cases": [c.canonical() for c in cases]}
         design_sha = hashlib.sha256(dumps(design).encode()).hexdigest()
         owner_key = _token(study_id, "o")
         created = _now()

@@ -138,6 +138,23 @@ def test_bad_inputs_are_4xx_naming_the_problem(gateway):
     assert r.status_code == 401 and "/" not in r.json()["detail"].replace("(Authorization", "")
 
 
+def test_a_client_guessing_tokens_is_locked_out_and_audited_once(tmp_path):
+    from services.common.config import SecuritySettings, Settings
+
+    db = tmp_path / "studies.sqlite3"
+    made = _study(tmp_path, db)
+    settings = Settings(home=tmp_path / "home", security=SecuritySettings(auth_failures_per_minute=5))
+    client = TestClient(create_study_app(settings, db), base_url="http://127.0.0.1")
+    statuses = [client.get("/v1/studies/pilot", headers=_bearer(f"pilot.o.{'x' * 43}{i}")).status_code
+                for i in range(8)]
+    assert statuses[:4] == [401] * 4 and statuses[-1] == 429
+    r = client.get("/v1/studies/pilot", headers=_bearer(f"pilot.o.{'y' * 44}"))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert client.get("/v1/studies/pilot", headers=_bearer(made.owner_key)).status_code == 200  # never locked out
+    audit = settings.resolved_audit_log.read_text().splitlines()
+    assert sum('"study.denied"' in line for line in audit) == 1
+
+
 def test_the_standalone_app_serves_the_same_routes(tmp_path):
     from services.common.config import Settings
 
