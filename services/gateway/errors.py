@@ -315,7 +315,7 @@ def api_error(exc: BaseException, where: str = "") -> ApiError:
     from services.common.store import BatchDamaged, BatchNotFound, InvalidBatchId
     from services.generator.base import GeneratorError
     from services.metrics.errors import MetricsError
-    from services.studies.errors import (StudyConflict, StudyDamaged, StudyError, StudyNotFound,
+    from services.studies.errors import (StudyBusy, StudyConflict, StudyDamaged, StudyError, StudyNotFound,
                                          StudyUnauthenticated)
 
     if isinstance(exc, InvalidBatchId):
@@ -330,8 +330,11 @@ def api_error(exc: BaseException, where: str = "") -> ApiError:
         if isinstance(exc, StudyDamaged):
             log.error("damaged study image", extra={"detail": str(exc)})
         kind = {StudyNotFound: NotFound, StudyConflict: Conflict, StudyUnauthenticated: Unauthenticated,
-                StudyDamaged: BatchDamagedError}.get(type(exc), InvalidArgument)
-        return kind(scrub(str(exc)))
+                StudyDamaged: BatchDamagedError, StudyBusy: Unavailable}.get(type(exc), InvalidArgument)
+        err = kind(scrub(str(exc)))
+        if isinstance(exc, StudyBusy):
+            err.retry_after_s = 1.0
+        return err
     if isinstance(exc, (ConditionError, GeneratorError, MetricsError)):  # UnknownModel is a GeneratorError
         return InvalidArgument(scrub(str(exc)))
     return internal_error(exc, where)

@@ -24,6 +24,7 @@ from services.common.config import SecuritySettings
 from services.studies.errors import StudyUnauthenticated
 from services.studies.model import LIKERT_LABELS, Reader
 from services.studies.service import StudyService
+from services.studies.stats import StudyResults
 
 from .audit import AuditLog
 from .quotas import AuthFailureGuard
@@ -163,11 +164,11 @@ def study_router(service: StudyService, audit: AuditLog | None = None,
             study={"id": info.id, "title": info.title, "instructions": info.instructions,
                    "allow_revise": info.allow_revise, "likert": info.likert, "modes": list(info.modes),
                    "n_cases": info.n_cases, "image_size": info.image_size, "created": info.created,
-                   "seed": info.seed},
+                   "seed": info.seed, "design_sha256": info.design_sha256},
             readers=[{"id": p["reader_id"], "name": p["name"], "answered": p["answered"], "total": p["total"],
                       "last_answer_at": p["last_answer_at"]} for p in prog]))
 
-    @api.get("/results", summary="Owner: UAR, CAR, accuracy, TPR, TNR, FIR with 95 % CIs; kappa; Likert.")
+    @api.get("/results", response_model=StudyResults, summary="Owner: UAR, CAR, accuracy, TPR, TNR, FIR with 95 % CIs; kappa; Likert.")
     async def results(study_id: str = Depends(owner)):
         res = await run_in_threadpool(service.results, study_id)
         return _json_dict(res.model_dump(mode="json"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 STUDY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 IMAGE_ID_PATTERN = r"^[0-9a-f]{24}$"
@@ -29,6 +29,7 @@ class StudyView(BaseModel):
 class OwnerStudyView(StudyView):
     created: str
     seed: int
+    design_sha256: str = Field(description="over options, cases, sides and image origins (checked on every read)")
 
 
 class ReaderView(BaseModel):
@@ -59,7 +60,7 @@ class LikertQuestionView(BaseModel):
 class LikertAnswer(_Strict):
     slot: Literal["left", "right", "single"]
     finding: str = Field(max_length=64)
-    rating: int = Field(ge=1, le=5, description="1 definitely absent … 5 definitely present")
+    rating: StrictInt = Field(ge=1, le=5, description="1 definitely absent … 5 definitely present")
 
 
 class StoredAnswer(BaseModel):

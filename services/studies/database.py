@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS answer_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, study_id TEXT NOT NULL, reader_id TEXT NOT NULL, case_id TEXT NOT NULL,
     choice TEXT NOT NULL, likert TEXT NOT NULL, idempotency_key TEXT NOT NULL, answered_at TEXT NOT NULL,
     revision INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS answer_log_key ON answer_log (study_id, reader_id, idempotency_key);
 """
 
 
@@ -71,9 +72,12 @@ class StudyDB:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 30000")
         if not self._ready:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(_SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            try:  # a database made before: its schema and WAL mode are in the file (no write lock needed)
+                conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self._ready = True
         conn.execute("PRAGMA synchronous = FULL")
         return conn
@@ -85,29 +89,60 @@ class StudyDB:
             from .errors import StudyNotFound
 
             raise StudyNotFound("there are no studies here yet: create one with `synthrad study create`")
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except sqlite3.OperationalError as e:
+            raise _busy(e) from e
         try:
             yield conn
         finally:
             conn.close()
 
     @contextlib.contextmanager
+    def read_optional(self) -> Iterator[sqlite3.Connection | None]:
+        """Like :meth:`read`, but None when the database does not exist yet."""
+        if not self._ready and not self.path.exists():
+            yield None
+            return
+        with self.read() as conn:
+            yield conn
+
+    @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed when the block ends, rolled back (nothing stored) if it raises."""
-        conn = self._connect()
+        """One write transaction: committed when the block ends, rolled back (nothing stored) if it raises. A
+        database locked past the busy timeout is :class:`~.errors.StudyBusy` (retry), not a crash."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._connect()
+        except sqlite3.OperationalError as e:
+            raise _busy(e) from e
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise _busy(e) from e
             try:
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                raise _busy(e) from e
         finally:
             conn.close()
 
     def exists(self) -> bool:
         return self.path.exists()
+
+
+def _busy(e: sqlite3.OperationalError) -> Exception:
+    from .errors import StudyBusy
+
+    text = str(e).lower()
+    if "locked" in text or "busy" in text:
+        return StudyBusy("the study database is busy: retry in a moment")
+    return e
 
 
 def dumps(value) -> str:

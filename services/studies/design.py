@@ -51,6 +51,11 @@ class StudyPlan(BaseModel):
     real_path: str = Field(description="labelled real image folder (NIH labels.csv, Kermany, CheXpert, ...)")
     real_layout: str = Field("auto", description="nih | chexpert | mimic | folder | auto")
     real_name: str | None = Field(None, description="the real set's name in the design (default: folder name)")
+    real_views: list[str] | None = Field(default_factory=lambda: ["PA"],
+                                         description="view positions real images may have (None: all); a dataset "
+                                                     "that records no views keeps every image")
+    real_split: str | None = Field(None, description="only real images of this split (train / valid / test; "
+                                                     "None: all), e.g. images the generator never saw")
     modes: list[Literal["pair", "single"]] = Field(default_factory=lambda: ["pair"], min_length=1)
     per_batch: int = Field(10, ge=1, le=10_000, description="synthetic images of each batch per mode")
     likert: bool = Field(False, description="ask 'Is <finding> present?' 1-5 for every image")
@@ -64,12 +69,18 @@ class StudyPlan(BaseModel):
     def _unique_modes(cls, v):
         return list(dict.fromkeys(v))
 
+    @field_validator("batches")
+    @classmethod
+    def _unique_batches(cls, v):
+        dup = sorted({b for b in v if v.count(b) > 1})
+        if dup:  # the same synthetic image in two cases would tell readers it is the synthetic one
+            raise ValueError(f"batch {dup[0]} is given twice: give each batch once")
+        return v
+
     @field_validator("readers")
     @classmethod
     def _reader_names(cls, v):
-        names = [n.strip() for n in v]
-        if any(not n or len(n) > 100 for n in names):
-            raise ValueError("reader names must be 1-100 characters")
+        names = [check_reader_name(n) for n in v]
         if len(set(names)) != len(names):
             raise ValueError("reader names must be unique")
         return names
@@ -80,6 +91,14 @@ class StudyPlan(BaseModel):
             return self.instructions
         parts = [DEFAULT_INSTRUCTIONS[m] for m in self.modes]
         return " ".join(parts + ([DEFAULT_INSTRUCTIONS["likert"]] if self.likert else []))
+
+
+def check_reader_name(name: str) -> str:
+    """A reader's display name: 1-100 printable characters."""
+    name = (name or "").strip()
+    if not name or len(name) > 100 or any(not c.isprintable() for c in name):
+        raise StudyError("a reader name must be 1-100 printable characters")
+    return name
 
 
 @dataclass
@@ -108,6 +127,14 @@ class PlannedCase:
     def canonical(self) -> dict:
         return {"kind": self.kind, "truth": self.truth, "source": self.source, "strata": [list(s) for s in self.strata],
                 "images": {slot: im.origin for slot, im in sorted(self.images.items())}}
+
+
+def design_document(plan: StudyPlan, cases: Sequence[PlannedCase]) -> dict:
+    """What ``design_sha256`` covers: the options that shape the design (not the study's id, title, readers or
+    the real folder's location — its name is in every real image's origin) and every case in order."""
+    return {"plan": plan.model_dump(mode="json", exclude={"readers", "study_id", "title", "instructions",
+                                                          "real_path", "real_name"}),
+            "cases": [c.canonical() for c in cases]}
 
 
 def stratum_of(condition: Condition) -> tuple[tuple[str, str], ...]:
@@ -181,9 +208,16 @@ def plan_cases(plan: StudyPlan, synthetic: dict[str, list[SourceImage]], real: l
     return cases
 
 
-def reader_order(n_cases: int, seed: int, reader_index: int) -> list[int]:
-    """The case ordinals in the order reader ``reader_index`` sees them (seeded per reader)."""
-    return [int(i) for i in np.random.default_rng([seed, 1 + reader_index]).permutation(n_cases)]
+def reader_order(kinds: Sequence[str], seed: int, reader_index: int) -> list[int]:
+    """The case ordinals (``kinds[i]`` is case i's kind) in the order reader ``reader_index`` sees them: one
+    block per kind (all pairs, then all single images: the answer keys differ between the kinds), each block in
+    an order seeded per reader."""
+    rng = np.random.default_rng([seed, 1 + reader_index])
+    out: list[int] = []
+    for kind in ("pair", "single"):
+        block = [i for i, k in enumerate(kinds) if k == kind]
+        out += [block[int(j)] for j in rng.permutation(len(block))]
+    return out
 
 
 def new_study_id() -> str:
@@ -217,8 +251,10 @@ def load_synthetic(batch_ids: Sequence[str], store_url: str | None = None) -> di
     return out
 
 
-def load_real(path: str, layout: str = "auto", name: str | None = None) -> list[SourceImage]:
-    """The labelled real images of a folder (every view; pixels read later, only for matched images)."""
+def load_real(path: str, layout: str = "auto", name: str | None = None, views: Sequence[str] | None = ("PA",),
+              split: str | None = None) -> list[SourceImage]:
+    """The labelled real images of a folder (pixels read later, only for matched images): of ``views`` when the
+    dataset records views (a dataset without any keeps every image), of ``split`` when given."""
     from services.common.datasets import load_records
     from services.common.datasets.loading import guess_layout
     from services.common.datasets.records import DatasetError
@@ -227,9 +263,15 @@ def load_real(path: str, layout: str = "auto", name: str | None = None) -> list[
     try:
         if layout == "auto":
             layout = guess_layout(root) or "folder"
-        records = load_records(root, layout, views=None)
+        records = load_records(root, layout, views=None, split=split)
     except DatasetError as e:
         raise StudyError(str(e)) from None
+    if views is not None and any(r.view for r in records):
+        wanted = {v.upper() for v in views}
+        records = [r for r in records if (r.view or "").upper() in wanted]
+    if not records:
+        raise StudyError(f"no real images in {root.name} with views {', '.join(views or ['any'])}"
+                         + (f" in split {split}" if split else "") + ": change --views / --split")
     label = name or root.name
     return [SourceImage("real", None, f"{label}/{r.path.relative_to(root).as_posix()}", r.condition(), path=r.path)
             for r in records]
@@ -245,6 +287,7 @@ def read_pixels(img: SourceImage) -> np.ndarray:
 
 ProgressFn = Callable[[int, int], None]
 
-__all__ = ["LIKERT_LEVELS", "PlannedCase", "SourceImage", "StudyPlan", "check_study_id", "likert_questions",
+__all__ = ["LIKERT_LEVELS", "PlannedCase", "SourceImage", "StudyPlan", "check_reader_name", "check_study_id",
+           "likert_questions",
            "load_real", "load_synthetic", "new_study_id", "plan_cases", "read_pixels", "reader_order",
            "stratum_label", "stratum_of"]

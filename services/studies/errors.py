@@ -19,8 +19,12 @@ class StudyUnauthenticated(StudyError):
     """A missing or wrong reader token / owner key (HTTP 401)."""
 
 
+class StudyBusy(StudyError):
+    """The database stayed locked past its busy timeout (HTTP 503 with Retry-After: try again)."""
+
+
 class StudyDamaged(StudyError):
     """A stored image whose bytes no longer match their sha256 (HTTP 500, data loss: restore the database)."""
 
 
-__all__ = ["StudyConflict", "StudyDamaged", "StudyError", "StudyNotFound", "StudyUnauthenticated"]
+__all__ = ["StudyBusy", "StudyConflict", "StudyDamaged", "StudyError", "StudyNotFound", "StudyUnauthenticated"]

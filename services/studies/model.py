@@ -121,6 +121,7 @@ class StudyInfo:
     created: str
     seed: int
     readers: list[Reader] = field(default_factory=list)
+    design_sha256: str = ""  # over the design (options, cases, sides, image origins): checked on every read
 
 
 __all__ = ["AnswerRow", "CHOICES", "CaseKind", "CaseView", "ImageView", "LIKERT_LABELS", "LIKERT_LEVELS",

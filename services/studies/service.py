@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 from .database import StudyDB, dumps
-from .design import PlannedCase, StudyPlan, check_study_id, new_study_id, read_pixels, reader_order
+from .design import (PlannedCase, StudyPlan, check_reader_name, check_study_id, design_document, new_study_id,
+                     read_pixels, reader_order)
 from .errors import StudyConflict, StudyDamaged, StudyError, StudyNotFound, StudyUnauthenticated
 from .images import deidentified_png, sha256
 from .model import (CHOICES, LIKERT_LEVELS, SLOTS, AnswerRow, CaseView, ImageView, LikertQuestion, LikertRow, Reader,
@@ -51,8 +52,10 @@ def study_of_token(token: str | None) -> str | None:
 class Created:
     """What ``create`` returns: the study and its secrets (shown once; only their digests are stored)."""
 
-    def __init__(self, info: StudyInfo, owner_key: str, reader_tokens: dict[str, str], design_sha256: str):
+    def __init__(self, info: StudyInfo, owner_key: str, reader_tokens: dict[str, str], design_sha256: str,
+                 warnings: Sequence[str] = ()):
         self.info, self.owner_key, self.reader_tokens, self.design_sha256 = info, owner_key, reader_tokens, design_sha256
+        self.warnings = list(warnings)
 
 
 class StudyService:
@@ -62,60 +65,74 @@ class StudyService:
     # ---- creation ------------------------------------------------------------------------------------------
     def create(self, plan: StudyPlan, cases: Sequence[PlannedCase],
                progress: Callable[[int, int], None] | None = None) -> Created:
-        """Store a planned study in ONE transaction (images de-identified here), with an owner key and one
-        token per reader."""
+        """Store a planned study: every image is de-identified first, then ONE short transaction stores the
+        study, its cases, images, owner key and one token per reader (nothing half-stored; readers of other
+        studies in the same file wait only for the insert)."""
         study_id = check_study_id(plan.study_id or new_study_id())
         if not cases:
             raise StudyError("the study has no cases")
+        used = [id(im) for c in cases for im in c.images.values()]
+        if len(used) != len(set(used)):
+            raise StudyError("an image would appear in two cases: give each batch once")
         size = plan.image_size or max(max(im.pixels.shape) for c in cases for im in c.images.values()
                                       if im.source == "synthetic" and im.pixels is not None)
-        design = {"plan": plan.model_dump(mode="json", exclude={"readers", "study_id", "title", "instructions"}),
-                  "cases": [c.canonical() for c in cases]}
+        design = design_document(plan, cases)
         design_sha = hashlib.sha256(dumps(design).encode()).hexdigest()
         owner_key = _token(study_id, "o")
-        created = _now()
+        with self.db.read_optional() as conn:  # fail early, before the images are processed
+            if conn is not None and conn.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone():
+                raise StudyConflict(f"study {study_id!r} exists already: choose another --id")
+        pngs: list[dict[str, tuple[str, bytes]]] = []
+        smallest_real = None
+        for ordinal, case in enumerate(cases):
+            row = {}
+            for slot, im in case.images.items():
+                pixels = read_pixels(im)
+                if im.source == "real":
+                    smallest_real = min(smallest_real or 10**9, min(pixels.shape[:2]))
+                row[slot] = (secrets.token_hex(12), deidentified_png(pixels, size))
+            pngs.append(row)
+            if progress:
+                progress(ordinal + 1, len(cases))
+        warnings = []
+        if smallest_real is not None and smallest_real < size:
+            warnings.append(f"some real images ({smallest_real} px) are smaller than the study size ({size} px) and "
+                            "are upscaled (blurred): readers may tell them apart by sharpness; use --image-size "
+                            f"{smallest_real} or larger real images")
         with self.db.write() as conn:
             if conn.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone():
                 raise StudyConflict(f"study {study_id!r} exists already: choose another --id")
             conn.execute("INSERT INTO studies VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                          (study_id, plan.title, plan.instructions_text, int(plan.allow_revise), int(plan.likert),
-                          ",".join(plan.modes), size, plan.seed, created, _digest(owner_key), design_sha,
+                          ",".join(plan.modes), size, plan.seed, _now(), _digest(owner_key), design_sha,
                           dumps(design)))
-            done_images: dict[int, str] = {}
-            for ordinal, case in enumerate(cases):
+            for ordinal, (case, row) in enumerate(zip(cases, pngs)):
                 case_id = "c" + secrets.token_hex(8)
                 conn.execute("INSERT INTO cases VALUES (?,?,?,?,?,?,?,?)",
                              (case_id, study_id, ordinal, case.kind, case.truth, case.source,
                               dumps([list(s) for s in case.strata]), dumps(case.likert)))
                 for slot, im in case.images.items():
-                    image_id = done_images.get(id(im))
-                    if image_id is None:
-                        png = deidentified_png(read_pixels(im), size)
-                        image_id = secrets.token_hex(12)
-                        conn.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                     (image_id, study_id, png, sha256(png), im.source, im.model_id, im.model_hash,
-                                      im.origin, im.seed, dumps(im.condition.to_json_dict())))
-                        done_images[id(im)] = image_id
+                    image_id, png = row[slot]
+                    conn.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                 (image_id, study_id, png, sha256(png), im.source, im.model_id, im.model_hash,
+                                  im.origin, im.seed, dumps(im.condition.to_json_dict())))
                     conn.execute("INSERT INTO case_images VALUES (?,?,?)", (case_id, slot, image_id))
-                if progress:
-                    progress(ordinal + 1, len(cases))
             tokens = {name: self._insert_reader(conn, study_id, name, plan.seed) for name in plan.readers}
-        return Created(self.info(study_id), owner_key, tokens, design_sha)
+        return Created(self.info(study_id), owner_key, tokens, design_sha, warnings)
 
     def _insert_reader(self, conn, study_id: str, name: str, seed: int) -> str:
         index = conn.execute("SELECT COUNT(*) FROM readers WHERE study_id = ?", (study_id,)).fetchone()[0]
         reader_id = f"r{index + 1}"
         token = _token(study_id, "r")
         conn.execute("INSERT INTO readers VALUES (?,?,?,?,?)", (reader_id, study_id, name, _digest(token), _now()))
-        ids = [r[0] for r in conn.execute("SELECT id FROM cases WHERE study_id = ? ORDER BY ordinal", (study_id,))]
-        for position, ordinal in enumerate(reader_order(len(ids), seed, index)):
+        rows = conn.execute("SELECT id, kind FROM cases WHERE study_id = ? ORDER BY ordinal", (study_id,)).fetchall()
+        ids = [r[0] for r in rows]
+        for position, ordinal in enumerate(reader_order([r[1] for r in rows], seed, index)):
             conn.execute("INSERT INTO reader_cases VALUES (?,?,?,?)", (study_id, reader_id, position, ids[ordinal]))
         return token
 
     def add_reader(self, study_id: str, name: str) -> tuple[Reader, str]:
-        name = (name or "").strip()
-        if not name or len(name) > 100:
-            raise StudyError("a reader name must be 1-100 characters")
+        name = check_reader_name(name)
         with self.db.write() as conn:
             row = conn.execute("SELECT seed FROM studies WHERE id = ?", (study_id,)).fetchone()
             if row is None:
@@ -163,7 +180,28 @@ class StudyService:
             readers = [Reader(r["id"], r["name"]) for r in conn.execute(
                 "SELECT id, name FROM readers WHERE study_id = ? ORDER BY rowid", (study_id,))]
         return StudyInfo(s["id"], s["title"], s["instructions"], bool(s["allow_revise"]), bool(s["likert"]),
-                         tuple(s["modes"].split(",")), n, s["image_size"], s["created"], s["seed"], readers)
+                         tuple(s["modes"].split(",")), n, s["image_size"], s["created"], s["seed"], readers,
+                         s["design_sha256"])
+
+    @staticmethod
+    def _verify_design(conn, study_id: str) -> None:
+        """The answer key as stored (cases, sides, image origins) must be the design its sha256 was made of."""
+        s = conn.execute("SELECT design, design_sha256 FROM studies WHERE id = ?", (study_id,)).fetchone()
+        if s is None:
+            raise StudyNotFound(f"no study {study_id!r}")
+        damaged = StudyDamaged(f"the answer key of study {study_id} does not match its design sha256: restore the "
+                               "study database from a backup")
+        if hashlib.sha256(s["design"].encode()).hexdigest() != s["design_sha256"]:
+            raise damaged
+        images: dict[str, dict[str, str]] = {}
+        for r in conn.execute("SELECT ci.case_id, ci.slot, i.origin FROM case_images ci JOIN images i ON "
+                              "i.id = ci.image_id WHERE i.study_id = ?", (study_id,)):
+            images.setdefault(r["case_id"], {})[r["slot"]] = r["origin"]
+        stored = [{"kind": c["kind"], "truth": c["truth"], "source": c["source"], "strata": json.loads(c["strata"]),
+                   "images": dict(sorted(images.get(c["id"], {}).items()))}
+                  for c in conn.execute("SELECT * FROM cases WHERE study_id = ? ORDER BY ordinal", (study_id,))]
+        if stored != json.loads(s["design"])["cases"]:
+            raise damaged
 
     def list_studies(self) -> list[StudyInfo]:
         if not self.db.exists():
@@ -243,26 +281,33 @@ class StudyService:
     # ---- answers ---------------------------------------------------------------------------------------------
     def answer(self, study_id: str, reader: Reader, case_id: str, choice: str, likert: Sequence[dict],
                idempotency_key: str) -> dict:
-        """Store one answer in one transaction. The same idempotency key again returns the first result
-        (``replayed``) and stores nothing; a second answer to an answered case is refused unless the study allows
-        revising; only the current case (or, when revising, an answered one) can be answered."""
+        """Store one answer in one transaction. A key seen before (``answer_log`` keeps every accepted one, so a
+        revision does not forget it) returns the first result (``replayed``) and stores nothing — or 409 when the
+        body differs; re-sending the stored answer is a no-op; a different answer to an answered case is refused
+        unless the study allows revising; only the current case (or, when revising, an answered one) can be
+        answered."""
         if not _IDEMPOTENCY_RE.match(idempotency_key or ""):
             raise StudyError("idempotency_key must be 8-100 characters of A-Z a-z 0-9 _ -")
         with self.db.write() as conn:
-            prior = conn.execute("SELECT case_id, choice, likert FROM answers WHERE study_id = ? AND reader_id = ? "
-                                 "AND idempotency_key = ?", (study_id, reader.id, idempotency_key)).fetchone()
-            if prior is not None:
-                if prior["case_id"] != case_id:
-                    raise StudyConflict("this idempotency key was used for another case: make a new key per case")
-                return self._ack(conn, study_id, reader, replayed=True)
             rc = conn.execute("SELECT position FROM reader_cases WHERE study_id = ? AND reader_id = ? AND case_id = ?",
                               (study_id, reader.id, case_id)).fetchone()
             if rc is None:
                 raise StudyNotFound(f"no case {case_id[:40]!r} among this reader's cases")
             case = conn.execute("SELECT kind, likert FROM cases WHERE id = ?", (case_id,)).fetchone()
             ratings = self._check_answer(case["kind"], json.loads(case["likert"]), choice, likert)
-            existing = conn.execute("SELECT revision FROM answers WHERE study_id = ? AND reader_id = ? AND case_id = ?",
-                                    (study_id, reader.id, case_id)).fetchone()
+            prior = conn.execute("SELECT case_id, choice, likert FROM answer_log WHERE study_id = ? AND reader_id = ? "
+                                 "AND idempotency_key = ?", (study_id, reader.id, idempotency_key)).fetchone()
+            if prior is not None:
+                if prior["case_id"] != case_id:
+                    raise StudyConflict("this idempotency key was used for another case: make a new key per case")
+                if (prior["choice"], prior["likert"]) != (choice, dumps(ratings)):
+                    raise StudyConflict("this idempotency key was used for a different answer: make a new key for "
+                                        "a new answer")
+                return self._ack(conn, study_id, reader, replayed=True)
+            existing = conn.execute("SELECT choice, likert, revision FROM answers WHERE study_id = ? AND reader_id = ? "
+                                    "AND case_id = ?", (study_id, reader.id, case_id)).fetchone()
+            if existing is not None and (existing["choice"], existing["likert"]) == (choice, dumps(ratings)):
+                return self._ack(conn, study_id, reader, replayed=True)  # the stored answer again: nothing changes
             now = _now()
             if existing is not None:
                 if not conn.execute("SELECT allow_revise FROM studies WHERE id = ?", (study_id,)).fetchone()[0]:
@@ -314,6 +359,7 @@ class StudyService:
         """Every answer joined with its case's truth (the answer key): the input of the statistics."""
         self.info(study_id)
         with self.db.read() as conn:
+            self._verify_design(conn, study_id)
             images = {(r["case_id"], r["slot"]): r for r in conn.execute(
                 "SELECT ci.case_id, ci.slot, i.source, i.model_id FROM case_images ci JOIN images i ON i.id = ci.image_id "
                 "JOIN cases c ON c.id = ci.case_id WHERE c.study_id = ?", (study_id,))}
@@ -351,6 +397,7 @@ class StudyService:
         info = self.info(study_id)
         names = {r.id: r.name for r in info.readers}
         with self.db.read() as conn:
+            self._verify_design(conn, study_id)
             cases = {r["id"]: dict(r) for r in conn.execute(
                 "SELECT id, ordinal, kind, truth, source, strata, likert FROM cases WHERE study_id = ? ORDER BY ordinal",
                 (study_id,))}
@@ -375,7 +422,7 @@ class StudyService:
                              "correct": a["choice"] == cases[a["case_id"]]["truth"]} for a in answers]}
             return json.dumps(doc, indent=1).encode()
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = _SafeCsv(csv.writer(buf, lineterminator="\n"))
         w.writerow(["study_id", "reader_id", "reader_name", "position", "case_id", "kind", "choice", "truth", "correct",
                     "source", "strata", "likert", "answered_at", "revision", "images"])
         for a in answers:
@@ -391,12 +438,23 @@ class StudyService:
 
 
 
+class _SafeCsv:
+    """A csv writer whose text cells cannot start a spreadsheet formula (=, +, -, @, tab, CR: prefixed with ')."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def writerow(self, row) -> None:
+        self.writer.writerow(["'" + c if isinstance(c, str) and c[:1] in ("=", "+", "-", "@", "\t", "\r") else c
+                              for c in row])
+
+
 def create_study(plan: StudyPlan, db: StudyDB | str, store_url: str | None = None,
                  progress: Callable[[int, int], None] | None = None) -> Created:
     """``synthrad study create``: read the batches and the real folder, plan the cases, store the study."""
     from .design import load_real, load_synthetic, plan_cases
 
     synthetic = load_synthetic(plan.batches, store_url)
-    real = load_real(plan.real_path, plan.real_layout, plan.real_name)
+    real = load_real(plan.real_path, plan.real_layout, plan.real_name, plan.real_views, plan.real_split)
     return StudyService(db).create(plan, plan_cases(plan, synthetic, real), progress)
 __all__ = ["Created", "StudyService", "create_study", "study_of_token"]

@@ -55,6 +55,12 @@ def command() -> None:
               help="Labelled real image folder (NIH labels.csv, Kermany NORMAL/PNEUMONIA, CheXpert, MIMIC, folder) "
                    "or the name of a configured dataset (SYNTHRAD_DATASETS).")
 @click.option("--layout", default="auto", show_default=True, help="nih | chexpert | mimic | folder | auto")
+@click.option("--views", default="PA", show_default=True,
+              help="Views real images may have, comma-separated, or 'all' (a dataset that records no views keeps "
+                   "every image). Match the views the generator was trained on: an AP or lateral film beside a "
+                   "PA-like synthetic one is a clue.")
+@click.option("--split", "real_split", default=None, help="Only real images of this split (train / valid / test), "
+                                                          "e.g. held-out images the generator never saw.")
 @click.option("--id", "study_id", default=None, help="Study id (1-40 of a-z 0-9 -; default: generated).")
 @click.option("--title", default="Real or synthetic?", show_default=True)
 @click.option("--instructions", default=None, help="Text shown to readers (default: explains each mode).")
@@ -73,7 +79,7 @@ def command() -> None:
               help="Also write the owner key and reader tokens to this file (JSON, mode 600).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_DB
-def create(batches, real, layout, study_id, title, instructions, modes, per_batch, likert, allow_revise, readers, seed,
+def create(batches, real, layout, views, real_split, study_id, title, instructions, modes, per_batch, likert, allow_revise, readers, seed,
            image_size, url, store_url, secrets_out, quiet, db):
     """Build a study: pairs matched by finding and state, de-identified images, seeded order per reader."""
     from pydantic import ValidationError
@@ -92,6 +98,8 @@ def create(batches, real, layout, study_id, title, instructions, modes, per_batc
     try:
         plan = StudyPlan(study_id=study_id, title=title, instructions=instructions, batches=list(batches),
                          real_path=real_path, real_layout=layout_name, real_name=real if configured else None,
+                         real_views=None if views.strip().lower() == "all" else
+                         [v.strip() for v in views.split(",") if v.strip()], real_split=real_split,
                          modes=list(modes), per_batch=per_batch, likert=likert, allow_revise=allow_revise,
                          readers=list(readers) or ["reader-1"], seed=seed, image_size=image_size)
     except ValidationError as e:
@@ -114,6 +122,8 @@ def create(batches, real, layout, study_id, title, instructions, modes, per_batc
         if bar is not None:
             bar.close()
     info, base = made.info, _base_url(url)
+    for w in made.warnings:
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"study {info.id}: {info.n_cases} cases ({', '.join(info.modes)}), images {info.image_size} px, "
                f"{len(info.readers)} reader(s), seed {info.seed}, design sha256 {made.design_sha256[:16]}…")
     click.echo(f"database  {_db(db)}")
@@ -123,11 +133,25 @@ def create(batches, real, layout, study_id, title, instructions, modes, per_batc
     click.echo("The key and the tokens are shown once (only their digests are stored). "
                "Serve with `synthrad serve` (or `synthrad study serve`).")
     if secrets_out:
-        path = Path(secrets_out)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"study_id": info.id, "owner_key": made.owner_key, "readers": made.reader_tokens,
-                       "urls": {n: f"{base}/study/#token={t}" for n, t in made.reader_tokens.items()}}, fh, indent=1)
+        doc = {"study_id": info.id, "owner_key": made.owner_key, "readers": made.reader_tokens,
+               "urls": {n: f"{base}/study/#token={t}" for n, t in made.reader_tokens.items()}}
+        _write_atomic(Path(secrets_out), json.dumps(doc, indent=1).encode(), mode=0o600)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write a file whole or not at all (temp file in the same folder with its final mode, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @command.command("list")
@@ -165,7 +189,8 @@ def results(study_id, json_out, report_out, db):
     if json_out == "-":
         click.echo(json.dumps(res.model_dump(mode="json"), indent=1))
         return
-    click.echo(f"{info.title} ({study_id}): {res.n_answers} answers from {res.n_readers} reader(s)")
+    click.echo(f"{info.title} ({study_id}): {res.n_answers} answers from {res.n_readers} reader(s); design sha256 "
+               f"{info.design_sha256[:16]}… (checked)")
     for kind in res.kinds:
         click.echo(f"\n{kind.kind} cases")
         click.echo(f"  {'group':<34} {'n':>4}  {'UAR':>16}  {'CAR':>16}  {'accuracy':>16}  {'TPR':>16}  {'TNR':>16}"
@@ -187,7 +212,7 @@ def results(study_id, json_out, report_out, db):
             mean = "n/a" if s.mean is None else f"{s.mean:.2f}"
             click.echo(f"  {s.finding} {s.state:<8} {s.source:<20} n {s.n:>3}  mean {mean}  consistent {_est(s.consistent)}")
     if json_out:
-        Path(json_out).write_text(json.dumps(res.model_dump(mode="json"), indent=1))
+        _write_atomic(Path(json_out), json.dumps(res.model_dump(mode="json"), indent=1).encode())
         click.echo(f"\nresults JSON: {json_out}")
     if report_out:
         write_report(report_out, render_report(res, info, svc.progress(study_id)))
@@ -217,9 +242,7 @@ def export(study_id, fmt, out, db):
     if out == "-":
         sys.stdout.write(data.decode())
     else:
-        tmp = Path(out).with_name(Path(out).name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
+        _write_atomic(Path(out), data)
         click.echo(f"wrote {out}")
 
 

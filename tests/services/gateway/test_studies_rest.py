@@ -53,8 +53,13 @@ def test_a_reader_reads_with_the_token_alone(gateway):
     a = client.post("/v1/studies/pilot/answers", json=body, headers=R)
     assert a.status_code == 200 and a.json() == {"answered": 1, "total": 4, "done": False, "replayed": False}
     assert client.post("/v1/studies/pilot/answers", json=body, headers=R).json()["replayed"] is True
-    r = client.post("/v1/studies/pilot/answers", json={**body, "idempotency_key": "fedcba9876543210"}, headers=R)
+    same = client.post("/v1/studies/pilot/answers", json={**body, "idempotency_key": "fedcba9876543210"}, headers=R)
+    assert same.status_code == 200 and same.json()["replayed"] is True  # the stored answer again (another tab)
+    r = client.post("/v1/studies/pilot/answers", json={**body, "choice": "left", "idempotency_key": "fedcba98765432"},
+                    headers=R)
     assert r.status_code == 409 and r.json()["error"] == "conflict"
+    r = client.post("/v1/studies/pilot/answers", json={**body, "choice": "left"}, headers=R)
+    assert r.status_code == 409 and "different answer" in r.json()["detail"]
     assert client.get("/v1/studies/pilot/cases/0", headers=R).status_code == 409
 
 
@@ -77,6 +82,9 @@ def test_the_owner_key_opens_results_and_nothing_else_does(gateway):
     s = client.get("/v1/studies/pilot/session", headers=_bearer(new.json()["token"]))
     assert s.json()["reader"]["name"] == "bob"
     assert client.post("/v1/studies/pilot/readers", json={"name": "bob"}, headers=O).status_code == 409
+    assert client.post("/v1/studies/pilot/readers", json={"name": "x\u0000y"}, headers=O).status_code == 422
+    over = client.get("/v1/studies/pilot", headers=O).json()
+    assert len(over["study"]["design_sha256"]) == 64 and over["study"]["design_sha256"] == made.design_sha256
     assert client.get("/v1/studies/pilot/export?format=xml", headers=O).status_code == 422
     import json as _json
 
@@ -123,6 +131,9 @@ def test_bad_inputs_are_4xx_naming_the_problem(gateway):
           "likert": [{"slot": "left", "finding": "pleural_effusion", "rating": 3},
                      {"slot": "right", "finding": "pleural_effusion", "rating": 3}]}, 422, "not an answer"),
         ({"case_id": "c0000000000000000", "choice": "left", "idempotency_key": "0123456789"}, 404, "no case"),
+        ({"case_id": case["case_id"], "choice": "left", "idempotency_key": "0123456789",
+          "likert": [{"slot": "left", "finding": "pleural_effusion", "rating": True},
+                     {"slot": "right", "finding": "pleural_effusion", "rating": "4"}]}, 422, "rating"),
     ]
     for body, status, words in cases:
         r = client.post("/v1/studies/pilot/answers", json=body, headers=R)

@@ -123,10 +123,15 @@ def test_refusals_name_the_problem(tmp_path, study_inputs):
 
 def test_a_failure_while_storing_leaves_nothing(tmp_path, study_inputs):
     url, ids, real = study_inputs
-    victim = sorted((real / "img").glob("*effusion.png"))[0]
-    victim.write_bytes(b"not a png")  # listed in labels.csv, unreadable when its pixels are read
-    with pytest.raises(Exception):
-        create_study(_plan(ids, real, per_batch=6, seed=1), tmp_path / "s.db", store_url=url)
+    create_study(_plan(ids, real, study_id="first", per_batch=1), tmp_path / "s.db", store_url=url)
     conn = sqlite3.connect(tmp_path / "s.db")
-    for table in ("studies", "images", "cases", "case_images", "readers", "reader_cases"):
-        assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+    before = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
+    victim = sorted((real / "img").glob("*effusion.png"))[-1]
+    victim.write_bytes(b"not a png")  # listed in labels.csv, unreadable when its pixels are read
+    with pytest.raises(Exception, match="not a readable PNG"):
+        create_study(_plan(ids, real, per_batch=6, seed=1), tmp_path / "s.db", store_url=url)
+    assert {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES} == before
+    assert conn.execute("SELECT id FROM studies").fetchall() == [("first",)]
+
+
+TABLES = ("studies", "images", "cases", "case_images", "readers", "reader_cases")

@@ -103,3 +103,11 @@ def test_write_report_failure_leaves_no_temp(tmp_path, monkeypatch):
         write_report(target, "new")
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+@pytest.mark.parametrize("choice", ["left", "right"])  # CAR exactly 1 and exactly 0: bounds a rounding hair off
+def test_extreme_rates_plot(choice):
+    rows = [AnswerRow(f"r{i}", f"c{i}", "pair", choice, "left", "m", (("pleural_effusion", "present"),))
+            for i in range(3)]
+    html_text = render_report(compute_results(rows, study_id="x"))
+    assert html_text.count("data:image/png;base64,") >= 1

@@ -168,3 +168,96 @@ def test_export_joins_answers_with_the_answer_key(study):
     assert pair_all.rates.correct == truths.count("left") and pair_all.rates.n == 4
     with pytest.raises(StudyError, match="use csv or json"):
         svc.export("s1", "xml")
+
+
+def test_a_late_retry_after_a_revision_does_not_undo_it(study, tmp_path):
+    svc, made, r = study(allow_revise=True)
+    v = svc.case_at("s1", r["ann"])
+    svc.answer("s1", r["ann"], v.case_id, "left", [], "key-A-000001")
+    svc.answer("s1", r["ann"], v.case_id, "right", [], "key-B-000001")  # the reader changed their mind
+    assert svc.answer("s1", r["ann"], v.case_id, "left", [], "key-A-000001")["replayed"]  # the late retry of A
+    with pytest.raises(StudyConflict, match="different answer"):
+        svc.answer("s1", r["ann"], v.case_id, "undecided", [], "key-A-000001")
+    assert svc.answer("s1", r["ann"], v.case_id, "right", [], "key-C-000001")["replayed"]  # unchanged: a no-op
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("SELECT choice, revision FROM answers").fetchall() == [("right", 1)]
+    assert conn.execute("SELECT COUNT(*) FROM answer_log").fetchone()[0] == 2
+
+
+def test_every_reader_sees_the_pairs_first_then_the_single_images(study):
+    svc, made, r = study(modes=["pair", "single"], per_batch=1)
+    for reader in r.values():
+        kinds = []
+        while (v := svc.case_at("s1", reader)) is not None:
+            kinds.append(v.kind)
+            svc.answer("s1", reader, v.case_id, "undecided", [], f"{reader.id}-{v.position:06d}")
+        assert kinds == ["pair"] * 2 + ["single"] * 4
+
+
+def test_a_tampered_answer_key_is_detected(study, tmp_path):
+    svc, made, r = study()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute("UPDATE cases SET truth = CASE truth WHEN 'left' THEN 'right' ELSE 'left' END WHERE ordinal = 0")
+    conn.commit()
+    with pytest.raises(StudyDamaged, match="answer key of study s1 does not match"):
+        svc.results("s1")
+    with pytest.raises(StudyDamaged):
+        svc.export("s1", "csv")
+
+
+def test_a_busy_database_is_a_retryable_error(study, tmp_path):
+    from services.gateway.errors import api_error
+    from services.studies.database import StudyDB
+    from services.studies.errors import StudyBusy
+
+    svc, made, r = study()
+    slow = StudyService(StudyDB(tmp_path / "s.db"))
+    holder = sqlite3.connect(tmp_path / "s.db", timeout=0, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        import services.studies.database as database
+        orig = database.StudyDB._connect
+
+        def quick(self):
+            conn = orig(self)
+            conn.execute("PRAGMA busy_timeout = 50")
+            return conn
+        database.StudyDB._connect = quick
+        try:
+            with pytest.raises(StudyBusy) as e:
+                slow.answer("s1", r["ann"], slow.case_at("s1", r["ann"]).case_id, "left", [], "busy-key-01")
+        finally:
+            database.StudyDB._connect = orig
+    finally:
+        holder.execute("ROLLBACK")
+    err = api_error(e.value)
+    assert err.http_status == 503 and err.headers()["Retry-After"] == "1"
+
+
+def test_csv_cells_cannot_start_a_formula(study):
+    svc, made, r = study()
+    rdr, token = svc.add_reader("s1", "=HYPERLINK(\"x\")")
+    v = svc.case_at("s1", rdr)
+    svc.answer("s1", rdr, v.case_id, "left", [], "formula-0001")
+    rows = list(csv.DictReader(io.StringIO(svc.export("s1", "csv").decode())))
+    assert {x["reader_name"] for x in rows} == {"'=HYPERLINK(\"x\")"}
+
+
+def test_duplicate_batches_and_other_views_are_refused_or_left_out(tmp_path, study_inputs):
+    url, ids, real = study_inputs
+    with pytest.raises(ValueError, match="given twice"):
+        StudyPlan(batches=[ids[0], ids[0]], real_path=str(real))
+    # an AP image in the real folder is never used while views are PA (the default)
+    lines = (real / "labels.csv").read_text().splitlines()
+    lines = [lines[0]] + [x.replace(",PA", ",AP") if i % 2 else x for i, x in enumerate(lines[1:])]
+    (real / "labels.csv").write_text("\n".join(lines) + "\n")
+    plan = StudyPlan(batches=ids, real_path=str(real), per_batch=2, readers=["ann"], study_id="pa")
+    create_study(plan, tmp_path / "v.db", store_url=url)
+    ap = {x.split(",")[0] for x in lines[1:] if x.endswith(",AP")}
+    doc = json.loads(StudyService(tmp_path / "v.db").export("pa", "json"))
+    used = {im["origin"].split("/", 1)[1] for c in doc["cases"] for im in c["images"].values() if im["source"] == "real"}
+    assert used and not used & ap
+    with pytest.raises(StudyError, match="not enough real images"):
+        create_study(plan.model_copy(update={"study_id": "pa2", "per_batch": 5}), tmp_path / "v.db", store_url=url)
+    create_study(plan.model_copy(update={"study_id": "all", "per_batch": 5, "real_views": None}), tmp_path / "v.db",
+                 store_url=url)

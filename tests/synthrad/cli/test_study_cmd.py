@@ -27,6 +27,7 @@ def test_create_answer_and_read_results_from_the_command_line(tmp_path):
     assert "reader ann: http://127.0.0.1:8000/study/#token=pilot.r." in r.output
     doc = json.loads(secrets.read_text())
     assert stat.S_IMODE(os.stat(secrets).st_mode) == 0o600 and doc["owner_key"].startswith("pilot.o.")
+    assert not list(tmp_path.glob(".*.tmp"))
     assert doc["owner_key"] in r.output
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "exists already" in again.output
