@@ -1,6 +1,7 @@
 /* synthrad reader study — the owner page (served at /study/owner).
  *
- * Flow: owner key from the "#key=" hash (stored, then removed from the URL) or from localStorage
+ * Flow: owner key from the "#key=" hash (stored, then removed from the URL) or from sessionStorage
+ *   (this tab only, gone with the browser session: the key opens every answer and adds readers)
  *   → GET /v1/studies/{sid} (facts + readers' progress) and GET …/results (statistics), rendered as tables
  *   → buttons: Refresh, Report (HTML), Export CSV / JSON (fetched with the header, saved as blobs),
  *     Add reader (POST …/readers; the new token and sign-in link are shown once).
@@ -12,16 +13,32 @@
   const KEY_RE = /^[a-z0-9][a-z0-9-]{0,39}\.o\.[A-Za-z0-9_-]+={0,2}$/;
   const MEASURES = [['uar', 'UAR'], ['car', 'CAR'], ['accuracy', 'Accuracy'], ['tpr', 'TPR'], ['tnr', 'TNR'],
     ['fir', 'FIR']];
+  const DAMAGED_LINK = 'That sign-in link is damaged: paste the token instead';
+  const NAME_MAX = 100;  // the server's limit (characters)
   const KIND_TITLES = { pair: 'Pair cases — which image is synthetic?', single: 'Single images — real or synthetic?' };
 
   const $ = (id) => document.getElementById(id);
   const state = { key: null, sid: null, study: null, readers: [], generation: 0 };
 
+  // The owner key lives in sessionStorage only; one left in localStorage by an older page is deleted.
   function store(value) {
-    try { if (value === null) localStorage.removeItem(KEY_STORE); else localStorage.setItem(KEY_STORE, value); }
+    try { if (value === null) sessionStorage.removeItem(KEY_STORE); else sessionStorage.setItem(KEY_STORE, value); }
     catch (e) { /* no persistence available */ }
   }
-  function stored() { try { return localStorage.getItem(KEY_STORE); } catch (e) { return null; } }
+  function stored() { try { return sessionStorage.getItem(KEY_STORE); } catch (e) { return null; } }
+  function forgetLegacyKey() { try { localStorage.removeItem(KEY_STORE); } catch (e) { /* nothing stored */ } }
+  const decode = (text) => { try { return decodeURIComponent(text); } catch (e) { return null; } };
+
+  /* A reader's display name as the server accepts it: 1-100 printable characters after trimming
+   * (Python's str.isprintable: no control, format or separator characters other than the space). */
+  function nameProblem(name) {
+    if (!name) return 'Enter the reader’s name.';
+    if ([...name].length > NAME_MAX) return `A reader name may have at most ${NAME_MAX} characters.`;
+    if ([...name].some((ch) => ch !== ' ' && /[\p{C}\p{Z}]/u.test(ch))) {
+      return 'A reader name may not contain control characters (tabs, line breaks and the like).';
+    }
+    return '';
+  }
 
   // ---------------------------------------------------------------- network
   class ApiError extends Error {
@@ -60,7 +77,7 @@
     if (!blob) return res.json();
     const cd = res.headers.get('Content-Disposition') || '';
     const m = cd.match(/filename\*=UTF-8''([^;]+)/i) || cd.match(/filename="?([^";]+)"?/i);
-    return { blob: await res.blob(), name: m ? decodeURIComponent(m[1]) : null };
+    return { blob: await res.blob(), name: m ? decode(m[1]) : null };
   }
 
   function setStatus(text, kind) {
@@ -87,11 +104,13 @@
     $('new-reader').hidden = true;
     showSignin(message);
   }
+  // "#key=…" → the key (removed from the URL); '' when the link is damaged (cannot be decoded).
   function takeHashKey() {
-    const m = location.hash.match(/^#key=([^&]+)/);
+    const m = location.hash.match(/^#key=([^&]*)/);
     if (!m) return null;
     history.replaceState(null, '', location.pathname + location.search);
-    return decodeURIComponent(m[1]);
+    const key = decode(m[1]);
+    return key && KEY_RE.test(key.trim()) ? key.trim() : '';
   }
   async function start(key) {
     state.generation++;
@@ -345,8 +364,10 @@
     $('owner-form').addEventListener('submit', (e) => {
       e.preventDefault();
       let key = $('owner-key').value.trim();
-      const m = key.match(/#key=([^&\s]+)/);
-      if (m) key = decodeURIComponent(m[1]);
+      const m = key.match(/#key=([^&\s]*)/);
+      if (m) key = decode(m[1]);
+      if (key === null) { $('owner-error').textContent = DAMAGED_LINK; return; }
+      key = key.trim();
       if (!KEY_RE.test(key)) {
         $('owner-error').textContent = /\.r\./.test(key)
           ? 'This is a reader token — readers sign in on /study/.'
@@ -368,7 +389,8 @@
     $('add-reader-form').addEventListener('submit', async (e) => {
       e.preventDefault();
       const name = $('reader-name').value.trim();
-      if (!name) { setStatus('Enter the reader’s name.', 'warn'); return; }
+      const problem = nameProblem(name);
+      if (problem) { setStatus(problem, 'warn'); $('reader-name').focus(); return; }
       $('add-reader').disabled = true;
       try {
         const r = await api(`${base()}/readers`, { method: 'POST', body: { name } });
@@ -389,10 +411,13 @@
     $('copy-link').addEventListener('click', (e) => copy($('new-reader-link').textContent, e.currentTarget));
     window.addEventListener('hashchange', () => {
       const k = takeHashKey();
-      if (k) { store(k); start(k); }
+      if (k === '') showSignin(DAMAGED_LINK);
+      else if (k) { store(k); start(k); }
     });
 
+    forgetLegacyKey();
     const fromHash = takeHashKey();
+    if (fromHash === '') { showSignin(DAMAGED_LINK); return; }
     if (fromHash) store(fromHash);
     const key = fromHash || stored();
     if (key) start(key); else showSignin('');

@@ -1,23 +1,35 @@
 /* synthrad reader study — the reading page (served at /study/).
  *
  * Flow:
- *   boot → token from the "#token=" hash (stored, then removed from the URL) or from localStorage
- *        → GET session → resend a pending (unacknowledged) answer, if any → GET cases/current
+ *   boot → a "#token=" link signs in at once (the token is stored, then removed from the URL);
+ *          a token stored by an earlier visit only after "Continue as <name> (<study>)?" (#resume),
+ *          because a reading-room workstation is shared
+ *        → GET session → resend this reader's pending (unacknowledged) answer, if any → GET cases/current
  *        → show the case (images are fetched with the Authorization header, decoded to grey values)
  *        → the reader chooses, rates the Likert questions, presses Enter / "Next"
- *        → POST answers (pending copy in localStorage first; retried with the same idempotency key)
+ *        → POST answers (pending copy in localStorage first, kept per study and reader; retried with the
+ *          same idempotency key)
  *        → next case … → "All N cases answered".
+ * Only network failures, 408, 429, 502, 503 and 504 are retried by themselves; any other error stops and
+ * shows the server's `detail` with a Retry button. Sign out waits for an answer that is not saved yet.
  * Server strings are only ever written with textContent. No inline scripts/styles (strict CSP).
  */
 'use strict';
 (() => {
   const TOKEN_KEY = 'synthrad.study.token';
-  const PENDING_KEY = 'synthrad.study.pending';
+  const PENDING_PREFIX = 'synthrad.study.pending.';   // + <study id>.<reader id>
+  const LEGACY_PENDING_KEY = 'synthrad.study.pending';  // one key for everybody (older pages)
   const TOKEN_RE = /^[a-z0-9][a-z0-9-]{0,39}\.r\.[A-Za-z0-9_-]+={0,2}$/;
+  const OWNER_RE = /^[a-z0-9][a-z0-9-]{0,39}\.o\./;
+  const DAMAGED_LINK = 'That sign-in link is damaged: paste the token instead';
   const CHOICE_LABELS = { left: 'Left is synthetic', right: 'Right is synthetic', undecided: 'Undecided',
     real: 'Real', synthetic: 'Synthetic' };
   const CHOICE_KEYS = { pair: { l: 'left', r: 'right', u: 'undecided' },
     single: { r: 'real', s: 'synthetic', u: 'undecided' } };
+  // Shown in #status on the first case after the kind changed (pairs first, then single images).
+  const KIND_NOTICE = { single: 'Now single images: R real · S synthetic · U undecided',
+    pair: 'Now pairs: L left is synthetic · R right is synthetic · U undecided' };
+  const RETRY_STATUS = new Set([408, 429, 502, 503, 504]);
   const WL_DEFAULT = { width: 256, level: 128 };
   const ZOOM_MIN = 0.5, ZOOM_MAX = 16, ZOOM_STEP = 1.25;
   const CANVAS_OF_SLOT = { left: 'image-left', right: 'image-right', single: 'image-single' };
@@ -33,7 +45,12 @@
     generation: 0,        // bumped on sign-in/out: requests of an older generation are abandoned
     case: null,           // the CASE shown (null while loading or when done)
     choice: null, ratings: [], active: 0, key: null,  // the answer being composed
+    sentCore: null,       // JSON of the last answer sent with `key` (a changed answer gets a new key)
     busy: false,          // a case load or a submission is in flight: controls disabled
+    submitting: false,    // an answer is on its way to the server (sign-out waits)
+    retry: null,          // what #retry does (the action that failed)
+    notice: '',           // the case's own line in #status (kind change, earlier answer)
+    lastKind: null,       // kind of the case shown before (for the kind-change notice)
     done: false, answered: 0, total: 0,
     view: { zoom: 1, panX: 0, panY: 0 },
     wl: { ...WL_DEFAULT },
@@ -47,13 +64,43 @@
     catch (e) { /* private mode etc.: keep working without persistence */ }
   }
   function load(key) { try { return localStorage.getItem(key); } catch (e) { return null; } }
-  function readPending() { try { return JSON.parse(load(PENDING_KEY) || 'null'); } catch (e) { return null; } }
+  function parse(text) { try { return JSON.parse(text || 'null'); } catch (e) { return null; } }
+
+  /* Pending answers are kept per study and reader, so that another reader signing in on this browser
+   * never resends or deletes them; they are only read once the session says who is signed in. */
+  const readerId = () => (state.session && state.session.reader ? state.session.reader.id : null);
+  const pendingKey = () => (readerId() ? `${PENDING_PREFIX}${state.sid}.${readerId()}` : null);
+  const ownPending = (p) => !!(p && p.body && p.sid === state.sid && p.reader === readerId());
+  function readPending() {
+    const k = pendingKey();
+    const p = k ? parse(load(k)) : null;
+    return ownPending(p) ? p : null;
+  }
+  function writePending(p) { const k = pendingKey(); if (k) store(k, JSON.stringify(p)); }
+  function clearPending() { const k = pendingKey(); if (k) store(k, null); }
+  // An answer an older version of this page left under its one shared key: taken over only by its reader.
+  function adoptLegacyPending() {
+    const p = parse(load(LEGACY_PENDING_KEY));
+    if (!ownPending(p)) return;
+    if (!readPending()) writePending(p);
+    store(LEGACY_PENDING_KEY, null);
+  }
 
   // 32 hex characters from crypto.getRandomValues (randomUUID is missing in insecure contexts).
   const newKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
 
   // ---------------------------------------------------------------- network
-  class ApiError extends Error { constructor(status, detail) { super(detail); this.status = status; this.detail = detail; } }
+  /* An error the server answered with: `detail` its text, `error` its kind ("internal", "batch_damaged",
+   * "conflict" …), `errorId` the log entry of a server-side failure; `message` is what the reader sees. */
+  class ApiError extends Error {
+    constructor(status, data) {
+      const detail = detailOf(data, status);
+      const errorId = data && typeof data.error_id === 'string' && data.error_id ? data.error_id : null;
+      super(errorId && !detail.includes(errorId) ? `${detail} (error id ${errorId})` : detail);
+      this.status = status; this.detail = detail; this.errorId = errorId;
+      this.error = data && typeof data.error === 'string' ? data.error : null;
+    }
+  }
   class Abandoned extends Error {}  // the reader signed out meanwhile: drop the result silently
 
   function detailOf(data, status) {
@@ -62,17 +109,26 @@
     if (Array.isArray(d)) return d.map((x) => (x && x.msg) || String(x)).join('; ');
     return `The server answered with status ${status}.`;
   }
-  const retryable = (status) => status >= 500 || status === 408 || status === 429;
   const base = () => `/v1/studies/${encodeURIComponent(state.sid)}`;
 
-  /* fetch with the bearer token. Network failures and 5xx/408/429 are retried forever with backoff
-   * 1, 2, 4 … 10 s (the same request, so a POST keeps its idempotency key) while #status says so.
-   * 401 signs out. Other 4xx raise ApiError carrying the server's `detail`. */
+  // Retry-After: delta-seconds or an HTTP date → milliseconds (null when absent or unreadable).
+  function retryAfterMs(res) {
+    const h = (res.headers.get('Retry-After') || '').trim();
+    if (!h) return null;
+    if (/^\d+(\.\d+)?$/.test(h)) return Number(h) * 1000;
+    const t = Date.parse(h);
+    return Number.isNaN(t) ? null : Math.max(0, t - Date.now());
+  }
+
+  /* fetch with the bearer token. Network failures (fetch throws, or the body breaks off) and 408, 429,
+   * 502, 503, 504 are retried with backoff 1, 2, 4 … 10 s, or after Retry-After when the server sends
+   * it (the same request, so a POST keeps its idempotency key) while #status says so. 401 signs out.
+   * Any other error (500 "internal" / "batch_damaged", 4xx) raises ApiError at once. */
   async function api(path, { method = 'GET', body, blob = false } = {}) {
     const gen = state.generation;
     let delay = 1000;
     for (;;) {
-      let res = null;
+      let res = null, wait = null;
       try {
         res = await fetch(path, {
           method, cache: 'no-store',
@@ -82,62 +138,153 @@
         });
       } catch (e) { res = null; }
       if (gen !== state.generation) throw new Abandoned();
-      if (res && !retryable(res.status)) {
-        if (res.ok) {
-          const out = blob ? await res.blob() : await res.json();
-          if (gen !== state.generation) throw new Abandoned();
-          if (state.connLost) { state.connLost = false; setStatus(''); }
+      if (res && res.ok) {
+        let out, broken = false;
+        try { out = blob ? await res.blob() : await res.json(); }
+        catch (e) {
+          if (e && e.name === 'SyntaxError') throw new ApiError(res.status, { detail: 'The server sent a reply this page cannot read.' });
+          broken = true;  // the connection broke off mid-body: like a network failure
+        }
+        if (gen !== state.generation) throw new Abandoned();
+        if (!broken) {
+          if (state.connLost) { state.connLost = false; restoreStatus(); }
           return out;
         }
+      } else if (res && !RETRY_STATUS.has(res.status)) {
         const data = await res.json().catch(() => ({}));
         if (gen !== state.generation) throw new Abandoned();
+        state.connLost = false;
         if (res.status === 401) { signOut(detailOf(data, 401)); throw new Abandoned(); }
-        throw new ApiError(res.status, detailOf(data, res.status));
+        throw new ApiError(res.status, data);
+      } else if (res) {
+        wait = retryAfterMs(res);
+        await res.body?.cancel().catch(() => {});
       }
       state.connLost = true;
-      setStatus('Connection lost — retrying…', 'warn');
-      await sleep(delay);
+      const ms = wait === null ? delay : clamp(wait, 500, 600000);
+      setStatus(res ? `The server is busy (${res.status}) — retrying in ${Math.ceil(ms / 1000)} s…`
+        : 'Connection lost — retrying…', 'warn');
+      await sleep(ms);
       if (gen !== state.generation) throw new Abandoned();
       delay = Math.min(delay * 2, 10000);
     }
   }
 
-  // ---------------------------------------------------------------- sign-in / sign-out
+  // ---------------------------------------------------------------- sign-in / resume / sign-out
+  function showView(name) {
+    $('signin').hidden = name !== 'signin';
+    $('resume').hidden = name !== 'resume';
+    $('reader').hidden = name !== 'reader';
+  }
+
   function showSignin(message) {
-    $('reader').hidden = true; $('signin').hidden = false;
+    showView('signin');
     $('signin-error').textContent = message || '';
     $('token').focus();
   }
 
+  // Leaves the reader's pending answer (if any) in storage: it is theirs and sent when they sign in again.
   function signOut(message) {
     state.generation++;
     state.token = state.sid = state.session = state.case = null;
-    state.busy = state.done = false;
-    store(TOKEN_KEY, null); store(PENDING_KEY, null);
+    state.busy = state.done = state.submitting = state.connLost = false;
+    state.retry = null; state.notice = ''; state.lastKind = null;
+    store(TOKEN_KEY, null);
     showSignin(message);
   }
 
-  // Accepts a bare token or a whole sign-in link pasted into the field.
-  function cleanToken(text) {
-    const t = (text || '').trim();
-    const m = t.match(/#token=([^&\s]+)/);
-    return m ? decodeURIComponent(m[1]) : t;
+  /* "Sign out" and "Not you?": not while an answer is on its way or not acknowledged yet (the reason goes
+   * to #status). When the server cannot be reached or refused it, the reader may still leave after a
+   * confirmation: the answer stays in this browser and is sent when that reader signs in again. */
+  function trySignOut() {
+    const who = state.session && state.session.reader ? state.session.reader.name : '';
+    const atResume = !$('resume').hidden;
+    const whose = atResume && who ? `${who}’s last answer` : 'Your answer';
+    let why = null;
+    if (state.submitting) {
+      why = `${whose} is being saved: ${atResume ? 'switching' : 'signing out'} is possible once it is saved.`;
+      if (!state.connLost) { setStatus(why, 'warn'); return; }
+    } else if (readPending()) {
+      why = `${whose} has not been saved yet: press ${atResume ? 'Continue' : 'Retry'} to send it first.`;
+    }
+    if (why && !window.confirm(`${why}\n\n${atResume ? 'Sign in with another token' : 'Sign out'} anyway? `
+        + 'The answer stays in this browser and is sent the next time this reader signs in.')) {
+      setStatus(why, 'warn');
+      return;
+    }
+    signOut('');
   }
 
+  // Accepts a bare token or a whole sign-in link pasted into the field; null for a damaged link.
+  function cleanToken(text) {
+    const t = (text || '').trim();
+    const m = t.match(/#token=([^&\s]*)/);
+    if (!m) return t;
+    try { return decodeURIComponent(m[1]).trim(); } catch (e) { return null; }
+  }
+
+  // "#token=…" → the token (removed from the URL); DAMAGED when it cannot be decoded or is no reader token.
+  const DAMAGED = {};
   function takeHashToken() {
-    const m = location.hash.match(/^#token=([^&]+)/);
+    const m = location.hash.match(/^#token=([^&]*)/);
     if (!m) return null;
     history.replaceState(null, '', location.pathname + location.search);
-    return decodeURIComponent(m[1]);
+    let t;
+    try { t = decodeURIComponent(m[1]).trim(); } catch (e) { return DAMAGED; }
+    return TOKEN_RE.test(t) ? t : DAMAGED;
+  }
+
+  function useToken(token) {
+    state.token = token;
+    state.sid = token.split('.')[0];
+    state.session = null; state.case = null; state.done = false;
+    state.retry = null; state.notice = ''; state.lastKind = null; state.connLost = false; state.submitting = false;
+  }
+
+  /* A token stored by an earlier visit: ask first who is at the workstation. Continue (focused; Enter)
+   * signs in; "Not you?" forgets the token. A pending answer of that reader is sent meanwhile. */
+  async function resume(token) {
+    const gen = ++state.generation;
+    useToken(token);
+    showView('resume');
+    $('resume-question').hidden = true;
+    $('resume-continue').disabled = true;
+    setStatus('Checking the saved sign-in…');
+    try {
+      const s = await api(`${base()}/session`);
+      state.session = s;
+      $('resume-name').textContent = s.reader && s.reader.name ? s.reader.name : (s.reader && s.reader.id) || '';
+      $('resume-study').textContent = s.study.title || s.study.id;
+      $('resume-question').hidden = false;
+      $('resume-continue').disabled = false;
+      $('resume-continue').focus();
+      setStatus('');
+      adoptLegacyPending();
+      const p = readPending();
+      if (!p) return;
+      state.submitting = true;
+      setStatus(`Saving ${s.reader.name}’s last answer…`);
+      try { await postAnswer(p.body); setStatus(''); }
+      catch (e) {
+        if (e instanceof Abandoned) return;
+        setStatus(`${s.reader.name}’s last answer was not saved: ${e instanceof ApiError ? e.message : e}`, 'error');
+      } finally { if (gen === state.generation) state.submitting = false; }
+    } catch (e) {
+      if (e instanceof Abandoned) return;
+      if (e instanceof ApiError && (e.status === 403 || e.status === 404)) { signOut(e.message); return; }
+      $('resume-continue').disabled = false;
+      $('resume-continue').focus();
+      setStatus(`The saved sign-in could not be checked: ${e instanceof ApiError ? e.message : e}. `
+        + 'Continue to try again, or sign in with another token.', 'error');
+    }
   }
 
   async function start(token) {
     const gen = ++state.generation;
-    state.token = token;
-    state.sid = token.split('.')[0];
-    state.case = null; state.done = false; state.busy = true;
-    $('signin').hidden = true; $('reader').hidden = false;
-    $('done').hidden = true; $('done-previous').hidden = true;
+    useToken(token);
+    state.busy = true;
+    showView('reader');
+    $('done').hidden = true; $('done-previous').hidden = true; $('retry').hidden = true;
     setStatus('Loading…');
     updateControls();
     try {
@@ -150,42 +297,49 @@
       $('instructions').textContent = s.study.instructions || '';
       $('instructions').hidden = !s.study.instructions;
       $('help-backspace').hidden = !s.study.allow_revise;
-      await resendPending();
+      adoptLegacyPending();
+      const note = await resendPending();
       await loadCase(`${base()}/cases/current`);
+      if (note) setStatus(note, 'error');
     } catch (e) {
       // A token for a study that does not exist (any more) or is closed: back to sign-in.
-      if (e instanceof ApiError && !state.session && (e.status === 403 || e.status === 404)) signOut(e.detail);
-      else failed(e);
+      if (e instanceof ApiError && !state.session && (e.status === 403 || e.status === 404)) signOut(e.message);
+      else failed(e, () => start(token));
     } finally { if (gen === state.generation) { state.busy = false; updateControls(); } }
   }
 
   // ---------------------------------------------------------------- answers
   /* POST one answer. The caller stored it as pending before; it is cleared once the server has
-   * acknowledged it (200) or refused it for good (4xx). Returns the server's reply, or null on 409. */
+   * acknowledged it (200, `replayed` or not) or refused it for good (4xx); after a server-side failure
+   * (5xx) it stays, to be sent again with the same key. Returns the server's reply, or null on 409. */
   async function postAnswer(body) {
     try {
       const r = await api(`${base()}/answers`, { method: 'POST', body });
-      store(PENDING_KEY, null);
+      clearPending();
       state.answered = r.answered; state.total = r.total;
       return r;
     } catch (e) {
-      if (e instanceof ApiError) store(PENDING_KEY, null);
-      if (e instanceof ApiError && e.status === 409) return null;  // answered already (another tab)
+      if (e instanceof ApiError && e.status < 500) {
+        clearPending();
+        if (e.status === 409) return null;  // answered already (another tab)
+      }
       throw e;
     }
   }
 
-  // On load: an answer sent before the page was closed but never acknowledged is sent again.
+  /* On sign-in: this reader's answer sent before the page was closed but never acknowledged is sent
+   * again. Returns a message when the server refused it; a server-side failure stops the sign-in. */
   async function resendPending() {
     const p = readPending();
-    if (!p) return;
-    if (p.sid !== state.sid || p.reader !== state.session.reader.id || !p.body) { store(PENDING_KEY, null); return; }
+    if (!p) return '';
+    const gen = state.generation;
+    state.submitting = true;
     setStatus('Sending your last answer…');
-    try { await postAnswer(p.body); setStatus(''); }
+    try { await postAnswer(p.body); setStatus(''); return ''; }
     catch (e) {
-      if (!(e instanceof ApiError)) throw e;
-      setStatus(`Your last answer was not saved: ${e.detail}`, 'error');
-    }
+      if (!(e instanceof ApiError) || e.status >= 500) throw e;
+      return `Your last answer was not saved: ${e.message}`;
+    } finally { if (gen === state.generation) state.submitting = false; }
   }
 
   function missingParts() {
@@ -203,51 +357,60 @@
     if (state.busy || !state.case) return;
     const missing = missingParts();
     if (missing) { setStatus(missing, 'warn'); return; }
-    const c = state.case;
-    const body = {
+    const c = state.case, gen = state.generation;
+    const core = {
       case_id: c.case_id, choice: state.choice,
       likert: (c.likert || []).map((q, i) => ({ slot: q.slot, finding: q.finding, rating: state.ratings[i] })),
-      idempotency_key: state.key,
     };
+    // The same answer again (Retry, a double Enter) keeps its key; a changed one gets a new key.
+    const coreJson = JSON.stringify(core);
+    if (state.sentCore !== null && state.sentCore !== coreJson) state.key = newKey();
+    state.sentCore = coreJson;
+    const body = { ...core, idempotency_key: state.key };
     // Keep the answer before sending, so that a closed tab or a crash resends it on return.
-    store(PENDING_KEY, JSON.stringify({ sid: state.sid, reader: state.session.reader.id,
-      case_id: c.case_id, position: c.position, body, saved_at: new Date().toISOString() }));
-    state.busy = true; updateControls();
+    writePending({ sid: state.sid, reader: readerId(), case_id: c.case_id, position: c.position, body,
+      saved_at: new Date().toISOString() });
+    state.busy = true; state.submitting = true; $('retry').hidden = true; updateControls();
     setStatus('Saving…');
     let saved = false;
     try {
-      const r = await postAnswer(body);
-      saved = true;
+      const r = await postAnswer(body);  // `replayed: true` (sent before / unchanged): advances the same way
+      saved = true; state.submitting = false;
       setStatus('Loading the next case…');
       const revise = state.session.study.allow_revise;
       // Revising earlier cases walks forward through the answered ones; otherwise the next open case.
       if (r && revise && c.position + 1 < r.answered) await loadCase(`${base()}/cases/${c.position + 1}`);
       else await loadCase(`${base()}/cases/current`);
     } catch (e) {
-      // Saved but the next case failed to load: offer "Retry" (reloads everything). Refused (422 …):
-      // the reader corrects the answer, which then gets a new key.
-      if (saved) state.case = null;
-      else if (e instanceof ApiError) state.key = newKey();
-      failed(e, saved);
-    } finally { state.busy = false; updateControls(); }
+      if (gen !== state.generation) return;
+      // Saved but the next case failed to load: "Retry" reloads everything. Refused (422 …): the reader
+      // corrects the answer, which then gets a new key. A server-side failure: "Retry" sends it again.
+      if (saved) { state.case = null; failed(e, () => start(state.token)); }
+      else {
+        if (e instanceof ApiError && e.status < 500) { state.key = newKey(); state.sentCore = null; }
+        failed(e, submit);
+      }
+    } finally { if (gen === state.generation) { state.submitting = false; state.busy = false; updateControls(); } }
   }
 
   async function previous() {
     if (state.busy || !state.session || !state.session.study.allow_revise) return;
     const pos = state.done ? state.total - 1 : (state.case ? state.case.position - 1 : -1);
     if (pos < 0) return;
+    const gen = state.generation;
     state.busy = true; updateControls();
     try { await loadCase(`${base()}/cases/${pos}`); }
-    catch (e) { failed(e, false); }
-    finally { state.busy = false; updateControls(); }
+    catch (e) { failed(e, state.case ? previous : () => start(state.token)); }
+    finally { if (gen === state.generation) { state.busy = false; updateControls(); } }
   }
 
-  // Errors that reach the surface: show `detail`; offer "Retry" when no case is on screen.
-  function failed(e, offerRetry = true) {
+  // Errors that reach the surface: `detail` (and the error id) in #status, and "Retry" (the failed action).
+  function failed(e, retry) {
     if (e instanceof Abandoned) return;
-    const msg = e instanceof ApiError ? e.detail : `Something went wrong: ${e && e.message ? e.message : e}`;
+    const msg = e instanceof ApiError ? e.message : `Something went wrong: ${e && e.message ? e.message : e}`;
     setStatus(msg, 'error');
-    $('retry').hidden = !(offerRetry && !state.case && !state.done);
+    state.retry = retry || (() => start(state.token));
+    $('retry').hidden = false;
   }
 
   // ---------------------------------------------------------------- cases and images
@@ -278,7 +441,7 @@
   function showCase(c, images) {
     state.case = c; state.done = false; state.total = c.total;
     state.images = images.filter((im) => im.canvas);
-    state.key = newKey();
+    state.key = newKey(); state.sentCore = null;
     state.choice = c.answer ? c.answer.choice : null;
     const qs = c.likert || [];
     state.ratings = qs.map((q) => {
@@ -298,11 +461,18 @@
     buildChoices(c);
     buildLikert(qs);
     resetView();
-    setStatus(c.answer ? 'Your earlier answer is shown; submit to change it.' : '');
+    // Pairs come first, then single images: the first case of the other kind says so (and its keys).
+    const changed = state.lastKind !== null && state.lastKind !== c.kind;
+    state.lastKind = c.kind;
+    const notes = [];
+    if (changed && KIND_NOTICE[c.kind]) notes.push(KIND_NOTICE[c.kind]);
+    if (c.answer) notes.push('Your earlier answer is shown; submit to change it.');
+    state.notice = notes.join(' — ');
+    restoreStatus();
   }
 
   function showDone() {
-    state.case = null; state.done = true; state.images = [];
+    state.case = null; state.done = true; state.images = []; state.notice = '';
     state.answered = state.total;
     $('viewer').hidden = true; $('controls').hidden = true; $('retry').hidden = true;
     $('progress').textContent = `${state.total} of ${state.total} answered`;
@@ -330,14 +500,17 @@
       b.addEventListener('click', () => choose(choice));
       return b;
     }));
+    // The key legend next to the buttons: always the keys of this case's kind.
     $('choice-keys').textContent = c.choices.filter((x) => keyOf[x])
       .map((x) => `${keyOf[x]}: ${CHOICE_LABELS[x] || x}`).join(' · ');
+    $('choice-keys').dataset.kind = c.kind;
+    $('choices').dataset.kind = c.kind;
     markChoice();
   }
 
   function choose(choice) {
     if (state.busy || !state.case || !state.case.choices.includes(choice)) return;
-    state.choice = choice; markChoice(); setStatus('');
+    state.choice = choice; markChoice(); restoreStatus();
   }
 
   function markChoice() {
@@ -376,7 +549,7 @@
     state.ratings[i] = n;
     if ($(`likert-${i}-${n}`)) $(`likert-${i}-${n}`).checked = true;
     state.active = Math.min(i + 1, state.ratings.length - 1);
-    markLikert(); setStatus('');
+    markLikert(); restoreStatus();
   }
 
   function markLikert() {
@@ -398,10 +571,14 @@
     $('done-previous').disabled = state.busy;
   }
 
+  // #status of the reading view, or #resume-status while the resume question is shown.
   function setStatus(text, kind) {
-    $('status').textContent = text || '';
-    $('status').className = `status${kind ? ` ${kind}` : ''}`;
+    const el = $('resume').hidden ? $('status') : $('resume-status');
+    el.textContent = text || '';
+    el.className = `status${kind ? ` ${kind}` : ''}`;
   }
+  // Back to the case's own line (kind change, earlier answer), or empty.
+  function restoreStatus() { setStatus(state.notice, state.notice ? 'notice' : ''); }
 
   // ---------------------------------------------------------------- viewing: zoom, pan, window/level
   function resetView() {
@@ -555,12 +732,24 @@
   }
 
   // ---------------------------------------------------------------- boot
+  // A "#token=" link: signs in at once (no question) — unless this page still holds an unsaved answer.
+  function signInByLink(t) {
+    if (t === DAMAGED) { showSignin(DAMAGED_LINK); return; }
+    if (t !== state.token && (state.submitting || (state.session && readPending()))) {
+      setStatus('Your answer is not saved yet: open the sign-in link again once it is saved.', 'warn');
+      return;
+    }
+    store(TOKEN_KEY, t);
+    start(t);
+  }
+
   function boot() {
     $('signin-form').addEventListener('submit', (e) => {
       e.preventDefault();
       const token = cleanToken($('token').value);
+      if (token === null) { $('signin-error').textContent = DAMAGED_LINK; return; }
       if (!TOKEN_RE.test(token)) {
-        $('signin-error').textContent = /^[a-z0-9][a-z0-9-]{0,39}\.o\./.test(token)
+        $('signin-error').textContent = OWNER_RE.test(token)
           ? 'This is an owner key — use the owner page (/study/owner).'
           : 'This does not look like a reader token (study-id.r.secret).';
         return;
@@ -569,23 +758,41 @@
       store(TOKEN_KEY, token);
       start(token);
     });
-    $('signout').addEventListener('click', () => signOut(''));
+    $('signout').addEventListener('click', trySignOut);
+    $('resume-switch').addEventListener('click', trySignOut);
+    $('resume-continue').addEventListener('click', () => { if (state.token) start(state.token); });
     $('help-toggle').addEventListener('click', () => toggleHelp());
     $('submit').addEventListener('click', submit);
     $('previous').addEventListener('click', previous);
     $('done-previous').addEventListener('click', previous);
-    $('retry').addEventListener('click', () => { if (state.token) start(state.token); });
-    document.addEventListener('keydown', onKey);
+    $('retry').addEventListener('click', () => {
+      const again = state.retry;
+      if (!state.token || state.busy) return;
+      state.retry = null; $('retry').hidden = true;
+      (again || (() => start(state.token)))();
+    });
+    // The resume question: Enter continues wherever the focus is (a focused button keeps its own Enter).
+    document.addEventListener('keydown', (e) => {
+      if ($('resume').hidden) { onKey(e); return; }
+      if (e.key !== 'Enter' || e.repeat || e.ctrlKey || e.metaKey || e.altKey) return;
+      if (document.activeElement && document.activeElement.tagName === 'BUTTON') return;
+      e.preventDefault();
+      if (!$('resume-continue').disabled) $('resume-continue').click();
+    });
     window.addEventListener('hashchange', () => {
       const t = takeHashToken();
-      if (t) { store(TOKEN_KEY, t); start(t); }
+      if (t) signInByLink(t);
     });
     wireViewer();
 
     const fromHash = takeHashToken();
-    if (fromHash) store(TOKEN_KEY, fromHash);
-    const token = fromHash || load(TOKEN_KEY);
-    if (token) start(token); else showSignin('');
+    if (fromHash === DAMAGED) showSignin(DAMAGED_LINK);
+    else if (fromHash) signInByLink(fromHash);
+    else {
+      const token = load(TOKEN_KEY);
+      if (token && TOKEN_RE.test(token)) resume(token);
+      else { if (token) store(TOKEN_KEY, null); showSignin(''); }
+    }
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
