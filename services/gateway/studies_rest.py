@@ -33,7 +33,7 @@ from .study_schemas import (CASE_ID_PATTERN, IMAGE_ID_PATTERN, STUDY_ID_PATTERN,
                             CaseResponse, NewReader, NewReaderRequest, SessionView, StudyOverview)
 
 #: the page assets a browser may fetch (name -> media type); nothing else of the package is served
-ASSETS = {"reader.js": "text/javascript; charset=utf-8", "owner.js": "text/javascript; charset=utf-8",
+ASSETS = {"common.js": "text/javascript; charset=utf-8", "reader.js": "text/javascript; charset=utf-8", "owner.js": "text/javascript; charset=utf-8",
           "study.css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "

@@ -46,12 +46,7 @@
   }
   class Abandoned extends Error {}
 
-  function detailOf(data, status) {
-    const d = data && data.detail;
-    if (typeof d === 'string' && d) return d;
-    if (Array.isArray(d)) return d.map((x) => (x && x.msg) || String(x)).join('; ');
-    return `The server answered with status ${status}.`;
-  }
+  const { detailOf } = window.StudyCommon;  // common.js
   const base = () => `/v1/studies/${encodeURIComponent(state.sid)}`;
 
   /* One request with the bearer key. Returns the parsed JSON, or {blob, name} when `blob` is set

@@ -103,12 +103,7 @@
   }
   class Abandoned extends Error {}  // the reader signed out meanwhile: drop the result silently
 
-  function detailOf(data, status) {
-    const d = data && data.detail;
-    if (typeof d === 'string' && d) return d;
-    if (Array.isArray(d)) return d.map((x) => (x && x.msg) || String(x)).join('; ');
-    return `The server answered with status ${status}.`;
-  }
+  const { detailOf } = window.StudyCommon;  // common.js
   const base = () => `/v1/studies/${encodeURIComponent(state.sid)}`;
 
   // Retry-After: delta-seconds or an HTTP date → milliseconds (null when absent or unreadable).

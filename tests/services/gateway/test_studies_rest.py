@@ -104,7 +104,7 @@ def test_pages_assets_and_openapi(gateway):
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "http" not in csp
     assert "http://" not in page.text and "https://" not in page.text  # no CDN, no external font
     assert client.get("/study/owner").status_code == 200
-    for name, ctype in (("reader.js", "text/javascript"), ("owner.js", "text/javascript"), ("study.css", "text/css")):
+    for name, ctype in (("common.js", "text/javascript"), ("reader.js", "text/javascript"), ("owner.js", "text/javascript"), ("study.css", "text/css")):
         r = client.get(f"/study/assets/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(ctype)
         assert "http://" not in r.text and "https://" not in r.text
