@@ -69,3 +69,17 @@ def test_errors_say_what_to_do(tmp_path):
     assert r.exit_code != 0 and "no studies here yet" in r.output
     r = CliRunner().invoke(cli, ["study", "--help"])
     assert r.exit_code == 0 and "synthrad study create" in r.output and "docs/studies.md" in r.output
+
+
+def test_a_configured_dataset_is_named_not_pathed(tmp_path, monkeypatch):
+    url, ids = make_batches(tmp_path / "store", n=2)
+    real = make_real_folder(tmp_path / "real", n_each=2)
+    monkeypatch.setenv("SYNTHRAD_DATASETS", json.dumps({"nih-local": {"path": str(real), "layout": "nih"}}))
+    db = tmp_path / "s.db"
+    r = CliRunner().invoke(cli, ["study", "create", "--batch", ids[0], "--batch", ids[1], "--real", "nih-local",
+                                 "--store", url, "--db", str(db), "--per-batch", "2", "--id", "named", "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(StudyService(db).export("named", "json"))
+    origins = {im["origin"] for c in doc["cases"] for im in c["images"].values() if im["source"] == "real"}
+    assert origins and all(o.startswith("nih-local/") for o in origins)  # the name, not the server's folder
+    assert str(tmp_path) not in json.dumps(doc)
