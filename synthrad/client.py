@@ -8,6 +8,7 @@
         ...
     client.write_webdataset(batch, "shards/effusion-%06d.tar")   # WebDataset shards: <key>.png + <key>.json
     dataset = client.torch_dataset(batch)                        # a torch IterableDataset over the batch
+    stream = client.stream_dataset({"pleural effusion": 0.5, "no pleural effusion": 0.5})  # fresh, endless
 
 Images travel as stored (PNG / DICOM / NPZ / WebDataset shards, all carrying the synthetic provenance) in one
 streamed tar download, decoded as they arrive. Errors of the API raise :class:`SynthradError` with the
@@ -420,6 +421,15 @@ class SynthradClient:
                     yield img, torch.tensor(Condition(**rec["condition"]).codes(), dtype=torch.long)
 
         return _BatchDataset()
+
+    def stream_dataset(self, mix, **kw):
+        """A :class:`synthrad.stream.StreamingDataset` of freshly generated, labelled images for a mix of
+        conditions (e.g. ``{"pleural effusion": 0.5, "no pleural effusion": 0.5}``) from this server: retries on
+        429/503 and dropped connections, backpressure, resumable (see :mod:`synthrad.stream`)."""
+        from .stream import StreamingDataset
+
+        key = self.http.headers.get("X-API-Key")
+        return StreamingDataset(str(self.http.base_url), mix, api_key=key, **kw)
 
     def write_webdataset(self, batch: str | dict, pattern: str | Path, max_count: int = 10_000) -> list[Path]:
         """Write the batch as WebDataset tar shards (``pattern`` like ``out/shard-%06d.tar``).
