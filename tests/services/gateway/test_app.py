@@ -9,7 +9,7 @@ from repo_paths import ROOT
 
 
 def _serve_config() -> dict:
-    rs = yaml.safe_load((ROOT / "deploy" / "k8s" / "rayservice.yaml").read_text())
+    rs = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "rayservice.yaml").read_text())
     assert rs["kind"] == "RayService"
     return yaml.safe_load(rs["spec"]["serveConfigV2"])
 
