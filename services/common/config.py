@@ -152,6 +152,10 @@ class ServeSettings(BaseModel):
     generator_max_batch_size: int = Field(16, ge=1, description="Most images per forward pass of a generator "
                                                                "replica (@serve.batch); also the chunk size.")
     generator_batch_wait_s: float = Field(0.02, ge=0, description="How long a replica waits to fill a batch.")
+    generator_max_queued_requests: int = Field(
+        256, ge=-1, description="Chunks that may wait for a generator replica per caller (Serve's "
+                                "max_queued_requests; -1: unbounded). Beyond it inline requests get 503 with "
+                                "Retry-After at once; batch jobs back off and retry.")
     # The private Ray of a local serve binds 127.0.0.1 only; token auth also keeps other users of this machine
     # out of it (its dashboard agent runs any job it is sent). Ignored on a Ray cluster we did not start.
     ray_token_auth: bool = Field(True, description="Ray token authentication for the private local Ray "

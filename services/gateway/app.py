@@ -156,6 +156,7 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
             name=f"generator-{mid}",
             ray_actor_options=actor,
             max_ongoing_requests=max(64, 4 * sv.generator_max_batch_size),
+            max_queued_requests=sv.generator_max_queued_requests,  # beyond: shed (503 + Retry-After)
             autoscaling_config={
                 "min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas,
                 # chunks in flight per replica before Serve adds one (a request keeps ~4 chunks in flight)

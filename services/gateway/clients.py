@@ -61,6 +61,11 @@ class HandleGenerators:
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient_ray_error(exc)
 
+    def is_overload(self, exc: BaseException) -> bool:
+        from ray.serve.exceptions import BackPressureError
+
+        return isinstance(exc, BackPressureError)
+
 
 def is_transient_ray_error(exc: BaseException) -> bool:
     """A Ray / Serve failure of the machinery, not of the model: the replica or its node died, the actor is

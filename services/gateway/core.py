@@ -135,7 +135,7 @@ class Platform:
                               caller: Caller = LOCAL) -> AsyncIterator[tuple[int, GenChunk, ChunkResult]]:
         """Streamed generation (gRPC StreamGenerate): chunks in order as they are made."""
         self.admit(plan, caller, "generate")
-        async for item in self.generation.stream(plan):
+        async for item in self.generation.stream(plan, shed=True):
             yield item
 
     # ---- batch jobs ---------------------------------------------------------------------------

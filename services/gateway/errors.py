@@ -326,6 +326,12 @@ def api_error(exc: BaseException, where: str = "") -> ApiError:
     if isinstance(exc, BatchNotFound):
         # "batch X not found in <store root>": the root is the server's business
         return NotFound(_NOT_FOUND_IN_RE.sub(" not found", scrub(str(exc))))
+    from services.generator.generation.service import GenerationOverloaded
+
+    if isinstance(exc, GenerationOverloaded):
+        err = Unavailable(scrub(str(exc)))
+        err.retry_after_s = exc.retry_after_s
+        return err
     if isinstance(exc, StudyError):
         if isinstance(exc, StudyDamaged):
             log.error("damaged study image", extra={"detail": str(exc)})

@@ -25,3 +25,28 @@ class FlakyGenerators(LocalGenerators):
 
     def is_transient(self, exc):
         return isinstance(exc, ReplicaLost)
+
+
+class QueueFull(Exception):
+    """Stands for Serve's BackPressureError in process: the model's request queue is full."""
+
+
+class BusyGenerators(LocalGenerators):
+    """Real in-process generators whose first ``busy`` calls find the model's queue full."""
+
+    def __init__(self, replicas, busy: int):
+        super().__init__(replicas)
+        self.busy, self.calls = busy, 0
+
+    async def generate(self, model_id, chunk):
+        self.calls += 1
+        if self.busy > 0:
+            self.busy -= 1
+            raise QueueFull("queue full")
+        return await super().generate(model_id, chunk)
+
+    def is_transient(self, exc):
+        return isinstance(exc, QueueFull)
+
+    def is_overload(self, exc):
+        return isinstance(exc, QueueFull)

@@ -29,6 +29,11 @@ class Generators(Protocol):
         errors of the model or the request (retrying would fail the same way)."""
         ...
 
+    def is_overload(self, exc: BaseException) -> bool:
+        """True when ``exc`` says the model's queue is full (Serve's ``max_queued_requests``): an inline request
+        is shed at once (503 + Retry-After), a batch job backs off and retries."""
+        ...
+
 
 class LocalGenerators:
     """Generators in this process (each call runs in a worker thread; one forward pass per call).
@@ -61,3 +66,6 @@ class LocalGenerators:
 
     def is_transient(self, exc: BaseException) -> bool:
         return False  # in process: no replica to lose
+
+    def is_overload(self, exc: BaseException) -> bool:
+        return False  # in process: no queue to fill

@@ -39,6 +39,13 @@ from .request import GenerationRequest, InvalidRequest
 log = get_logger(__name__)
 
 
+
+class GenerationOverloaded(RuntimeError):
+    """A model's request queue is full: an interactive request is shed (HTTP 503 / UNAVAILABLE with
+    Retry-After) instead of waiting into a timeout."""
+
+    retry_after_s = 2.0
+
 class ChunkObserver(Protocol):
     """Hooks the serving layer uses for telemetry (queue depth, latency, retries)."""
 
@@ -134,7 +141,8 @@ class GenerationService:
             raise InvalidRequest(f"cannot screen images of model {model_id}: {e}") from None
 
     # ---- running ------------------------------------------------------------------------------
-    async def _call(self, model_id: str, chunk: GenChunk, on_retry: Callable[[], None] | None) -> ChunkResult:
+    async def _call(self, model_id: str, chunk: GenChunk, on_retry: Callable[[], None] | None,
+                    shed: bool = False) -> ChunkResult:
         attempt = 0
         while True:
             self.observer.sent(model_id, chunk)
@@ -142,6 +150,10 @@ class GenerationService:
             try:
                 res = await self.generators.generate(model_id, chunk)
             except Exception as e:
+                if shed and self.generators.is_overload(e):
+                    raise GenerationOverloaded(f"model {model_id} is at capacity (its request queue is full): "
+                                               "retry after a moment, or use a batch job (POST /v1/batches), "
+                                               "which waits for capacity") from None
                 if attempt >= self.retry.retries or not self.generators.is_transient(e):
                     raise
                 attempt += 1
@@ -159,9 +171,10 @@ class GenerationService:
             return res
 
     async def stream(self, plan: GenerationPlan, start: int = 0, on_retry: Callable[[], None] | None = None,
-                     ) -> AsyncIterator[tuple[int, GenChunk, ChunkResult]]:
+                     shed: bool = False) -> AsyncIterator[tuple[int, GenChunk, ChunkResult]]:
         """Yield ``(first_index, chunk, result)`` in order from image ``start`` on, keeping ``window`` chunks in
-        flight. Chunk boundaries are counted from ``start``; pixels never depend on them."""
+        flight. Chunk boundaries are counted from ``start``; pixels never depend on them. ``shed``: a full model
+        queue raises :class:`GenerationOverloaded` at once (interactive requests) instead of backing off."""
         chunks = plan.chunks(plan.model.max_batch_size, start)
         pending: deque[tuple[int, GenChunk, asyncio.Task]] = deque()
         nxt, first = 0, start
@@ -169,7 +182,7 @@ class GenerationService:
         def launch() -> None:
             nonlocal nxt, first
             ch = chunks[nxt]
-            pending.append((first, ch, asyncio.ensure_future(self._call(plan.model_id, ch, on_retry))))
+            pending.append((first, ch, asyncio.ensure_future(self._call(plan.model_id, ch, on_retry, shed))))
             first += len(ch)
             nxt += 1
 
@@ -192,7 +205,7 @@ class GenerationService:
         if plan.request.screen != "off":
             raise InvalidRequest("screening applies to stored batches (the manifest records it); use screen=off "
                                  "for images returned inline")
-        parts = [res.images async for _, _, res in self.stream(plan)]
+        parts = [res.images async for _, _, res in self.stream(plan, shed=True)]
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0, 0), np.float32)
 
     # ---- storing ------------------------------------------------------------------------------
