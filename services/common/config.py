@@ -152,6 +152,13 @@ class ServeSettings(BaseModel):
     generator_max_batch_size: int = Field(16, ge=1, description="Most images per forward pass of a generator "
                                                                "replica (@serve.batch); also the chunk size.")
     generator_batch_wait_s: float = Field(0.02, ge=0, description="How long a replica waits to fill a batch.")
+    generator_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every generator replica needs, e.g. "
+                                          '{"generator-node": 0.01}: places generators on the nodes that offer it.')
+    gateway_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every gateway replica needs (e.g. the head node's).")
+    metrics_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every metrics replica needs.")
     generator_max_queued_requests: int = Field(
         256, ge=-1, description="Chunks that may wait for a generator replica per caller (Serve's "
                                 "max_queued_requests; -1: unbounded). Beyond it inline requests get 503 with "

@@ -149,9 +149,11 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
     torch_threads = None
     gens = {}
     for mid in models:
-        actor = {"num_cpus": 1.0 if use_gpu else 0.5}
+        actor: dict[str, Any] = {"num_cpus": 1.0 if use_gpu else 0.5}
         if gpu_share:
             actor["num_gpus"] = gpu_share
+        if sv.generator_resources:  # node placement (a generator node pool)
+            actor["resources"] = dict(sv.generator_resources)
         gens[mid] = GeneratorDeployment.options(
             name=f"generator-{mid}",
             ray_actor_options=actor,
@@ -169,12 +171,17 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
         m_actor: dict[str, Any] = {"num_cpus": 0.5}
         if gpu_share:
             m_actor["num_gpus"] = gpu_share
+        if sv.metrics_resources:
+            m_actor["resources"] = dict(sv.metrics_resources)
         metrics = MetricsDeployment.options(ray_actor_options=m_actor).bind(
             settings.resolved_store_url, str(settings.inception_weights) if settings.inception_weights else None,
             device)
     options = {"settings": settings.model_dump(mode="json"), "default_model": settings.default_model,
                "jobs_dir": jobs_dir}
-    return Gateway.bind(gens, metrics, options)
+    gateway = Gateway
+    if sv.gateway_resources:
+        gateway = Gateway.options(ray_actor_options={"num_cpus": 0.25, "resources": dict(sv.gateway_resources)})
+    return gateway.bind(gens, metrics, options)
 
 
 def app_builder(args: dict | None = None):
@@ -271,6 +278,7 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
     http_url = f"http://{host}:{http_port}"
     try:
         serve.start(
+            proxy_location="HeadOnly",  # one HTTP + gRPC proxy (several nodes of one machine would share its ports)
             http_options={"host": host, "port": http_port},
             grpc_options={"port": grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS},
             logging_config={"log_level": "WARNING"},
