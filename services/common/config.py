@@ -152,6 +152,14 @@ class ServeSettings(BaseModel):
     generator_max_batch_size: int = Field(16, ge=1, description="Most images per forward pass of a generator "
                                                                "replica (@serve.batch); also the chunk size.")
     generator_batch_wait_s: float = Field(0.02, ge=0, description="How long a replica waits to fill a batch.")
+    generator_max_replicas: int | None = Field(None, ge=1, description="Autoscaling ceiling of each generator "
+                                                                   "(default: 1 on CPU, one per GPU).")
+    generator_target_ongoing_requests: float = Field(8.0, gt=0, description="Chunks in flight per generator replica "
+                                                                          "before Serve adds one.")
+    generator_upscale_delay_s: float = Field(10.0, ge=0, description="How long the load must stay above the "
+                                                                   "target before a replica is added.")
+    generator_downscale_delay_s: float = Field(300.0, ge=0, description="How long it must stay below before one "
+                                                                      "is removed.")
     generator_resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources every generator replica needs, e.g. "
                                           '{"generator-node": 0.01}: places generators on the nodes that offer it.')

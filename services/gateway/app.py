@@ -142,7 +142,7 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
     gpu_share = min(1.0, gpus / n_users) if use_gpu else 0.0
     sv = settings.serve
     if max_replicas is None:  # CPU: one replica per model (it uses the cores); GPU: up to one per GPU
-        max_replicas = max(1, int(gpus)) if use_gpu else 1
+        max_replicas = sv.generator_max_replicas or (max(1, int(gpus)) if use_gpu else 1)
     # Threads: Ray sets OMP_NUM_THREADS from a replica's CPU share (1 here). Measured on the 2-core dev box,
     # a StyleGAN2 64px image takes 17 ms with 1 thread and 1.2 s with 2 threads under load (OpenMP spinning
     # against other processes), so replicas keep Ray's setting; scale out with replicas, not threads.
@@ -162,7 +162,8 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
             autoscaling_config={
                 "min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas,
                 # chunks in flight per replica before Serve adds one (a request keeps ~4 chunks in flight)
-                "target_ongoing_requests": 8, "upscale_delay_s": 10, "downscale_delay_s": 300,
+                "target_ongoing_requests": sv.generator_target_ongoing_requests,
+                "upscale_delay_s": sv.generator_upscale_delay_s, "downscale_delay_s": sv.generator_downscale_delay_s,
             },
         ).bind(mid, backend, device, sv.generator_max_batch_size, sv.generator_batch_wait_s, torch_threads,
                generator_factory.get(mid) if isinstance(generator_factory, dict) else generator_factory)

@@ -223,6 +223,7 @@ def start_ray(*, num_cpus: int, metrics_export_port: int, token_auth: bool, toke
         ray_parameter.RayParams = _RayParams
         os.environ.update(spawn_env)  # read by the processes ray.init spawns; raylet -> every worker
         ray.init(
+            address="local",  # always a new private Ray, even when a `ray start` cluster left its address file
             num_cpus=num_cpus,
             include_dashboard=False,
             dashboard_host=LOOPBACK,

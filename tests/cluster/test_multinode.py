@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,8 +58,11 @@ def test_generators_on_their_own_node_and_the_flow_over_s3(tmp_path):
                "SYNTHRAD_SERVE__GENERATOR_RESOURCES": json.dumps({GEN: 0.01}),
                "SYNTHRAD_SERVE__GATEWAY_RESOURCES": json.dumps({HEAD: 0.01}),
                "SYNTHRAD_SERVE__METRICS_RESOURCES": json.dumps({HEAD: 0.01})}
-        for k in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
+        for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
             env.pop(k, None)
+        # Ray's CLI cannot keep a multi-node cluster on loopback (a worker node refuses to start with the node IP
+        # pinned there), so the test cluster is guarded by Ray's token authentication instead
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         gcs = _port()
         head = _ray_start(["--head", f"--port={gcs}", "--num-cpus=3", f"--resources={json.dumps({HEAD: 1})}",
                            "--include-dashboard=false", f"--ray-client-server-port={_port()}"], env)
@@ -81,6 +86,9 @@ def test_generators_on_their_own_node_and_the_flow_over_s3(tmp_path):
                         proc.wait(60)
                     except subprocess.TimeoutExpired:
                         proc.kill()
+            current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # `ray start` leaves it behind
+            if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
+                current.unlink()
         assert res["job"]["state"] == "succeeded", res
         assert res["score"]["state"] == "succeeded", res
         assert res["score"]["result"]["scores"], res
