@@ -9,12 +9,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from services.common.findings import HUMAN_NAMES
+from services.common.atomic import write_atomic
 from services.metrics.report import _CSS
 from services.studies.model import LIKERT_LABELS, LIKERT_LEVELS, StudyInfo
 from services.studies.stats import Estimate, GroupRates, KindResults, StudyResults
@@ -223,19 +222,8 @@ def render_report(results: StudyResults, info: StudyInfo | None = None, progress
 
 
 def write_report(path: str | Path, html_text: str) -> Path:
-    """Write the report atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html_text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write the report atomically (``services.common.atomic.write_atomic``)."""
+    return write_atomic(path, html_text)
 
 
 __all__ = ["fmt_estimate", "render_report", "write_report"]

@@ -4,11 +4,12 @@ reading page, add readers, read the results (UAR, CAR, accuracy, TPR, TNR, FIR, 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
+
+from services.common.atomic import write_atomic
 
 _DB = click.option("--db", type=click.Path(dir_okay=False), default=None,
                    help="Study database (default: SYNTHRAD_STUDIES__DB or HOME/studies.sqlite3).")
@@ -135,23 +136,7 @@ def create(batches, real, layout, views, real_split, study_id, title, instructio
     if secrets_out:
         doc = {"study_id": info.id, "owner_key": made.owner_key, "readers": made.reader_tokens,
                "urls": {n: f"{base}/study/#token={t}" for n, t in made.reader_tokens.items()}}
-        _write_atomic(Path(secrets_out), json.dumps(doc, indent=1).encode(), mode=0o600)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a file whole or not at all (temp file in the same folder with its final mode, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        write_atomic(Path(secrets_out), json.dumps(doc, indent=1).encode(), mode=0o600)
 
 
 @command.command("list")
@@ -212,7 +197,7 @@ def results(study_id, json_out, report_out, db):
             mean = "n/a" if s.mean is None else f"{s.mean:.2f}"
             click.echo(f"  {s.finding} {s.state:<8} {s.source:<20} n {s.n:>3}  mean {mean}  consistent {_est(s.consistent)}")
     if json_out:
-        _write_atomic(Path(json_out), json.dumps(res.model_dump(mode="json"), indent=1).encode())
+        write_atomic(Path(json_out), json.dumps(res.model_dump(mode="json"), indent=1).encode())
         click.echo(f"\nresults JSON: {json_out}")
     if report_out:
         write_report(report_out, render_report(res, info, svc.progress(study_id)))
@@ -242,7 +227,7 @@ def export(study_id, fmt, out, db):
     if out == "-":
         sys.stdout.write(data.decode())
     else:
-        _write_atomic(Path(out), data)
+        write_atomic(Path(out), data)
         click.echo(f"wrote {out}")
 
 

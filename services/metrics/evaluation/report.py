@@ -63,13 +63,6 @@ def render_html(results: Sequence[EvaluationResult], title: str = "synthrad eval
 
 def write_html(results: Sequence[EvaluationResult], path: str | Path, title: str = "synthrad evaluation") -> Path:
     """Write the report atomically (temp file + rename)."""
-    import os
-    import tempfile
+    from services.common.atomic import write_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(render_html(results, title))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, render_html(results, title))
