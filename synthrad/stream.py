@@ -77,17 +77,33 @@ def _weights(mix: Mapping[Any, float] | Sequence[tuple[Any, float]]) -> list[tup
     return [(c, w / total) for c, w in out]
 
 
+class _Schedule:
+    """Smooth weighted round robin over the mix, kept as state: asking for chunks in increasing order (what a
+    stream does) costs O(1) each; an earlier chunk restarts from 0."""
+
+    def __init__(self, weights: Sequence[float]):
+        self.weights = list(weights)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.k, self.current, self.last = -1, [0.0] * len(self.weights), 0
+
+    def at(self, k: int) -> int:
+        if k < self.k:
+            self._reset()
+        while self.k < k:
+            self.current = [c + w for c, w in zip(self.current, self.weights)]
+            self.last = max(range(len(self.weights)), key=lambda i: (self.current[i], -i))
+            self.current[self.last] -= 1.0
+            self.k += 1
+        return self.last
+
+
 def schedule(weights: Sequence[float], n: int) -> list[int]:
     """Indices of the mix for chunks 0..n-1: smooth weighted round robin (deterministic; every prefix follows
     the weights to within one chunk per condition)."""
-    current = [0.0] * len(weights)
-    out = []
-    for _ in range(n):
-        current = [c + w for c, w in zip(current, weights)]
-        best = max(range(len(weights)), key=lambda i: (current[i], -i))
-        current[best] -= 1.0
-        out.append(best)
-    return out
+    s = _Schedule(weights)
+    return [s.at(k) for k in range(n)]
 
 
 class GenerationStream:
@@ -101,6 +117,7 @@ class GenerationStream:
             raise ValueError("chunk must be at least 1 image")
         self.url, self.model, self.chunk, self.seed = url.rstrip("/"), model, int(chunk), int(seed)
         self.mix = _weights(mix)
+        self._schedule = _Schedule([w for _, w in self.mix])
         self.max_images, self.api_key, self.prefetch = max_images, api_key, max(1, int(prefetch))
         self.max_retries, self.timeout, self.next_chunk = int(max_retries), timeout, int(start_chunk)
         self.shard, self.http_factory, self.sleep = shard, http_factory, sleep
@@ -113,7 +130,7 @@ class GenerationStream:
         return None if self.max_images is None else -(-self.max_images // self.chunk)
 
     def chunk_request(self, k: int) -> dict:
-        cond = self.mix[schedule([w for _, w in self.mix], k + 1)[-1]][0]
+        cond = self.mix[self._schedule.at(k)][0]
         count = self.chunk if self.max_images is None else min(self.chunk, self.max_images - k * self.chunk)
         body = {"condition": cond, "count": count, "seed": self.seed + k * self.chunk, "format": "npz"}
         if self.model:

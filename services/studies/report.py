@@ -85,9 +85,8 @@ def _car_plot(kr: KindResults) -> str | None:
         ax = fig.add_subplot(1, len(panels), i + 1)
         xs = range(len(groups))
         vals = [g.rates.car.value if g.rates.car.value is not None else float("nan") for g in groups]
-        # max(0, ·): a bound that rounding put a hair past the value must not become a negative error bar
-        lo = [max(0.0, g.rates.car.value - g.rates.car.low) if g.rates.car.value is not None else 0.0 for g in groups]
-        hi = [max(0.0, g.rates.car.high - g.rates.car.value) if g.rates.car.value is not None else 0.0 for g in groups]
+        lo = [(g.rates.car.value - g.rates.car.low) if g.rates.car.value is not None else 0.0 for g in groups]
+        hi = [(g.rates.car.high - g.rates.car.value) if g.rates.car.value is not None else 0.0 for g in groups]
         ax.bar(xs, vals, yerr=[lo, hi], capsize=4, color="#4c78a8")
         ax.axhline(0.5, color="#999", lw=0.8, ls="--")  # chance for a pair case
         ax.set_xticks(list(xs), [_plain(g.label) for g in groups], rotation=30, ha="right", fontsize=8)

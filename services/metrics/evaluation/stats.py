@@ -91,4 +91,8 @@ def wilson_interval(k: int, n: int, ci_level: float = 0.95) -> tuple[float | Non
     den = 1 + z * z / n
     c = (ph + z * z / (2 * n)) / den
     h = z * np.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / den
-    return float(max(0.0, c - h)), float(min(1.0, c + h))
+    # at k = 0 / k = n the bound is exactly 0 / 1 (centre -/+ half cancel; in floats they miss by an ulp, which
+    # would put the bound on the wrong side of the estimate itself)
+    low = 0.0 if k == 0 else float(max(0.0, c - h))
+    high = 1.0 if k == n else float(min(1.0, c + h))
+    return low, high

@@ -52,3 +52,5 @@ def test_wilson_interval_textbook_values():
     assert (round(lo, 3), round(hi, 3)) == (0.108, 0.603)
     assert wilson_interval(0, 0) == (None, None)
     assert wilson_interval(0, 20)[0] == 0.0
+    for n in range(1, 40):  # the bounds at the ends are exact: the estimate is always inside
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
