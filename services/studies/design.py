@@ -176,14 +176,21 @@ def plan_cases(plan: StudyPlan, synthetic: dict[str, list[SourceImage]], real: l
     real_order = [int(i) for i in rng.permutation(len(real))]
     codes = [r.condition.codes() for r in real]
     used: set[int] = set()
+    candidates: dict[tuple, list[int]] = {}  # stratum -> its matching real images, in real_order (made once)
+    cursor: dict[tuple, int] = {}  # how far each list has been consumed
 
     def match(img: SourceImage) -> SourceImage:
         stratum = stratum_of(img.condition)
-        for i in real_order:
-            if i not in used and _matches(codes[i], stratum):
-                used.add(i)
-                return real[i]
-        have = sum(1 for i in range(len(real)) if _matches(codes[i], stratum))
+        if stratum not in candidates:
+            candidates[stratum] = [i for i in real_order if _matches(codes[i], stratum)]
+        pool, at = candidates[stratum], cursor.get(stratum, 0)
+        while at < len(pool) and pool[at] in used:  # taken by another stratum it also matches
+            at += 1
+        cursor[stratum] = at + 1
+        if at < len(pool):
+            used.add(pool[at])
+            return real[pool[at]]
+        have = len(pool)
         raise StudyError(f"not enough real images for stratum {stratum_label(stratum)!r}: the real set has {have}, "
                          f"the study needs more (lower --per-batch, or use a larger real folder)")
 
