@@ -148,12 +148,8 @@ class StudyService:
         m = _TOKEN_RE.match(token or "")
         if not m or m.group(1) != study_id or m.group(2) != "r":
             raise StudyUnauthenticated("sign in with your reader token for this study (Authorization: Bearer …)")
-        try:
-            with self.db.read() as conn:
-                row = conn.execute("SELECT id, name FROM readers WHERE study_id = ? AND token_sha256 = ?",
-                                   (study_id, _digest(token))).fetchone()
-        except StudyNotFound:
-            row = None
+        row = self._row_if_any("SELECT id, name FROM readers WHERE study_id = ? AND token_sha256 = ?",
+                               (study_id, _digest(token)))
         if row is None:
             raise StudyUnauthenticated("this reader token is not valid for this study: ask the study owner for yours")
         return Reader(row["id"], row["name"])
@@ -162,13 +158,14 @@ class StudyService:
         m = _TOKEN_RE.match(key or "")
         if not m or m.group(1) != study_id or m.group(2) != "o":
             raise StudyUnauthenticated("this needs the study's owner key (Authorization: Bearer …)")
-        try:
-            with self.db.read() as conn:
-                row = conn.execute("SELECT owner_key_sha256 FROM studies WHERE id = ?", (study_id,)).fetchone()
-        except StudyNotFound:
-            row = None
+        row = self._row_if_any("SELECT owner_key_sha256 FROM studies WHERE id = ?", (study_id,))
         if row is None or not hmac.compare_digest(row[0], _digest(key)):
             raise StudyUnauthenticated("the owner key is not valid for this study")
+
+    def _row_if_any(self, sql: str, args: tuple):
+        """One row, or None — also when there is no database yet (a token check never creates one)."""
+        with self.db.read_optional() as conn:
+            return None if conn is None else conn.execute(sql, args).fetchone()
 
     # ---- what readers and owners see --------------------------------------------------------------------------
     def info(self, study_id: str) -> StudyInfo:

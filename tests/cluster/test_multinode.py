@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,9 +29,9 @@ HEAD, GEN = "synthrad-head", "synthrad-generators"
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from services.gateway.ray_local import free_port
+
+    return free_port()
 
 
 def _ray_start(args: list[str], env: dict) -> subprocess.Popen:

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import uuid
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -22,7 +15,9 @@ def s3_bucket():
     import s3fs
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    from services.gateway.ray_local import free_port
+
+    port = free_port()
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
