@@ -242,6 +242,8 @@ class BatchStore:
         self.url = str(url)
         self.fs, root = fsspec.core.url_to_fs(self.url)
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        if not self.local:  # no cached listings: batches other replicas write must show up here
+            self.fs, root = fsspec.core.url_to_fs(self.url, use_listings_cache=False)
         self.root = root.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
         self._warned: set[tuple[str, str]] = set()

@@ -20,8 +20,10 @@ from services.metrics.replica import MetricsReplica
     health_check_period_s=10,
 )
 class MetricsDeployment:
-    def __init__(self, store_url: str | None = None, inception_weights: str | None = None, device: str | None = "auto"):
-        self.core = MetricsReplica(store_url, inception_weights, device)
+    def __init__(self, store_url: str | None = None, inception_weights: str | None = None, device: str | None = "auto",
+                 cache_url: str | None = None):
+        # cache_url: the shared feature cache and user references (a folder or s3://…; default from the settings)
+        self.core = MetricsReplica(store_url, inception_weights, device, cache_url)
 
     async def references(self) -> list[str]:
         return await asyncio.to_thread(self.core.references)
