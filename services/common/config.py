@@ -123,6 +123,9 @@ class ApiKeySpec(BaseModel):
 
 
 class JobSettings(BaseModel):
+    url: str | None = Field(None, description="Where job records live, shared by every gateway and jobs replica: "
+                                              "a folder or an fsspec URL (default: HOME/jobs, or STORE_URL/_jobs "
+                                              "when the batch store is an object store).")
     retention_hours: float = Field(168.0, gt=0, description="Finished job records older than this are pruned.")
     chunk_retries: int = Field(6, ge=0, description="Retries of a generation chunk whose replica died/was unavailable.")
     retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles per retry (max 10 s).")
@@ -152,6 +155,8 @@ class ServeSettings(BaseModel):
     generator_max_batch_size: int = Field(16, ge=1, description="Most images per forward pass of a generator "
                                                                "replica (@serve.batch); also the chunk size.")
     generator_batch_wait_s: float = Field(0.02, ge=0, description="How long a replica waits to fill a batch.")
+    generator_min_replicas: int = Field(1, ge=1, description="Generator replicas kept running (also the initial "
+                                                            "count); autoscaling adds more up to the ceiling.")
     generator_max_replicas: int | None = Field(None, ge=1, description="Autoscaling ceiling of each generator "
                                                                    "(default: 1 on CPU, one per GPU).")
     generator_target_ongoing_requests: float = Field(8.0, gt=0, description="Chunks in flight per generator replica "
@@ -160,6 +165,12 @@ class ServeSettings(BaseModel):
                                                                    "target before a replica is added.")
     generator_downscale_delay_s: float = Field(300.0, ge=0, description="How long it must stay below before one "
                                                                       "is removed.")
+    gateway_replicas: int = Field(1, ge=1, description="Gateway (ingress) replicas; they hold no job state, so "
+                                                       "any of them answers for any job.")
+    job_workers: int = Field(1, ge=1, description="Replicas of the jobs deployment, which runs batch, scoring and "
+                                                  "evaluation jobs (outside the gateway).")
+    job_chunks_in_flight: int = Field(16, ge=1, description="Generation chunks a batch job keeps in flight, spread "
+                                                            "over the generator's replicas (inline requests: 4).")
     generator_resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources every generator replica needs, e.g. "
                                           '{"generator-node": 0.01}: places generators on the nodes that offer it.')
@@ -232,6 +243,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="Root for caches and the default store.")
     store_url: str | None = Field(None, description="Batch store location: a folder or an fsspec URL (s3://, gs://).")
     cache_dir: Path | None = Field(None, description="Feature / preprocessing cache (default: HOME/cache).")
+    cache_url: str | None = Field(None, description="Shared metrics feature cache and registered reference sets: "
+                                                    "a folder or an fsspec URL (s3://bucket/cache) every metrics "
+                                                    "replica sees (default: CACHE_DIR/metrics).")
     device: str = Field("auto", description="Torch device: auto, cpu, cuda or cuda:N (see resolve_device).")
     backend: Literal["auto", "eager", "compile", "onnx"] = "auto"
     default_model: str = "stylegan2-cxr64"
@@ -306,6 +320,19 @@ class Settings(BaseSettings):
         if dup:
             raise ValueError(f"API key ids must be unique; repeated: {', '.join(dup)}")
         return specs
+
+    @property
+    def resolved_jobs_url(self) -> str:
+        if self.jobs.url:
+            return self.jobs.url
+        store = self.resolved_store_url
+        if "://" in store and not store.startswith("file://"):
+            return store.rstrip("/") + "/_jobs"
+        return str(self.home / "jobs")
+
+    @property
+    def resolved_metrics_cache_url(self) -> str:
+        return self.cache_url or str(self.resolved_cache_dir / "metrics")
 
     @property
     def resolved_audit_log(self) -> Path:

@@ -2,10 +2,13 @@
 
 Deployments (composed by deployment handles)::
 
-    gateway  (ingress: FastAPI REST (rest.py) + the gRPC methods Serve's gRPC proxy calls (grpc_servicer.py,
-              over grpc_api.GrpcApi) + /metrics)
+    gateway  (ingress, serve.gateway_replicas: FastAPI REST (rest.py) + the gRPC methods Serve's gRPC proxy calls
+              (grpc_servicer.py, over grpc_api.GrpcApi) + /metrics; holds no job state)
       |-- generator-<model_id>   one per served model; @serve.batch dynamic batching; autoscaling; GPU share
-      `-- metrics                scoring of stored batches against registered references
+      |-- metrics                scoring of stored batches against registered references
+      `-- jobs                   runs batch / scoring / evaluation jobs from the shared job store (job_worker.py)
+            |-- generator-<model_id>
+            `-- metrics
 
 :func:`build_app` returns the application (also importable by ``serve run`` / KubeRay as
 ``services.gateway.app:app_builder``); :func:`start_local` starts Ray + Serve on this machine the way
@@ -38,16 +41,11 @@ from services.generator.deployment import GeneratorDeployment
 from services.metrics.deployment import MetricsDeployment
 
 from .grpc_servicer import SERVICER_FUNCTIONS, GrpcIngress
+from .job_worker import JobWorker, settings_from
 
 log = get_logger(__name__)
 
 APP_NAME = "synthrad"
-
-
-def _settings_from(data: dict | None) -> Settings:
-    if not data:
-        return get_settings()
-    return Settings.model_validate(data)
 
 
 @serve.deployment(
@@ -60,10 +58,10 @@ def _settings_from(data: dict | None) -> Settings:
 )
 @serve.ingress()
 class Gateway(GrpcIngress):
-    """Ingress: REST (FastAPI, built per replica), the gRPC methods (one per RPC, from :class:`GrpcIngress`), jobs
-    (asyncio tasks in this replica)."""
+    """Ingress: REST (FastAPI, built per replica) and the gRPC methods (one per RPC, from :class:`GrpcIngress`).
+    Jobs are stored in the shared job store and run by the jobs deployment, so replicas are interchangeable."""
 
-    def __init__(self, generators: dict, metrics=None, options: dict | None = None):
+    def __init__(self, generators: dict, metrics=None, options: dict | None = None, jobs=None):
         from services.common.store import BatchStore
 
         from .clients import HandleGenerators, HandleScorer
@@ -71,19 +69,30 @@ class Gateway(GrpcIngress):
         from .grpc_api import GrpcApi
 
         options = dict(options or {})
-        settings = _settings_from(options.get("settings"))
+        settings = settings_from(options.get("settings"))
         self.settings = settings
+        self._jobs = jobs
         store = BatchStore(settings.resolved_store_url)
-        jobs_dir = options.get("jobs_dir") or str(settings.home / "jobs")
+        jobs_dir = options.get("jobs_dir") or settings.resolved_jobs_url
         self.platform = Platform(
             HandleGenerators(generators, method=options.get("generator_method", "generate")),
             HandleScorer(metrics) if metrics is not None else None,
             store, settings, jobs_dir=jobs_dir, default_model=options.get("default_model"),
+            execute_jobs=jobs is None, on_submit=self._submitted if jobs is not None else None,
         )
         self.auth = self.platform.auth
         # local mode (no API keys): gRPC only from loopback peers (Serve's gRPC proxy may listen on every interface)
         self.serve_grpc(GrpcApi(self.platform, self.auth),
                         loopback_only=bool(options.get("grpc_loopback_only", not self.auth.enabled)))
+
+    def _submitted(self, rec) -> None:
+        self._jobs.take.remote()  # fire and forget: the jobs replicas' sweep finds the record anyway
+
+    def record_telemetry(self, events) -> None:
+        """Telemetry relayed by the jobs deployment (recorded here, once, for this gateway's ``/metrics``)."""
+        from .prometheus import ChunkTelemetry
+
+        ChunkTelemetry().apply(events)
 
     def __serve_build_asgi_app__(self):
         from .rest import create_app
@@ -143,6 +152,7 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
     sv = settings.serve
     if max_replicas is None:  # CPU: one replica per model (it uses the cores); GPU: up to one per GPU
         max_replicas = sv.generator_max_replicas or (max(1, int(gpus)) if use_gpu else 1)
+    min_replicas = min(sv.generator_min_replicas, max_replicas)
     # Threads: Ray sets OMP_NUM_THREADS from a replica's CPU share (1 here). Measured on the 2-core dev box,
     # a StyleGAN2 64px image takes 17 ms with 1 thread and 1.2 s with 2 threads under load (OpenMP spinning
     # against other processes), so replicas keep Ray's setting; scale out with replicas, not threads.
@@ -160,7 +170,7 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
             max_ongoing_requests=max(64, 4 * sv.generator_max_batch_size),
             max_queued_requests=sv.generator_max_queued_requests,  # beyond: shed (503 + Retry-After)
             autoscaling_config={
-                "min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas,
+                "min_replicas": min_replicas, "initial_replicas": min_replicas, "max_replicas": max_replicas,
                 # chunks in flight per replica before Serve adds one (a request keeps ~4 chunks in flight)
                 "target_ongoing_requests": sv.generator_target_ongoing_requests,
                 "upscale_delay_s": sv.generator_upscale_delay_s, "downscale_delay_s": sv.generator_downscale_delay_s,
@@ -176,13 +186,16 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
             m_actor["resources"] = dict(sv.metrics_resources)
         metrics = MetricsDeployment.options(ray_actor_options=m_actor).bind(
             settings.resolved_store_url, str(settings.inception_weights) if settings.inception_weights else None,
-            device)
+            device, settings.resolved_metrics_cache_url)
     options = {"settings": settings.model_dump(mode="json"), "default_model": settings.default_model,
                "jobs_dir": jobs_dir}
-    gateway = Gateway
-    if sv.gateway_resources:
-        gateway = Gateway.options(ray_actor_options={"num_cpus": 0.25, "resources": dict(sv.gateway_resources)})
-    return gateway.bind(gens, metrics, options)
+    head_actor: dict[str, Any] = {"num_cpus": 0.25}
+    if sv.gateway_resources:  # the gateway and the jobs deployment go where the gateway goes (the head)
+        head_actor["resources"] = dict(sv.gateway_resources)
+    jobs = JobWorker.options(num_replicas=sv.job_workers, ray_actor_options=dict(head_actor)).bind(
+        gens, metrics, options)
+    return Gateway.options(num_replicas=sv.gateway_replicas, ray_actor_options=dict(head_actor)).bind(
+        gens, metrics, options, jobs)
 
 
 def app_builder(args: dict | None = None):

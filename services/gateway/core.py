@@ -49,7 +49,11 @@ class Platform:
 
     def __init__(self, generators: Generators, scorer: Scorer | None, store: BatchStore, settings: Settings,
                  jobs_dir=None, default_model: str | None = None, window: int = 4,
-                 auth: ApiKeyAuth | None = None, audit: AuditLog | None = None):
+                 auth: ApiKeyAuth | None = None, audit: AuditLog | None = None, execute_jobs: bool = True,
+                 on_submit=None, observer=None):
+        """``execute_jobs=False`` (the gateway of a Serve application): jobs are recorded in the shared job
+        store and run by the jobs deployment (``on_submit`` nudges it); ``observer`` receives the chunk
+        telemetry (default: this process's Prometheus metrics)."""
         self.scorer = scorer
         self.store = store
         self.settings = settings
@@ -57,7 +61,8 @@ class Platform:
         ids = generators.model_ids()
         self.generation = GenerationService(
             generators, settings.limits, default_model or settings.default_model, window=window,
-            retry=RetryPolicy(settings.jobs.chunk_retries, settings.jobs.retry_backoff_s), observer=m.ChunkTelemetry(),
+            retry=RetryPolicy(settings.jobs.chunk_retries, settings.jobs.retry_backoff_s),
+            observer=observer or m.ChunkTelemetry(),
             screeners=_screeners(settings))
         self.default_model = self.generation.default_model
         self._finished_jobs: set[str] = set()
@@ -66,8 +71,10 @@ class Platform:
         self.jobs = JobManager(jobs_dir, settings.limits.max_concurrent_jobs, on_change=self._job_changed,
                                settings=settings.jobs,
                                resumers={"batch": self._resume_batch, "score": self._resume_score,
-                                         "evaluation": self._resume_evaluation})
-        self._cleanup_store()
+                                         "evaluation": self._resume_evaluation},
+                               execute=execute_jobs, on_submit=on_submit)
+        if execute_jobs:
+            self._cleanup_store()
         m.init_labels(ids)
         m.set_job_counts(self.jobs.counts())
 
@@ -168,9 +175,15 @@ class Platform:
             def retried() -> None:
                 rec.retries += 1
 
+            served_by: set[str] = set()
+
+            def made(res: ChunkResult) -> None:
+                served_by.add(res.stats.replica)
+                rec.replicas = len(served_by)
+
             manifest = await self.generation.store(
                 plan, writer, progress=handle.progress, check=handle.check_lease, on_retry=retried,
-                suspend_on=(asyncio.CancelledError, LostLease))  # suspended: the next gateway resumes it
+                suspend_on=(asyncio.CancelledError, LostLease), on_chunk=made)  # suspended: the next run resumes it
             self.audit.record("batch.stored", rec.key_id, "ok", "", model=plan.model_id, count=manifest.count,
                               job_id=rec.job_id, batch_id=manifest.batch_id)
             return BatchJobResult(batch_id=manifest.batch_id)
@@ -227,7 +240,7 @@ class Platform:
         async def run(handle: JobHandle) -> ScoreSummary:
             t0 = time.perf_counter()
             result = await self.scorer.score(batch_id, reference, metrics, extractor)
-            m.SCORING_LATENCY.labels(reference, extractor).observe(time.perf_counter() - t0)
+            self.generation.observer.scoring(reference, extractor, time.perf_counter() - t0)
             handle.progress(count)
             return result.model_copy(update={"batch_id": batch_id})
 
@@ -368,11 +381,17 @@ class Platform:
                            "poll again")
         return rec
 
-    def _job_changed(self, rec: JobRecord) -> None:
+    def refresh_job_gauges(self) -> None:
+        """The job-state gauge from the job store (a gateway that runs no jobs counts the shared records at
+        scrape time: every replica reports the cluster's numbers)."""
         m.set_job_counts(self.jobs.counts())
+
+    def _job_changed(self, rec: JobRecord) -> None:
+        if self.jobs.execute:
+            m.set_job_counts(self.jobs.counts())
         if rec.state.finished and rec.job_id not in self._finished_jobs:
             self._finished_jobs.add(rec.job_id)
-            m.JOBS_FINISHED.labels(rec.kind, rec.state.value).inc()
+            self.generation.observer.job_finished(rec.kind, rec.state.value)
 
     # ---- store --------------------------------------------------------------------------------
     async def _store(self, fn, *args):

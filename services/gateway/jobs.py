@@ -1,8 +1,16 @@
 """Jobs: batch generation and scoring, run in the background, stored and pollable with progress.
 
-A job is a :class:`JobRecord` (queued -> running -> succeeded | failed) persisted as JSON under
-``<home>/jobs/<job_id>.json`` (atomic write: temp file + rename), so polling works from any gateway replica
-sharing that folder and a restarted gateway still answers for old jobs.
+A job is a :class:`JobRecord` (queued -> running -> succeeded | failed) persisted as JSON in a
+:class:`~services.gateway.job_store.JobStore` (``<home>/jobs/`` or any fsspec URL, e.g. beside an ``s3://``
+batch store), so polling works from any replica sharing that store and a restarted one still answers for old
+jobs.
+
+Who runs a job: a manager with ``execute=True`` runs jobs as asyncio tasks in its process (the jobs deployment;
+or everything in one process, as the fast tests and embedded use do). A manager with ``execute=False`` (the
+gateway of a Serve application) only *submits*: it stores the record queued and unowned, calls ``on_submit``
+(which nudges the jobs deployment), and answers queries from the store — it holds no job state, so any number
+of gateway replicas answer for any job and losing one loses nothing. An executor takes an unowned record the
+way it takes an orphan (below): by claiming it.
 
 Surviving faults: a running job refreshes its record every ``heartbeat_s``. When a gateway starts, a job
 left queued/running by a process that is gone (same host, dead pid) or whose record went stale (older than
@@ -41,6 +49,7 @@ from services.common.logging import get_logger
 from services.common.provenance import utc_now
 
 from .errors import BadId, NotFound, TooManyJobs, Unavailable
+from .job_store import JobStore
 
 log = get_logger(__name__)
 
@@ -76,12 +85,15 @@ class JobRecord(BaseModel):
     owner: str = ""
     #: id of the API key that submitted the job (None when authentication is off); never the key
     key_id: str | None = None
-    #: 1 for the first run, +1 each time a gateway resumes the job after its runner died
+    #: 1 for the first run, +1 each time a gateway resumes the job after its runner died (0: submitted, not yet
+    #: taken by an executor)
     attempt: int = 1
     #: the batch being written (batch jobs; set before the first image, so a resumed job finds it)
     staging_batch_id: str | None = None
     #: chunks retried after a generator replica died or was unavailable
     retries: int = 0
+    #: generator replicas that made this run's chunks (a large batch job fans out over all of them)
+    replicas: int = 0
 
     @property
     def progress(self) -> float:
@@ -142,14 +154,24 @@ def _parse_time(stamp: str | None) -> float:
 
 
 class JobManager:
-    """Starts jobs as asyncio tasks in the current event loop and keeps their records."""
+    """Keeps job records in a :class:`JobStore`; with ``execute`` it also runs jobs as asyncio tasks in the
+    current event loop (its own submissions, and unowned or orphaned jobs it claims)."""
 
     PRUNE_EVERY_S = 60.0
 
-    def __init__(self, jobs_dir: str | Path | None, max_concurrent: int = 8,
+    def __init__(self, jobs_dir: str | Path | JobStore | None, max_concurrent: int = 8,
                  on_change: Callable[[JobRecord], None] | None = None, persist_every_s: float = 0.5,
-                 settings: JobSettings | None = None, resumers: dict[str, Resumer] | None = None):
-        self.dir = Path(jobs_dir) if jobs_dir else None
+                 settings: JobSettings | None = None, resumers: dict[str, Resumer] | None = None,
+                 execute: bool = True, on_submit: Callable[[JobRecord], None] | None = None):
+        if isinstance(jobs_dir, JobStore) or jobs_dir is None:
+            self.dir = jobs_dir
+        else:
+            self.dir = JobStore(jobs_dir)
+        if not execute and self.dir is None:
+            raise ValueError("a manager that does not execute jobs needs a job store the executors share")
+        self.execute = execute
+        self.on_submit = on_submit
+        self._settled: dict[str, JobRecord] = {}  # finished records read from the store (they no longer change)
         self.max_concurrent = max_concurrent
         self.on_change = on_change
         self.persist_every_s = persist_every_s
@@ -165,39 +187,45 @@ class JobManager:
         self._heartbeat: asyncio.Task | None = None
         self._persist_warned = False
         self._lost: set[str] = set()  # jobs another gateway took over: never written by this one again
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        if self.dir is not None and execute:
             self._recover()
             self.prune()
 
     # ---- persistence --------------------------------------------------------------------------
-    def _path(self, job_id: str) -> Path:
-        assert self.dir is not None
-        return self.dir / f"{validate_job_id(job_id)}.json"
-
     def _persist(self, rec: JobRecord) -> None:
         if self.dir is None:
             return
-        path = self._path(rec.job_id)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.write_text(rec.model_dump_json())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self.dir.put(validate_job_id(rec.job_id), rec.model_dump_json().encode())
 
-    def _read(self, path: Path) -> JobRecord | None:
+    def _read(self, job_id: str) -> JobRecord | None:
+        if job_id in self._settled:
+            return self._settled[job_id]
         try:
-            return JobRecord.model_validate_json(path.read_text())
-        except Exception:  # a torn or foreign file: ignore it
+            data = self.dir.get(job_id)  # type: ignore[union-attr]
+            rec = JobRecord.model_validate_json(data) if data is not None else None
+        except Exception:  # a torn or foreign file, or a store hiccup: ignore it
             return None
+        if rec is not None and rec.state.finished:
+            self._settled[job_id] = rec
+        return rec
+
+    def _stored(self) -> list[JobRecord]:
+        """Every record in the store (the gateway's view of the jobs: it runs none)."""
+        if self.dir is None:
+            return []
+        ids = self.dir.ids()
+        for gone in set(self._settled) - set(ids):  # pruned by an executor
+            self._settled.pop(gone, None)
+        return [r for r in (self._read(i) for i in ids) if r is not None]
 
     def _orphaned(self, rec: JobRecord) -> bool:
-        """Unfinished, not ours, and its gateway gone: a dead pid on this host, or no heartbeat for
-        ``lease_s`` (another host, a stalled process, a pid reused after a container restart)."""
+        """Unfinished and not ours, and either never taken (submitted by a gateway that runs no jobs) or its
+        runner gone: a dead pid on this host, or no heartbeat for ``lease_s`` (another host, a stalled
+        process, a pid reused after a container restart)."""
         if rec.state.finished:
             return False
+        if not rec.owner:
+            return True
         host, _, pid = rec.owner.rpartition(":")
         if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             return True
@@ -208,7 +236,7 @@ class JobManager:
             if rec.job_id in self._lost:
                 raise LostLease(rec.job_id)
             return
-        disk = self._read(self._path(rec.job_id))
+        disk = self._read(rec.job_id)
         if disk is not None and (disk.owner != rec.owner or disk.attempt != rec.attempt):
             self._lost.add(rec.job_id)
             log.warning("job taken over by another gateway; stopping here",
@@ -216,15 +244,12 @@ class JobManager:
             raise LostLease(rec.job_id)
 
     def _claim(self, rec: JobRecord) -> bool:
-        """Take an orphaned job for this process; False when another process claimed it first."""
-        claim = self.dir / f".{rec.job_id}.claim-{rec.attempt + 1}"  # type: ignore[operator]
+        """Take an unowned or orphaned job for this process; False when another process claimed it first."""
         try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
+            return self.dir.claim(rec.job_id, rec.attempt + 1, self.owner)  # type: ignore[union-attr]
+        except OSError as e:
+            log.warning("could not claim a job", extra={"job_id": rec.job_id, "error": e.strerror})
             return False
-        os.write(fd, self.owner.encode())
-        os.close(fd)
-        return True
 
     def _recover(self) -> None:
         """Load earlier jobs; orphans are resumed (or failed as interrupted when their kind can't resume)."""
@@ -233,13 +258,17 @@ class JobManager:
             self._ensure_beat()
 
     def _adopt(self, rec: JobRecord) -> JobRecord:
+        fresh = rec.attempt == 0
         rec.attempt += 1
         rec.owner = self.owner
         rec.updated = utc_now()
         if rec.kind in self.resumers:
             rec.state = JobState.QUEUED
-            log.warning("resuming interrupted job", extra={"job_id": rec.job_id, "kind": rec.kind,
-                                                           "attempt": rec.attempt, "done": rec.done})
+            if fresh:
+                log.info("starting submitted job", extra={"job_id": rec.job_id, "kind": rec.kind})
+            else:
+                log.warning("resuming interrupted job", extra={"job_id": rec.job_id, "kind": rec.kind,
+                                                               "attempt": rec.attempt, "done": rec.done})
             self._pending.append(rec)
         else:
             rec.state = JobState.FAILED
@@ -259,6 +288,8 @@ class JobManager:
 
     async def resume_pending(self) -> int:
         """Start the orphans claimed while no event loop was running (and the heartbeat); returns how many."""
+        if not self.execute:
+            return 0
         n = len(self._pending)
         self._start_pending()
         self._ensure_beat()
@@ -302,9 +333,7 @@ class JobManager:
                 self._events.pop(job_id, None)
                 self._last_persist.pop(job_id, None)
                 if self.dir is not None:
-                    self._path(job_id).unlink(missing_ok=True)
-                    for claim in self.dir.glob(f".{job_id}.claim-*"):
-                        claim.unlink(missing_ok=True)
+                    self.dir.delete(job_id)
                 removed += 1
         return removed
 
@@ -319,47 +348,62 @@ class JobManager:
     def get(self, job_id: str) -> JobRecord:
         validate_job_id(job_id)
         rec = self._jobs.get(job_id)
-        if rec is None and self.dir is not None:  # written by another gateway replica sharing the folder
-            path = self._path(job_id)
-            if path.exists():
-                other = self._read(path)
-                if other is not None:
-                    return other
+        if rec is None and self.dir is not None:  # written by another replica sharing the store
+            rec = self._read(job_id)
         if rec is None:
             raise NotFound(f"job {job_id} not found")
         return rec
 
+    def _known(self) -> list[JobRecord]:
+        if self.execute:
+            return list(self._jobs.values())
+        return self._stored()
+
     def list(self, kind: str | None = None) -> list[JobRecord]:
-        jobs = [j for j in self._jobs.values() if kind is None or j.kind == kind]
+        jobs = [j for j in self._known() if kind is None or j.kind == kind]
         return sorted(jobs, key=lambda j: j.created, reverse=True)
 
     def active(self) -> int:
-        return sum(1 for j in self._jobs.values() if not j.state.finished)
+        return sum(1 for j in self._known() if not j.state.finished)
 
     def counts(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
-        for j in self._jobs.values():
+        for j in self._known():
             out[(j.kind, j.state.value)] = out.get((j.kind, j.state.value), 0) + 1
         return out
 
     # ---- running ------------------------------------------------------------------------------
-    def submit(self, kind: str, request: dict, total: int, run: Runner, key_id: str | None = None) -> JobRecord:
-        self._maybe_prune()
-        if self._pending:
-            self._start_pending()
-        self._ensure_beat()
+    def submit(self, kind: str, request: dict, total: int, run: Runner | None, key_id: str | None = None) -> JobRecord:
+        """Record a new job and start ``run`` here (an executor), or leave it queued and unowned for the
+        executors (``execute=False``: ``run`` is not used; they rebuild it from the record with the resumer
+        of its kind)."""
+        if self.execute:
+            self._maybe_prune()
+            if self._pending:
+                self._start_pending()
+            self._ensure_beat()
         if self.active() >= self.max_concurrent:
             raise TooManyJobs(
                 f"{self.active()} jobs are already queued or running (limit {self.max_concurrent}); "
                 "wait for one to finish or raise SYNTHRAD_LIMITS__MAX_CONCURRENT_JOBS"
             )
         rec = JobRecord(job_id=f"job-{secrets.token_hex(8)}", kind=kind, total=int(total), request=request,
-                        owner=self.owner, key_id=key_id)
+                        owner=self.owner if self.execute else "", attempt=1 if self.execute else 0, key_id=key_id)
         try:
             self._persist(rec)
         except OSError as e:
-            raise Unavailable(f"cannot record the job: the jobs folder is not writable ({e.strerror or 'I/O error'}); "
+            raise Unavailable(f"cannot record the job: the job store is not writable ({e.strerror or 'I/O error'}); "
                               "free space or fix its permissions, then retry") from None
+        if not self.execute:
+            if self.on_submit is not None:
+                try:
+                    self.on_submit(rec)
+                except Exception as e:  # noqa: BLE001 - the executors' heartbeat sweep finds it anyway
+                    log.warning("could not notify the jobs deployment", extra={"job_id": rec.job_id,
+                                                                             "error": type(e).__name__})
+            if self.on_change is not None:
+                self.on_change(rec)
+            return rec
         self._jobs[rec.job_id] = rec
         self._events[rec.job_id] = asyncio.Event()
         self._touch(rec)
@@ -370,7 +414,16 @@ class JobManager:
         self._tasks[rec.job_id] = asyncio.get_running_loop().create_task(self._run(rec, run))
         self._ensure_beat()
 
+    async def take_submitted(self) -> int:
+        """Claim and start the jobs waiting in the store now (the jobs deployment does this when a gateway has
+        stored one, besides every ``heartbeat_s``); returns how many were taken."""
+        n = self.sweep()
+        self._ensure_beat()
+        return n
+
     def _ensure_beat(self) -> None:
+        if not self.execute:
+            return
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
@@ -397,16 +450,15 @@ class JobManager:
 
     def sweep(self) -> int:
         """Claim and start (or fail) orphaned jobs found in the jobs folder; returns how many were taken."""
-        if self.dir is None:
+        if self.dir is None or not self.execute:
             return 0
         taken = 0
         pending = {p.job_id for p in self._pending}
-        for f in sorted(self.dir.glob("job-*.json")):
-            job_id = f.name[:-5]
+        for job_id in self.dir.ids():
             known = self._jobs.get(job_id)
             if job_id in self._tasks or job_id in pending or (known is not None and known.state.finished):
                 continue  # ours, or settled: the in-memory record is the one that counts
-            rec = self._read(f)
+            rec = self._read(job_id)
             if rec is None:
                 continue
             if self._orphaned(rec) and self._claim(rec):
@@ -427,8 +479,8 @@ class JobManager:
         except asyncio.CancelledError:
             if rec.job_id in self._lost:
                 return
-            if rec.kind in self.resumers:  # the next gateway to start resumes it (this pid is gone by then)
-                rec.state = JobState.QUEUED
+            if rec.kind in self.resumers:  # handed back: the next executor to sweep resumes it at once
+                rec.state, rec.owner = JobState.QUEUED, ""
             else:
                 rec.state, rec.error = JobState.FAILED, "cancelled (gateway shutting down); nothing was stored"
                 rec.finished = utc_now()

@@ -63,7 +63,8 @@ REQUESTS = _metric(Counter, "synthrad_requests_total", ["protocol", "operation",
 CHUNK_RETRIES = _metric(Counter, "synthrad_generation_chunk_retries_total", ["model"], documentation=(
     "Generation chunks sent again because the generator replica died or was unavailable (Serve restarts it)."))
 JOBS = _metric(Gauge, "synthrad_jobs", ["kind", "state"], documentation=(
-    "Jobs known to this gateway, by kind (batch, score) and state (queued, running, succeeded, failed)."))
+    "Jobs in the job store, by kind (batch, score, evaluation) and state (queued, running, succeeded, failed); "
+    "every gateway replica reports the shared store's numbers (aggregate with max, not sum)."))
 JOBS_FINISHED = _metric(Counter, "synthrad_jobs_finished_total", ["kind", "state"], documentation=(
     "Jobs that finished, by kind and final state."))
 SCORING_LATENCY = _metric(Histogram, "synthrad_scoring_latency_seconds", ["reference", "extractor"], documentation=(
@@ -75,7 +76,7 @@ GPU_MEMORY_TOTAL = _metric(Gauge, "synthrad_gpu_memory_total_bytes", ["model", "
 GPU_UTIL = _metric(Gauge, "synthrad_gpu_utilization_ratio", ["model", "replica", "gpu"], documentation=(
     "GPU utilisation (0-1) of a generator replica's device over the driver's last sample period (needs pynvml)."))
 
-JOB_KINDS = ("batch", "score")
+JOB_KINDS = ("batch", "score", "evaluation")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
 
 
@@ -104,6 +105,29 @@ class ChunkTelemetry:
 
     def done(self, model_id: str, chunk, result, latency_s: float) -> None:
         record_chunk(model_id, chunk.conditions, result.stats, latency_s)
+
+    def job_finished(self, kind: str, state: str) -> None:
+        JOBS_FINISHED.labels(kind, state).inc()
+
+    def scoring(self, reference: str, extractor: str, seconds: float) -> None:
+        SCORING_LATENCY.labels(reference, extractor).observe(seconds)
+
+    def apply(self, events) -> None:
+        """Record events relayed from the jobs deployment (:class:`~services.gateway.telemetry.RelayedEvent`),
+        each once: the gateway replica that receives them counts them."""
+        for ev in events:
+            if ev.kind == "sent":
+                QUEUE_DEPTH.labels(ev.model).inc(ev.count)
+            elif ev.kind == "returned":
+                QUEUE_DEPTH.labels(ev.model).dec(ev.count)
+            elif ev.kind == "retried":
+                CHUNK_RETRIES.labels(ev.model).inc()
+            elif ev.kind == "chunk" and ev.stats is not None:
+                record_chunk(ev.model, ev.conditions, ev.stats, ev.seconds)
+            elif ev.kind == "job_finished":
+                self.job_finished(ev.model, ev.state)
+            elif ev.kind == "scoring":
+                self.scoring(ev.model, ev.state, ev.seconds)
 
 
 def record_chunk(model: str, conditions: Iterable[Condition], stats: ChunkStats, latency_s: float) -> None:

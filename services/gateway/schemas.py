@@ -176,8 +176,10 @@ class JobView(BaseModel):
     request: dict
     result: dict | None = None
     key_id: str | None = Field(None, description="Id of the API key that submitted the job (never the key).")
-    attempt: int = Field(1, description="1, +1 each time a gateway resumed the job after its gateway died.")
+    attempt: int = Field(1, description="1 for the first run, +1 each time the job was resumed after the process "
+                                        "running it died (0: submitted, not yet started).")
     retries: int = Field(0, description="Generation chunks sent again after a generator replica died.")
+    replicas: int = Field(0, description="Generator replicas that made this run's images (batch jobs).")
     links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
@@ -192,7 +194,8 @@ class JobView(BaseModel):
         return cls(job_id=rec.job_id, kind=rec.kind, state=rec.state.value, done=rec.done, total=rec.total,
                    progress=round(rec.progress, 4), batch_id=rec.batch_id, error=rec.error, created=rec.created,
                    updated=rec.updated, started=rec.started, finished=rec.finished, request=rec.request,
-                   result=rec.result, key_id=rec.key_id, attempt=rec.attempt, retries=rec.retries, links=links)
+                   result=rec.result, key_id=rec.key_id, attempt=rec.attempt, retries=rec.retries,
+                   replicas=rec.replicas, links=links)
 
 
 class ModelView(ModelInfo):

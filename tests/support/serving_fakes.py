@@ -83,6 +83,23 @@ def make_tiny(model_id: str, backend: str = "eager", device: str = "cpu") -> Tin
                          fail_seeds=fail)
 
 
+class SlowTinyGenerator(TinyGenerator):
+    """A tiny generator whose forward pass takes ``SLOW_PASS_S`` (a job lasts long enough to kill things in)."""
+
+    SLOW_PASS_S = 0.25
+
+    def generate(self, conditions, seeds, params=None, prompts=None) -> np.ndarray:
+        import time
+
+        time.sleep(self.SLOW_PASS_S)
+        return super().generate(conditions, seeds, params, prompts)
+
+
+def make_slow_tiny(model_id: str, backend: str = "eager", device: str = "cpu") -> TinyGenerator:
+    """``generator_factory`` (``serving_fakes:make_slow_tiny``) of :class:`SlowTinyGenerator`."""
+    return SlowTinyGenerator(model_id=model_id, backend=backend if backend != "auto" else "eager", device="cpu")
+
+
 class FakeScorer:
     """Scores a batch by simple pixel statistics against a fake reference (exercises the job plumbing)."""
 

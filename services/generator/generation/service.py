@@ -224,13 +224,15 @@ class GenerationService:
     async def store(self, plan: GenerationPlan, writer: BatchWriter,
                     progress: Callable[[int], None] | None = None, check: Callable[[], None] | None = None,
                     on_retry: Callable[[], None] | None = None,
-                    suspend_on: tuple[type[BaseException], ...] = ()) -> Manifest:
+                    suspend_on: tuple[type[BaseException], ...] = (),
+                    on_chunk: Callable[[ChunkResult], None] | None = None) -> Manifest:
         """Generate the images ``writer`` does not hold yet and commit the batch.
 
         Every chunk is made durable (journal) before ``progress(images_stored)`` is called, so a resumed writer
         continues after the last stored image. ``check()`` runs before every write (a job's lease check).
         ``suspend_on`` exceptions (a job's cancellation and lost lease) keep what is stored (suspend: the batch
-        can be resumed); any other failure removes it (all or nothing: no half-stored batch)."""
+        can be resumed); any other failure removes it (all or nothing: no half-stored batch). ``on_chunk(result)``
+        sees each chunk's result as it arrives (e.g. which replica made it)."""
         try:
             action = plan.request.screen
             screener = await asyncio.to_thread(self.screener, plan.model_id) if action != "off" else None
@@ -238,6 +240,8 @@ class GenerationService:
             if progress is not None:
                 progress(start)
             async for first, chunk, res in self.stream(plan, start=start, on_retry=on_retry):
+                if on_chunk is not None:
+                    on_chunk(res)
                 if check is not None:
                     check()
                 verdicts = await asyncio.to_thread(screener.screen, res.images) if screener is not None else None

@@ -1,0 +1,129 @@
+"""Where job records live: a folder, or any fsspec URL (``s3://bucket/prefix/jobs``) every replica sees.
+
+One JSON object per job (``<job_id>.json``), written whole: on a folder through a temp file + rename, on an
+object store as one PUT (S3 readers see the old or the new object, never part of one). Taking over a job is a
+*claim*: a marker per (job, attempt) created exclusively — ``O_EXCL`` on a folder, a conditional PUT
+(``If-None-Match: *``, fsspec's ``mode="create"``) on an object store — so of the executors that race for a
+job exactly one wins, on any storage the gateway may use.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+class JobStore:
+    """Records (:meth:`put` / :meth:`get` / :meth:`ids` / :meth:`delete`) and exclusive :meth:`claim` markers."""
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = str(location)
+        if _is_url(self.location):
+            import fsspec
+
+            self.fs, root = fsspec.core.url_to_fs(self.location)
+            self.root = root.rstrip("/")
+            self.local: Path | None = None
+        else:
+            self.local = Path(self.location.removeprefix("file://"))
+            self.local.mkdir(parents=True, exist_ok=True)
+            self.fs, self.root = None, str(self.local)
+
+    def _key(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    # ---- records ------------------------------------------------------------------------------
+    def put(self, job_id: str, data: bytes) -> None:
+        """Store a record whole (raises ``OSError`` when the storage refuses it)."""
+        if self.local is None:
+            try:
+                self.fs.pipe_file(self._key(f"{job_id}.json"), data)
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 - object-store client errors as the OSError callers handle
+                raise OSError(f"job store write failed: {type(e).__name__}") from e
+            return
+        path = self.local / f"{job_id}.json"
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def get(self, job_id: str) -> bytes | None:
+        try:
+            if self.local is None:
+                return self.fs.cat_file(self._key(f"{job_id}.json"))
+            return (self.local / f"{job_id}.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def ids(self) -> list[str]:
+        """The job ids stored (records only, not claims or temp files), sorted."""
+        if self.local is None:
+            try:
+                names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False, refresh=True)]
+            except FileNotFoundError:
+                return []
+        else:
+            names = [p.name for p in self.local.iterdir()]
+        return sorted(n[:-5] for n in names if n.startswith("job-") and n.endswith(".json"))
+
+    def delete(self, job_id: str) -> None:
+        """Remove a record and its claim markers."""
+        if self.local is None:
+            for name in self._claims(job_id) + [f"{job_id}.json"]:
+                try:
+                    self.fs.rm_file(self._key(name))
+                except FileNotFoundError:
+                    pass
+            return
+        (self.local / f"{job_id}.json").unlink(missing_ok=True)
+        for claim in self.local.glob(f".{job_id}.claim-*"):
+            claim.unlink(missing_ok=True)
+
+    def _claims(self, job_id: str) -> list[str]:
+        try:
+            names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False, refresh=True)]
+        except FileNotFoundError:
+            return []
+        return [n for n in names if n.startswith(f".{job_id}.claim-")]
+
+    # ---- claims -------------------------------------------------------------------------------
+    def claim(self, job_id: str, attempt: int, owner: str) -> bool:
+        """Create the marker of ``attempt`` of ``job_id`` for ``owner``; False when someone created it first."""
+        name = f".{job_id}.claim-{int(attempt)}"
+        if self.local is None:
+            try:
+                self.fs.pipe_file(self._key(name), owner.encode(), mode="create")
+            except FileExistsError:
+                return False
+            except Exception as e:  # noqa: BLE001 - a 412 some clients report otherwise
+                if "PreconditionFailed" in type(e).__name__ or "412" in str(e):
+                    return False
+                raise
+            return True
+        try:
+            fd = os.open(self.local / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, owner.encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def describe(self) -> str:
+        """The store's kind for logs (never its path or URL: those may name buckets or folders)."""
+        return "folder" if self.local is not None else f"{type(self.fs).__name__}"

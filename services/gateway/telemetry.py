@@ -1,0 +1,104 @@
+"""Telemetry of jobs that run outside the gateway: recorded where ``/metrics`` is served.
+
+Batch and scoring jobs run in the jobs deployment, but the platform's Prometheus series live on the gateway's
+``/metrics`` (see :mod:`services.gateway.prometheus`). The jobs deployment's :class:`RelayTelemetry` is the
+generation use case's observer there: it queues what happened as typed :class:`RelayedEvent`\\ s and sends them
+in batches (every ``flush_s``) to a gateway replica through a deployment handle; the replica that receives a
+batch records it (``ChunkTelemetry.apply``), so every event is counted once across all gateway replicas and
+summing a series over the gateway pods gives the cluster's total. While no gateway answers, events wait in a
+bounded buffer (the oldest are dropped beyond ``max_buffer``, counted in a warning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Literal
+
+from services.common.findings import Condition
+from services.common.logging import get_logger
+from services.generator.chunks import ChunkStats
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RelayedEvent:
+    kind: Literal["sent", "returned", "retried", "chunk", "job_finished", "scoring"]
+    #: the model (chunk events), the job kind (job_finished) or the reference (scoring)
+    model: str
+    count: int = 0
+    #: the job's final state (job_finished) or the extractor (scoring)
+    state: str = ""
+    seconds: float = 0.0
+    conditions: tuple[Condition, ...] = field(default_factory=tuple)
+    stats: ChunkStats | None = None
+
+
+Push = Callable[[list[RelayedEvent]], Awaitable[None]]
+
+
+class RelayTelemetry:
+    """The observer of the jobs deployment's generation use case (and its job/scoring telemetry)."""
+
+    def __init__(self, push: Push, flush_s: float = 1.0, max_buffer: int = 20000):
+        self.push, self.flush_s, self.max_buffer = push, flush_s, max_buffer
+        self._buf: list[RelayedEvent] = []
+        self._task: asyncio.Task | None = None
+        self._dropped = 0
+
+    # ---- the observer interface (ChunkTelemetry's) ------------------------------------------------
+    def sent(self, model_id: str, chunk) -> None:
+        self._add(RelayedEvent("sent", model_id, count=len(chunk)))
+
+    def returned(self, model_id: str, chunk) -> None:
+        self._add(RelayedEvent("returned", model_id, count=len(chunk)))
+
+    def retried(self, model_id: str) -> None:
+        self._add(RelayedEvent("retried", model_id))
+
+    def done(self, model_id: str, chunk, result, latency_s: float) -> None:
+        self._add(RelayedEvent("chunk", model_id, seconds=float(latency_s), conditions=tuple(chunk.conditions),
+                               stats=result.stats))
+
+    def job_finished(self, kind: str, state: str) -> None:
+        self._add(RelayedEvent("job_finished", kind, state=state))
+
+    def scoring(self, reference: str, extractor: str, seconds: float) -> None:
+        self._add(RelayedEvent("scoring", reference, state=extractor, seconds=float(seconds)))
+
+    # ---- sending ------------------------------------------------------------------------------
+    def _add(self, ev: RelayedEvent) -> None:
+        self._buf.append(ev)
+        if len(self._buf) > self.max_buffer:
+            over = len(self._buf) - self.max_buffer
+            del self._buf[:over]
+            self._dropped += over
+        if self._task is None or self._task.done():
+            try:
+                self._task = asyncio.get_running_loop().create_task(self._flush_later())
+            except RuntimeError:  # no loop (a synchronous caller): sent with the next event or flush()
+                pass
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_s)
+        await self.flush()
+
+    async def flush(self) -> int:
+        """Send what is buffered; returns how many events went (0 when the gateway did not take them)."""
+        batch, self._buf = self._buf, []
+        if not batch:
+            return 0
+        try:
+            await self.push(batch)
+        except Exception as e:  # noqa: BLE001 - keep them for the next try; jobs never fail for telemetry
+            self._buf = batch + self._buf
+            log.warning("telemetry not delivered to a gateway yet", extra={"events": len(batch),
+                                                                          "error": type(e).__name__})
+            if self._task is None or self._task.done() or self._task is asyncio.current_task():
+                self._task = asyncio.get_running_loop().create_task(self._flush_later())
+            return 0
+        if self._dropped:
+            log.warning("telemetry events dropped while no gateway answered", extra={"events": self._dropped})
+            self._dropped = 0
+        return len(batch)
