@@ -1,7 +1,8 @@
 """A Ray cluster of two nodes on this machine — a head and a generator node, separate ``ray start`` processes
 with their own resources — runs the platform with the generator replicas on the generator node and the gateway
-and metrics on the head (``SYNTHRAD_SERVE__*_RESOURCES``), over an S3 store (moto's server): a batch job and its
-score end to end, the batch checked in the bucket.
+(two replicas), the jobs deployment and metrics on the head (``SYNTHRAD_SERVE__*_RESOURCES``), over S3 (moto's
+server): a batch job and its score end to end, with the batch, the job records and the metrics feature cache all
+in the bucket.
 
 The driver (``start_local`` on the running cluster) runs in a subprocess of its own: a test process may hold
 another Ray connection (the e2e platform).
@@ -53,6 +54,7 @@ def test_generators_on_their_own_node_and_the_flow_over_s3(tmp_path):
                "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(ROOT), os.environ.get("PYTHONPATH", "")]),
                "FSSPEC_S3_ENDPOINT_URL": endpoint, "FSSPEC_S3_KEY": "testing", "FSSPEC_S3_SECRET": "testing",
                "SYNTHRAD_HOME": str(tmp_path / "home"), "SYNTHRAD_STORE_URL": f"{bucket}/batches",
+               "SYNTHRAD_CACHE_URL": f"{bucket}/cache", "SYNTHRAD_SERVE__GATEWAY_REPLICAS": "2",
                "SYNTHRAD_DEVICE": "cpu",
                "SYNTHRAD_SERVE__GENERATOR_RESOURCES": json.dumps({GEN: 0.01}),
                "SYNTHRAD_SERVE__GATEWAY_RESOURCES": json.dumps({HEAD: 0.01}),
@@ -93,9 +95,14 @@ def test_generators_on_their_own_node_and_the_flow_over_s3(tmp_path):
         assert res["score"]["result"]["scores"], res
         nodes = res["placement"]
         assert nodes["generator"] and set(nodes["generator"]) == {res["nodes"][GEN]}  # generators: their node
-        assert set(nodes["gateway"]) == {res["nodes"][HEAD]} and set(nodes["metrics"]) == {res["nodes"][HEAD]}
+        assert set(nodes["gateway"]) == {res["nodes"][HEAD]} and len(nodes["gateway"]) == 2
+        assert set(nodes["jobs"]) == {res["nodes"][HEAD]} and set(nodes["metrics"]) == {res["nodes"][HEAD]}
         man = BatchStore(f"{bucket}/batches").verify(res["job"]["batch_id"])  # in the bucket, every hash checked
         assert man.count == 8 and man.model_id == res["model"]
+        fs = fsspec.filesystem("s3")
+        records = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/batches/_jobs", refresh=True)}
+        assert {f"{res['job']['job_id']}.json", f"{res['score_job']}.json"} <= records  # job records: S3
+        assert fs.find(f"{bucket}/cache/features"), "the scoring job's features are cached in the bucket"
 
 
 def _driver(address: str, out: str) -> None:
@@ -133,17 +140,18 @@ def _driver(address: str, out: str) -> None:
         s = client.post("/v1/scores", json={"batch_id": job["batch_id"], "reference": ref, "metrics": ["fid"]})
         score = wait_job(client, s.json()["job_id"], timeout=600)
         score = client.get(f"/v1/scores/{score['job_id']}").json()
-        placement: dict[str, list[str]] = {"generator": [], "gateway": [], "metrics": []}
+        placement: dict[str, list[str]] = {"generator": [], "gateway": [], "metrics": [], "jobs": []}
         for a in state.actors().values():
             name = a.get("Name") or ""
             if a.get("State") != "ALIVE" or not name.startswith("SERVE_REPLICA"):
                 continue
             node = a["Address"]["NodeID"]
             kind = "generator" if "#generator-" in name else "gateway" if "#gateway#" in name else \
-                "metrics" if "#metrics#" in name else None
+                "metrics" if "#metrics#" in name else "jobs" if "#jobs#" in name else None
             if kind:
                 placement[kind].append(node)
         Path(out).write_text(json.dumps({"job": job, "score": score, "placement": placement, "nodes": nodes,
+                                         "score_job": s.json()["job_id"],
                                          "model": model}))
     finally:
         lp.shutdown()
