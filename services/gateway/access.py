@@ -62,7 +62,7 @@ class AccessControl:
                             self.audit.record("auth.denied", caller.key_id, "denied", peer, operation=op)
                         raise
         except ApiError as e:
-            m.REQUESTS.labels("rest", op or "unmatched", str(e.http_status)).inc()
+            m.count_request("rest", op or "unmatched", str(e.http_status))
             return await error_response(e)(scope, receive, send)
         scope.setdefault("state", {})["caller"] = caller
         status = {"code": 500}
@@ -78,7 +78,7 @@ class AccessControl:
             if path != "/metrics":
                 route = scope.get("route")
                 method = scope.get("method") if scope.get("method") in _METHODS else "OTHER"
-                m.REQUESTS.labels("rest", f"{method} {getattr(route, 'path', 'unmatched')}", str(status["code"])).inc()
+                m.count_request("rest", f"{method} {getattr(route, 'path', 'unmatched')}", str(status["code"]))
 
 
 __all__ = ["AccessControl", "rest_operation"]

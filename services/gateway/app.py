@@ -6,9 +6,11 @@ Deployments (composed by deployment handles)::
               (grpc_servicer.py, over grpc_api.GrpcApi) + /metrics; holds no job state)
       |-- generator-<model_id>   one per served model; @serve.batch dynamic batching; autoscaling; GPU share
       |-- metrics                scoring of stored batches against registered references
-      `-- jobs                   runs batch / scoring / evaluation jobs from the shared job store (job_worker.py)
-            |-- generator-<model_id>
-            `-- metrics
+      |-- jobs                   runs batch / scoring / evaluation jobs from the shared job store (job_worker.py)
+      |     |-- generator-<model_id>
+      |     |-- metrics
+      |     `-- telemetry
+      `-- telemetry              the one set of synthrad_* series: every replica relays to it, /metrics shows it
 
 :func:`build_app` returns the application (also importable by ``serve run`` / KubeRay as
 ``services.gateway.app:app_builder``); :func:`start_local` starts Ray + Serve on this machine the way
@@ -42,6 +44,7 @@ from services.metrics.deployment import MetricsDeployment
 
 from .grpc_servicer import SERVICER_FUNCTIONS, GrpcIngress
 from .job_worker import JobWorker, settings_from
+from .telemetry_hub import TelemetryHub
 
 log = get_logger(__name__)
 
@@ -61,17 +64,24 @@ class Gateway(GrpcIngress):
     """Ingress: REST (FastAPI, built per replica) and the gRPC methods (one per RPC, from :class:`GrpcIngress`).
     Jobs are stored in the shared job store and run by the jobs deployment, so replicas are interchangeable."""
 
-    def __init__(self, generators: dict, metrics=None, options: dict | None = None, jobs=None):
+    def __init__(self, generators: dict, metrics=None, options: dict | None = None, jobs=None, telemetry=None):
         from services.common.store import BatchStore
 
         from .clients import HandleGenerators, HandleScorer
         from .core import Platform
         from .grpc_api import GrpcApi
+        from .prometheus import relay_to
+        from .telemetry import RelayTelemetry
 
         options = dict(options or {})
         settings = settings_from(options.get("settings"))
         self.settings = settings
         self._jobs = jobs
+        self._hub = telemetry
+        relay = None
+        if telemetry is not None:  # this replica records nothing itself: one set of series for the application
+            relay = self._relay = RelayTelemetry(self._hub.record.remote)
+            relay_to(relay)
         store = BatchStore(settings.resolved_store_url)
         jobs_dir = options.get("jobs_dir") or settings.resolved_jobs_url
         self.platform = Platform(
@@ -79,6 +89,7 @@ class Gateway(GrpcIngress):
             HandleScorer(metrics) if metrics is not None else None,
             store, settings, jobs_dir=jobs_dir, default_model=options.get("default_model"),
             execute_jobs=jobs is None, on_submit=self._submitted if jobs is not None else None,
+            observer=relay, metrics_source=self._metrics if telemetry is not None else None,
         )
         self.auth = self.platform.auth
         # local mode (no API keys): gRPC only from loopback peers (Serve's gRPC proxy may listen on every interface)
@@ -88,11 +99,9 @@ class Gateway(GrpcIngress):
     def _submitted(self, rec) -> None:
         self._jobs.take.remote()  # fire and forget: the jobs replicas' sweep finds the record anyway
 
-    def record_telemetry(self, events) -> None:
-        """Telemetry relayed by the jobs deployment (recorded here, once, for this gateway's ``/metrics``)."""
-        from .prometheus import ChunkTelemetry
-
-        ChunkTelemetry().apply(events)
+    async def _metrics(self) -> bytes:
+        await self._relay.flush()  # this replica's own events first
+        return await self._hub.exposition.remote()
 
     def __serve_build_asgi_app__(self):
         from .rest import create_app
@@ -192,10 +201,13 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
     head_actor: dict[str, Any] = {"num_cpus": 0.25}
     if sv.gateway_resources:  # the gateway and the jobs deployment go where the gateway goes (the head)
         head_actor["resources"] = dict(sv.gateway_resources)
+    hub = TelemetryHub.options(ray_actor_options={"num_cpus": 0, **({"resources": dict(sv.gateway_resources)}
+                                                                     if sv.gateway_resources else {})}).bind(
+        jobs_dir or settings.resolved_jobs_url, models)
     jobs = JobWorker.options(num_replicas=sv.job_workers, ray_actor_options=dict(head_actor)).bind(
-        gens, metrics, options)
+        gens, metrics, options, hub)
     return Gateway.options(num_replicas=sv.gateway_replicas, ray_actor_options=dict(head_actor)).bind(
-        gens, metrics, options, jobs)
+        gens, metrics, options, jobs, hub)
 
 
 def app_builder(args: dict | None = None):

@@ -50,10 +50,12 @@ class Platform:
     def __init__(self, generators: Generators, scorer: Scorer | None, store: BatchStore, settings: Settings,
                  jobs_dir=None, default_model: str | None = None, window: int = 4,
                  auth: ApiKeyAuth | None = None, audit: AuditLog | None = None, execute_jobs: bool = True,
-                 on_submit=None, observer=None):
+                 on_submit=None, observer=None, metrics_source=None):
         """``execute_jobs=False`` (the gateway of a Serve application): jobs are recorded in the shared job
         store and run by the jobs deployment (``on_submit`` nudges it); ``observer`` receives the chunk
-        telemetry (default: this process's Prometheus metrics)."""
+        telemetry (default: this process's Prometheus metrics); ``metrics_source`` (async, returns the exposition
+        bytes) is what ``/metrics`` shows (default: this process's registry)."""
+        self._metrics_source = metrics_source
         self.scorer = scorer
         self.store = store
         self.settings = settings
@@ -72,7 +74,7 @@ class Platform:
                                settings=settings.jobs,
                                resumers={"batch": self._resume_batch, "score": self._resume_score,
                                          "evaluation": self._resume_evaluation},
-                               execute=execute_jobs, on_submit=on_submit)
+                               execute=execute_jobs, on_submit=on_submit, on_finishing=self._job_finishing)
         if execute_jobs:
             self._cleanup_store()
         m.init_labels(ids)
@@ -386,12 +388,33 @@ class Platform:
         scrape time: every replica reports the cluster's numbers)."""
         m.set_job_counts(self.jobs.counts())
 
+    async def metrics_exposition(self) -> bytes:
+        """``GET /metrics``: the telemetry deployment's series under Serve, else this process's."""
+        if self._metrics_source is not None:
+            try:
+                return await self._metrics_source()
+            except Exception as e:  # noqa: BLE001 - the hub is restarting or gone
+                raise Unavailable("the telemetry deployment is not answering; retry in a moment") from e
+        if not self.jobs.execute:
+            try:
+                await asyncio.to_thread(self.refresh_job_gauges)
+            except OSError:  # the job store is unreachable: the gauges keep their last values
+                pass
+        return m.exposition()[0]
+
     def _job_changed(self, rec: JobRecord) -> None:
         if self.jobs.execute:
             m.set_job_counts(self.jobs.counts())
-        if rec.state.finished and rec.job_id not in self._finished_jobs:
+
+    async def _job_finishing(self, rec: JobRecord) -> None:
+        """A job's telemetry is delivered before its final record is written (a poller that sees the job
+        finished sees its chunks and its finish on ``/metrics`` too)."""
+        if rec.job_id not in self._finished_jobs:
             self._finished_jobs.add(rec.job_id)
             self.generation.observer.job_finished(rec.kind, rec.state.value)
+        flush = getattr(self.generation.observer, "flush", None)
+        if flush is not None:
+            await flush()
 
     # ---- store --------------------------------------------------------------------------------
     async def _store(self, fn, *args):

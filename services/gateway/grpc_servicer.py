@@ -125,7 +125,7 @@ async def _call(api: "GrpcApi", impl: Callable, rpc: Rpc, request, call: _Call) 
             raise
         return await call.fail(*grpc_status(err))
     finally:
-        m.REQUESTS.labels("grpc", rpc.name, code).inc()
+        m.count_request("grpc", rpc.name, code)
 
 
 async def _call_stream(api: "GrpcApi", impl: Callable, rpc: Rpc, request, call: _Call) -> AsyncIterator:
@@ -140,7 +140,7 @@ async def _call_stream(api: "GrpcApi", impl: Callable, rpc: Rpc, request, call: 
             raise
         await call.fail(*grpc_status(err))
     finally:
-        m.REQUESTS.labels("grpc", rpc.name, code).inc()
+        m.count_request("grpc", rpc.name, code)
 
 
 def _named(fn: Callable, owner: str, rpc: Rpc) -> Callable:

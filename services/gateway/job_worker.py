@@ -11,8 +11,8 @@ sweeps the store on that beat, so a job whose runner died (this replica killed, 
 the replica Serve starts in its place or by a sibling. Gateways hold no job state: any of them answers for any
 job, and losing one loses nothing.
 
-Telemetry of the jobs (chunks, finished jobs, scoring time) is relayed to the gateway's ``/metrics``
-(:mod:`services.gateway.telemetry`).
+Telemetry of the jobs (chunks, finished jobs, scoring time) is relayed to the telemetry deployment, whose series
+every gateway's ``/metrics`` shows (:mod:`services.gateway.telemetry`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def settings_from(data: dict | None) -> Settings:
     graceful_shutdown_timeout_s=30,
 )
 class JobWorker:
-    def __init__(self, generators: dict, metrics=None, options: dict | None = None):
+    def __init__(self, generators: dict, metrics=None, options: dict | None = None, telemetry=None):
         from services.common.store import BatchStore
 
         from .clients import HandleGenerators, HandleScorer
@@ -50,8 +50,11 @@ class JobWorker:
 
         options = dict(options or {})
         settings = settings_from(options.get("settings"))
+        from .prometheus import relay_to
+
+        self._hub = telemetry
         self.relay = RelayTelemetry(self._push)
-        self._gateway = None
+        relay_to(self.relay)
         self.platform = Platform(
             HandleGenerators(generators, method=options.get("generator_method", "generate")),
             HandleScorer(metrics) if metrics is not None else None,
@@ -62,10 +65,9 @@ class JobWorker:
         )
 
     async def _push(self, events) -> None:
-        if self._gateway is None:
-            app = serve.get_replica_context().app_name
-            self._gateway = serve.get_deployment_handle("gateway", app_name=app)
-        await self._gateway.record_telemetry.remote(events)
+        if self._hub is None:
+            return  # bound without the telemetry deployment: nowhere to record
+        await self._hub.record.remote(events)
 
     async def take(self) -> int:
         """Claim and start the submitted jobs waiting in the store; returns how many this replica took."""

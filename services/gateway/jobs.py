@@ -162,7 +162,8 @@ class JobManager:
     def __init__(self, jobs_dir: str | Path | JobStore | None, max_concurrent: int = 8,
                  on_change: Callable[[JobRecord], None] | None = None, persist_every_s: float = 0.5,
                  settings: JobSettings | None = None, resumers: dict[str, Resumer] | None = None,
-                 execute: bool = True, on_submit: Callable[[JobRecord], None] | None = None):
+                 execute: bool = True, on_submit: Callable[[JobRecord], None] | None = None,
+                 on_finishing: Callable[[JobRecord], Awaitable[None]] | None = None):
         if isinstance(jobs_dir, JobStore) or jobs_dir is None:
             self.dir = jobs_dir
         else:
@@ -171,6 +172,7 @@ class JobManager:
             raise ValueError("a manager that does not execute jobs needs a job store the executors share")
         self.execute = execute
         self.on_submit = on_submit
+        self.on_finishing = on_finishing  # awaited before a finished job's record is written (telemetry first)
         self._settled: dict[str, JobRecord] = {}  # finished records read from the store (they no longer change)
         self.max_concurrent = max_concurrent
         self.on_change = on_change
@@ -493,6 +495,7 @@ class JobManager:
             rec.error = api_error(e).summary
             rec.finished = utc_now()
             log.warning("job failed", extra={"job_id": rec.job_id, "kind": rec.kind, "error": rec.error})
+            await self._finishing(rec)
             self._finish(rec)
         else:
             fields = result.model_dump(mode="json") if result is not None else {}
@@ -503,9 +506,17 @@ class JobManager:
             rec.state, rec.finished = JobState.SUCCEEDED, utc_now()
             if rec.total:
                 rec.done = rec.total
+            await self._finishing(rec)
             self._finish(rec)
         finally:
             self._tasks.pop(rec.job_id, None)
+
+    async def _finishing(self, rec: JobRecord) -> None:
+        if self.on_finishing is not None:
+            try:
+                await self.on_finishing(rec)
+            except Exception as e:  # noqa: BLE001 - telemetry never holds a job back
+                log.warning("job finish hook failed", extra={"job_id": rec.job_id, "error": type(e).__name__})
 
     def _finish(self, rec: JobRecord) -> None:
         try:

@@ -77,6 +77,24 @@ GPU_UTIL = _metric(Gauge, "synthrad_gpu_utilization_ratio", ["model", "replica",
     "GPU utilisation (0-1) of a generator replica's device over the driver's last sample period (needs pynvml)."))
 
 JOB_KINDS = ("batch", "score", "evaluation")
+
+#: In a Serve replica (gateway, jobs) a :class:`~services.gateway.telemetry.RelayTelemetry`: what would be recorded
+#: here goes to the telemetry deployment, which holds the application's one set of series (see telemetry_hub.py).
+_SINK = None
+
+
+def relay_to(sink) -> None:
+    """Send this process's request counts to ``sink`` (None: record them here)."""
+    global _SINK
+    _SINK = sink
+
+
+def count_request(protocol: str, operation: str, code: str) -> None:
+    """One API request handled (``synthrad_requests_total``)."""
+    if _SINK is not None:
+        _SINK.request(protocol, operation, code)
+    else:
+        REQUESTS.labels(protocol, operation, code).inc()
 JOB_STATES = ("queued", "running", "succeeded", "failed")
 
 
@@ -113,8 +131,8 @@ class ChunkTelemetry:
         SCORING_LATENCY.labels(reference, extractor).observe(seconds)
 
     def apply(self, events) -> None:
-        """Record events relayed from the jobs deployment (:class:`~services.gateway.telemetry.RelayedEvent`),
-        each once: the gateway replica that receives them counts them."""
+        """Record events relayed from the gateway and jobs replicas (:class:`~services.gateway.telemetry.RelayedEvent`)
+        — in the telemetry deployment, each event once."""
         for ev in events:
             if ev.kind == "sent":
                 QUEUE_DEPTH.labels(ev.model).inc(ev.count)
@@ -128,6 +146,8 @@ class ChunkTelemetry:
                 self.job_finished(ev.model, ev.state)
             elif ev.kind == "scoring":
                 self.scoring(ev.model, ev.state, ev.seconds)
+            elif ev.kind == "request":
+                REQUESTS.labels(ev.model, ev.state, ev.code).inc()
 
 
 def record_chunk(model: str, conditions: Iterable[Condition], stats: ChunkStats, latency_s: float) -> None:

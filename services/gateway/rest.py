@@ -5,7 +5,6 @@ See docs/api.md for the walkthrough. Every route delegates to :class:`~services.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -270,12 +269,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
                  **_errors(*_API), 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                                          "description": "Prometheus text format (?ray=1 needs an admin key)"}})
     async def metrics(ray: bool = Query(False, description="Append Ray's own metrics (ray_serve_*) when reachable.")):
-        if not platform.jobs.execute:
-            try:
-                await asyncio.to_thread(platform.refresh_job_gauges)
-            except OSError:  # the job store is unreachable: the gauges keep their last values
-                pass
-        body, ctype = m.exposition()
+        body, ctype = await platform.metrics_exposition(), m.CONTENT_TYPE_LATEST
         if ray:
             body += m.ray_metrics_text().encode()
         return Response(body, media_type=ctype)

@@ -1,12 +1,14 @@
-"""Telemetry of jobs that run outside the gateway: recorded where ``/metrics`` is served.
+"""Telemetry of a replicated application: every replica's events recorded in ONE place.
 
-Batch and scoring jobs run in the jobs deployment, but the platform's Prometheus series live on the gateway's
-``/metrics`` (see :mod:`services.gateway.prometheus`). The jobs deployment's :class:`RelayTelemetry` is the
-generation use case's observer there: it queues what happened as typed :class:`RelayedEvent`\\ s and sends them
-in batches (every ``flush_s``) to a gateway replica through a deployment handle; the replica that receives a
-batch records it (``ChunkTelemetry.apply``), so every event is counted once across all gateway replicas and
-summing a series over the gateway pods gives the cluster's total. While no gateway answers, events wait in a
-bounded buffer (the oldest are dropped beyond ``max_buffer``, counted in a warning).
+Requests are counted by whichever gateway replica took them and jobs run in the jobs deployment, but a scrape of
+``/metrics`` must show the whole application, the same whichever gateway replica answers it. So in a Serve
+application each gateway and jobs replica records nothing itself: its :class:`RelayTelemetry` (the generation use
+case's observer, and :func:`~services.gateway.prometheus.count_request`'s sink) queues what happened as typed
+:class:`RelayedEvent` objects and sends them in batches to the telemetry deployment
+(:mod:`services.gateway.telemetry_hub`), which records each event once; ``/metrics`` on any gateway replica
+returns the hub's exposition. Batches go every ``flush_s`` (0.5 s) and at once before a finished job's record is
+written; a replica killed outright loses the events it still held. While the hub does not answer, events wait
+in a bounded buffer (the oldest are dropped beyond ``max_buffer``, counted in a warning).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class RelayedEvent:
-    kind: Literal["sent", "returned", "retried", "chunk", "job_finished", "scoring"]
-    #: the model (chunk events), the job kind (job_finished) or the reference (scoring)
+    kind: Literal["sent", "returned", "retried", "chunk", "job_finished", "scoring", "request"]
+    #: the model (chunk events), the job kind (job_finished), the reference (scoring) or the protocol (request)
     model: str
     count: int = 0
-    #: the job's final state (job_finished) or the extractor (scoring)
+    #: the job's final state (job_finished), the extractor (scoring) or the operation (request)
     state: str = ""
+    #: the outcome code of a request
+    code: str = ""
     seconds: float = 0.0
     conditions: tuple[Condition, ...] = field(default_factory=tuple)
     stats: ChunkStats | None = None
@@ -41,7 +45,7 @@ Push = Callable[[list[RelayedEvent]], Awaitable[None]]
 class RelayTelemetry:
     """The observer of the jobs deployment's generation use case (and its job/scoring telemetry)."""
 
-    def __init__(self, push: Push, flush_s: float = 1.0, max_buffer: int = 20000):
+    def __init__(self, push: Push, flush_s: float = 0.5, max_buffer: int = 20000):
         self.push, self.flush_s, self.max_buffer = push, flush_s, max_buffer
         self._buf: list[RelayedEvent] = []
         self._task: asyncio.Task | None = None
@@ -62,10 +66,13 @@ class RelayTelemetry:
                                stats=result.stats))
 
     def job_finished(self, kind: str, state: str) -> None:
-        self._add(RelayedEvent("job_finished", kind, state=state))
+        self._add(RelayedEvent("job_finished", kind, state=state))  # the job's owner flushes before it records
 
     def scoring(self, reference: str, extractor: str, seconds: float) -> None:
         self._add(RelayedEvent("scoring", reference, state=extractor, seconds=float(seconds)))
+
+    def request(self, protocol: str, operation: str, code: str) -> None:
+        self._add(RelayedEvent("request", protocol, state=operation, code=str(code)))
 
     # ---- sending ------------------------------------------------------------------------------
     def _add(self, ev: RelayedEvent) -> None:

@@ -8,7 +8,9 @@ forward pass takes 0.25 s, so a 640-image job lasts seconds). Mid-job:
   replicas (a large job fans out);
 * the jobs replica is killed: Serve starts a new one, which finds the job's runner dead and resumes it from
   the images already stored (attempt 2); one batch, every seed once, every hash checked, and the pixels are
-  the ones those seeds make.
+  the ones those seeds make;
+* ``/metrics`` shows the same application-wide series whichever gateway replica answers (the telemetry
+  deployment holds them): both jobs finished, every image counted.
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ def _wait(client, job_id, failures, done_at_least=None, timeout=300.0) -> dict:
             return j
         time.sleep(0.1)
     raise AssertionError(f"job {job_id}: {j}")
+
+
+def _sample(text: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == name and smp.labels == labels:
+                return smp.value
+    raise AssertionError(f"no sample {name}{labels}")
 
 
 def _kill_one(kind: str) -> str:
@@ -123,6 +135,17 @@ def test_losing_a_gateway_or_the_jobs_replica_loses_nothing(tmp_path, _isolated_
 
             listed = {j["job_id"]: j["state"] for j in _get(client, "/v1/jobs", failures)}
             assert listed == {first: "succeeded", second: "succeeded"}
+
+            # /metrics is the application's one set of series, whichever gateway replica answers the scrape
+            scrapes = [client.get("/metrics").text for _ in range(8)]
+            finished = {_sample(t, "synthrad_jobs_finished_total", kind="batch", state="succeeded") for t in scrapes}
+            assert finished == {2.0}, finished
+            assert {_sample(t, "synthrad_jobs", kind="batch", state="succeeded") for t in scrapes} == {2.0}
+            made = [_sample(t, "synthrad_images_generated_total", model=MODEL, backend="eager",
+                            finding="unspecified") for t in scrapes]
+            # every image of both jobs but those whose events the killed jobs replica still held (at most its last
+            # flush interval, 0.5 s: 4 passes of 16 images per generator replica here), and never going back
+            assert made[0] >= 2 * N - 2 * 4 * 16 and made == sorted(made), made
         deadline = time.time() + 60
         while _running_replicas("gateway") < 2 and time.time() < deadline:  # Serve replaced the dead gateway
             time.sleep(0.5)
