@@ -148,13 +148,21 @@ class Platform:
             yield item
 
     # ---- batch jobs ---------------------------------------------------------------------------
-    def create_batch_job(self, plan: GenerationPlan, fmt: str, caller: Caller = LOCAL) -> JobRecord:
+    async def _jobs_call(self, fn, *args, **kwargs):
+        """A job-store operation: inline while jobs run here (in memory, and a submit starts a task on this
+        loop); in a worker thread on a gateway, whose store may be an object store (never block the loop)."""
+        if self.jobs.execute:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def create_batch_job(self, plan: GenerationPlan, fmt: str, caller: Caller = LOCAL) -> JobRecord:
         if fmt not in BATCH_FORMATS:
             raise InvalidArgument(f"unknown format {quoted(fmt)}; use one of {', '.join(BATCH_FORMATS)}")
         request = {**plan.record(), "format": fmt}
         self.auth.charge_images(caller, plan.count)
         try:
-            rec = self.jobs.submit("batch", request, plan.count, self._batch_runner(plan, fmt), key_id=caller.key_id)
+            rec = await self._jobs_call(self.jobs.submit, "batch", request, plan.count,
+                                        self._batch_runner(plan, fmt), key_id=caller.key_id)
         except BaseException:
             self.auth.refund_images(caller, plan.count)
             raise
@@ -229,8 +237,8 @@ class Platform:
             raise InvalidArgument(f"unknown reference {quoted(reference)}; registered references: "
                                   f"{', '.join(refs) or '(none)'} (GET /v1/references)")
         request = {"batch_id": manifest.batch_id, "reference": reference, "metrics": metrics, "extractor": extractor}
-        rec = self.jobs.submit("score", request, manifest.count, self._score_runner(request, manifest.count),
-                               key_id=caller.key_id)
+        rec = await self._jobs_call(self.jobs.submit, "score", request, manifest.count,
+                                    self._score_runner(request, manifest.count), key_id=caller.key_id)
         self.audit.record("score.create", caller.key_id, "accepted", caller.peer, batch_id=manifest.batch_id,
                           reference=reference, job_id=rec.job_id)
         return rec
@@ -319,8 +327,8 @@ class Platform:
                                   "model at a time")
         request = {"batch_ids": [m.batch_id for m in manifests], "kind": kind, "dataset": dataset,
                    "options": {k: v for k, v in resolved.items() if k != "data"}}
-        rec = self.jobs.submit("evaluation", request, EVALUATION_STEPS, self._evaluation_runner(request, resolved),
-                               key_id=caller.key_id)
+        rec = await self._jobs_call(self.jobs.submit, "evaluation", request, EVALUATION_STEPS,
+                                    self._evaluation_runner(request, resolved), key_id=caller.key_id)
         self.audit.record("evaluation.create", caller.key_id, "accepted", caller.peer,
                           batch_id=",".join(request["batch_ids"]), kind=kind, job_id=rec.job_id)
         return rec
@@ -345,8 +353,8 @@ class Platform:
         _, resolved = self._evaluation_options(req["kind"], req.get("dataset"), req.get("options"))
         return self._evaluation_runner(req, resolved)
 
-    def evaluation_result(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
-        return self._finished(job_id, caller, "evaluation", "an evaluation")
+    async def evaluation_result(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
+        return await self._jobs_call(self._finished, job_id, caller, "evaluation", "an evaluation")
 
     # ---- jobs ---------------------------------------------------------------------------------
     def _job(self, job_id: str, caller: Caller) -> JobRecord:
@@ -355,20 +363,20 @@ class Platform:
             raise NotFound(f"job {job_id} not found")
         return rec
 
-    def get_job(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
-        return self._job(job_id, caller)
+    async def get_job(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
+        return await self._jobs_call(self._job, job_id, caller)
 
-    def list_jobs(self, kind: str | None = None, caller: Caller = LOCAL) -> list[JobRecord]:
+    async def list_jobs(self, kind: str | None = None, caller: Caller = LOCAL) -> list[JobRecord]:
         """The caller's jobs (every job for admin keys and when authentication is off), newest first."""
-        return [j for j in self.jobs.list(kind) if caller.may_see(j.key_id)]
+        return [j for j in await self._jobs_call(self.jobs.list, kind) if caller.may_see(j.key_id)]
 
     async def watch_job(self, job_id: str, caller: Caller = LOCAL) -> AsyncIterator[JobRecord]:
-        self._job(job_id, caller)
+        await self._jobs_call(self._job, job_id, caller)
         async for rec in self.jobs.watch(job_id):
             yield rec
 
-    def score_result(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
-        return self._finished(job_id, caller, "score", "a scoring")
+    async def score_result(self, job_id: str, caller: Caller = LOCAL) -> JobRecord:
+        return await self._jobs_call(self._finished, job_id, caller, "score", "a scoring")
 
     def _finished(self, job_id: str, caller: Caller, kind: str, what: str) -> JobRecord:
         """A finished job of ``kind`` (a failed one is finished too: its record carries the error); NotReady while

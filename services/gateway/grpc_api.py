@@ -212,16 +212,16 @@ class GrpcApi:
             raise InvalidArgument(f"unknown batch format {request.format}; use one of "
                                   + ", ".join(f"{batch_pb2.BatchFormat.Name(v)} ({v})" for v in sorted(_FORMATS)))
         plan = await self._plan(request, self.p.limits.max_batch_images, "one batch", screen=request.screen or "off")
-        return job_to_pb(self.p.create_batch_job(plan, fmt, caller))
+        return job_to_pb(await self.p.create_batch_job(plan, fmt, caller))
 
     async def GetJob(self, request, caller: Caller = LOCAL):
-        return job_to_pb(self.p.get_job(request.job_id, caller))
+        return job_to_pb(await self.p.get_job(request.job_id, caller))
 
     async def ListJobs(self, request, caller: Caller = LOCAL):
         kind = request.kind or None
         if kind not in (None, "batch", "score", "evaluation"):
             raise InvalidArgument(f"unknown job kind {request.kind!r}; use batch, score or evaluation")
-        return common_pb2.ListJobsResponse(jobs=[job_to_pb(j) for j in self.p.list_jobs(kind, caller)])
+        return common_pb2.ListJobsResponse(jobs=[job_to_pb(j) for j in await self.p.list_jobs(kind, caller)])
 
     async def WatchJob(self, request, caller: Caller = LOCAL) -> AsyncIterator[common_pb2.Job]:
         async for rec in self.p.watch_job(request.job_id, caller):
@@ -280,7 +280,7 @@ class GrpcApi:
     async def GetScore(self, request, caller: Caller = LOCAL):
         """A finished scoring job's result; a failed one is a result too (state FAILED, its error, no scores),
         as over REST. Still queued or running: FAILED_PRECONDITION (``Platform.score_result``)."""
-        return score_to_pb(self.p.score_result(request.job_id, caller))
+        return score_to_pb(await self.p.score_result(request.job_id, caller))
 
     async def ListEvaluationKinds(self, request, caller: Caller = LOCAL):
         return metrics_pb2.ListEvaluationKindsResponse(kinds=[
@@ -305,7 +305,7 @@ class GrpcApi:
         return job_to_pb(rec)
 
     async def GetEvaluation(self, request, caller: Caller = LOCAL):
-        return evaluation_to_pb(self.p.evaluation_result(request.job_id, caller))
+        return evaluation_to_pb(await self.p.evaluation_result(request.job_id, caller))
 
 
 def stamp_to_pb(stamp: dict | str | None) -> metrics_pb2.ExtractorStamp:

@@ -532,8 +532,15 @@ class JobManager:
         return self.get(job_id)
 
     async def watch(self, job_id: str, poll_s: float = 1.0) -> AsyncIterator[JobRecord]:
-        """Yield the record now and on every change until the job finishes."""
-        rec = self.get(job_id)
+        """Yield the record now and on every change until the job finishes (a manager that runs no jobs reads
+        the store in a worker thread: it may be an object store)."""
+        get = self.get if self.execute else (lambda i: asyncio.to_thread(self.get, i))
+
+        async def current() -> JobRecord:
+            rec = get(job_id)
+            return await rec if not isinstance(rec, JobRecord) else rec
+
+        rec = await current()
         last = None
         while True:
             copy = rec.model_copy()  # judged and yielded as one snapshot: the live record may change meanwhile
@@ -552,7 +559,7 @@ class JobManager:
                     await asyncio.wait_for(ev.wait(), poll_s)
                 except asyncio.TimeoutError:
                     pass
-            rec = self.get(job_id)
+            rec = await current()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks.values()):

@@ -333,7 +333,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
     async def create_batch(body: BatchRequest, request: Request):
         plan = await platform.plan(body.model, body.condition, body.prompt, body.count, body.seed, body.params,
                                    platform.limits.max_batch_images, "one batch", screen=body.screen)
-        rec = platform.create_batch_job(plan, body.format, caller_of(request))
+        rec = await platform.create_batch_job(plan, body.format, caller_of(request))
         return JSONResponse(JobView.of(rec).model_dump(), status_code=202,
                             headers={"Location": f"/v1/jobs/{rec.job_id}"})
 
@@ -398,12 +398,12 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
     @app.get("/v1/jobs", tags=["jobs"], response_model=list[JobView], responses=_errors(*_API),
              summary="Batch and scoring jobs, newest first.")
     async def list_jobs(request: Request, kind: Literal["batch", "score", "evaluation"] | None = None):
-        return [JobView.of(j) for j in platform.list_jobs(kind, caller_of(request))]
+        return [JobView.of(j) for j in await platform.list_jobs(kind, caller_of(request))]
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_errors(*_API, 400, 404),
              summary="A job's state and progress (done/total); batch_id once a batch job succeeded.")
     async def get_job(request: Request, job_id: str = _JOB_ID):
-        return JobView.of(platform.get_job(job_id, caller_of(request)))
+        return JobView.of(await platform.get_job(job_id, caller_of(request)))
 
     # ---- scores -------------------------------------------------------------------------------
     @app.get("/v1/references", tags=["scores"], summary="Registered real reference sets.",
@@ -424,7 +424,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
              summary="The scores of a finished scoring job (409 while it runs); a failed job is its record "
                      "with state failed and the error.")
     async def get_score(request: Request, job_id: str = _JOB_ID):
-        rec = platform.score_result(job_id, caller_of(request))
+        rec = await platform.score_result(job_id, caller_of(request))
         return JobView.of(rec)
 
     # ---- evaluations ---------------------------------------------------------------------------
@@ -453,7 +453,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
              summary="A finished evaluation job: its result (tables, headline numbers, provenance) is the "
                      "record's result (409 while it runs); a failed job has state failed and the error.")
     async def get_evaluation(request: Request, job_id: str = _JOB_ID):
-        return JobView.of(platform.evaluation_result(job_id, caller_of(request)))
+        return JobView.of(await platform.evaluation_result(job_id, caller_of(request)))
 
     @app.get("/v1/evaluations/{job_id}/report", tags=["evaluations"], responses=_errors(*_API, 400, 404, 409),
              response_class=Response, summary="A finished evaluation's self-contained HTML report (plots inline).")
@@ -461,7 +461,7 @@ def create_app(platform: Platform, auth: ApiKeyAuth | None = None) -> FastAPI:
         from services.metrics.evaluation.report import render_html
         from services.metrics.evaluation.result import EvaluationResult
 
-        rec = platform.evaluation_result(job_id, caller_of(request))
+        rec = await platform.evaluation_result(job_id, caller_of(request))
         if rec.result is None:
             raise NotFound(f"evaluation job {job_id} has no result ({rec.state.value}: {rec.error or 'no error'})")
         html = render_html([EvaluationResult.model_validate(rec.result)])

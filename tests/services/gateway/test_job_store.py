@@ -118,27 +118,27 @@ def test_gateways_store_jobs_that_executors_run_and_hand_over(tmp_path, shared):
         workers = [_platform(settings, execute=True, slow=True) for _ in range(2)]
 
         plan = await gw_a.plan(None, None, None, 96, 7, None, 100, "test")
-        rec = gw_a.create_batch_job(plan, "png")
+        rec = await gw_a.create_batch_job(plan, "png")
         assert submitted == [rec.job_id]
         assert rec.state == JobState.QUEUED and rec.attempt == 0 and rec.owner == ""
-        assert gw_b.get_job(rec.job_id).state == JobState.QUEUED  # any gateway answers at once
+        assert (await gw_b.get_job(rec.job_id)).state == JobState.QUEUED  # any gateway answers at once
         assert gw_a.jobs._tasks == {} and gw_a.jobs.active() == 1  # noqa: SLF001 - the gateway runs nothing
 
         taken = await asyncio.gather(*(w.jobs.take_submitted() for w in workers))
         assert sorted(taken) == [0, 1]  # exactly one executor claimed it
         first = workers[taken.index(1)]
         other = workers[taken.index(0)]
-        await _until(lambda: gw_b.get_job(rec.job_id).done >= 1)
+        await _until(lambda: gw_b.jobs.get(rec.job_id).done >= 1)
 
         # the executor stops (a rolling restart): the job is handed back, queued, and the other one resumes it
         await first.shutdown()
-        handed = gw_a.get_job(rec.job_id)
+        handed = await gw_a.get_job(rec.job_id)
         assert handed.state == JobState.QUEUED and handed.owner == "" and handed.attempt == 1
         assert await other.jobs.take_submitted() == 1
-        done = await _until(lambda: (r := gw_b.get_job(rec.job_id)).state.finished and r)
+        done = await _until(lambda: (r := gw_b.jobs.get(rec.job_id)).state.finished and r)
         assert done.state == JobState.SUCCEEDED and done.attempt == 2 and done.batch_id
         assert done.replicas == 1
-        assert [j.job_id for j in gw_a.list_jobs()] == [rec.job_id]
+        assert [j.job_id for j in await gw_a.list_jobs()] == [rec.job_id]
 
         store = BatchStore(store_url)
         store.verify(done.batch_id)
@@ -146,8 +146,8 @@ def test_gateways_store_jobs_that_executors_run_and_hand_over(tmp_path, shared):
         assert man.count == 96 and [r.seed for r in man.images] == list(range(7, 103))
         ref = _platform(_settings(tmp_path / "ref", str(tmp_path / "ref-jobs"), str(tmp_path / "ref-batches")),
                         execute=True)
-        whole = await ref.jobs.wait(ref.create_batch_job(await ref.plan(None, None, None, 96, 7, None, 100, "t"),
-                                                         "png").job_id, timeout=60)
+        whole = await ref.jobs.wait((await ref.create_batch_job(
+            await ref.plan(None, None, None, 96, 7, None, 100, "t"), "png")).job_id, timeout=60)
         np.testing.assert_array_equal(_pixels(store, done.batch_id), _pixels(ref.store, whole.batch_id))
         gw_a.refresh_job_gauges()
         for w in workers:

@@ -41,10 +41,10 @@ def test_chunks_lost_with_their_replica_are_retried_with_the_same_seeds(tmp_path
         platform, store, gen = make_platform(tmp_path, jobs={"retry_backoff_s": 0.0})
         platform.generators = FlakyGenerators(platform.generators.replicas, failures=3)
         plan = await platform.plan(None, None, None, 40, 5, None, 100, "test")
-        rec = await _wait(platform, platform.create_batch_job(plan, "png").job_id)
+        rec = await _wait(platform, (await platform.create_batch_job(plan, "png")).job_id)
         assert rec.state == JobState.SUCCEEDED and rec.retries == 3
         ref, _, _ = make_platform(tmp_path / "ref")
-        rec2 = await _wait(ref, ref.create_batch_job(await ref.plan(None, None, None, 40, 5, None, 100, "t"), "png").job_id)
+        rec2 = await _wait(ref, (await ref.create_batch_job(await ref.plan(None, None, None, 40, 5, None, 100, "t"), "png")).job_id)
         np.testing.assert_array_equal(_pixels(store, rec.batch_id), _pixels(ref.store, rec2.batch_id))
         store.verify(rec.batch_id)
 
@@ -56,7 +56,7 @@ def test_a_replica_that_stays_down_fails_the_job_after_the_retries(tmp_path):
         platform, store, _ = make_platform(tmp_path, jobs={"retry_backoff_s": 0.0, "chunk_retries": 2})
         platform.generators = FlakyGenerators(platform.generators.replicas, failures=1000)
         plan = await platform.plan(None, None, None, 20, 0, None, 100, "test")
-        rec = await _wait(platform, platform.create_batch_job(plan, "png").job_id)
+        rec = await _wait(platform, (await platform.create_batch_job(plan, "png")).job_id)
         assert rec.state == JobState.FAILED and rec.batch_id is None and store.list() == []
 
     asyncio.run(go())
@@ -107,8 +107,8 @@ def test_a_gateway_that_died_mid_job_is_resumed_from_the_stored_images(tmp_path,
         assert man.count == 37 and [r.seed for r in man.images] == list(range(100, 137))
         assert store2.list()[0].batch_id == done.batch_id and len(store2.list()) == 1
         ref, _, _ = make_platform(tmp_path / "ref")
-        whole = await _wait(ref, ref.create_batch_job(
-            await ref.plan(None, None, None, 37, 100, None, 100, "t"), fmt).job_id)
+        whole = await _wait(ref, (await ref.create_batch_job(
+            await ref.plan(None, None, None, 37, 100, None, 100, "t"), fmt)).job_id)
         np.testing.assert_array_equal(_pixels(store2, done.batch_id), _pixels(ref.store, whole.batch_id))
         # a third gateway does not take the finished job again
         p3, _, gen3 = make_platform(tmp_path, gen=TinyGenerator("tiny"))
@@ -164,7 +164,7 @@ def test_a_gateway_that_lost_its_job_stops_writing(tmp_path):
 
         platform.generators.generate = slow
         plan = await platform.plan(None, None, None, 64, 0, None, 100, "t")
-        rec = platform.create_batch_job(plan, "png")
+        rec = await platform.create_batch_job(plan, "png")
         for _ in range(100):
             if platform.jobs.get(rec.job_id).staging_batch_id:
                 break
@@ -203,11 +203,11 @@ def test_a_jobs_folder_that_cannot_be_written_refuses_jobs_and_fails_none_silent
         platform, store, _ = make_platform(tmp_path)
         jobs_dir = tmp_path / "home" / "jobs"
         plan = await platform.plan(None, None, None, 4, 0, None, 100, "t")
-        ok = await _wait(platform, platform.create_batch_job(plan, "png").job_id)
+        ok = await _wait(platform, (await platform.create_batch_job(plan, "png")).job_id)
         shutil.rmtree(jobs_dir)
         jobs_dir.write_text("not a folder")  # every write below it now fails with an OS error
         with pytest.raises(Unavailable) as e:
-            platform.create_batch_job(plan, "png")
+            await platform.create_batch_job(plan, "png")
         assert "not writable" in e.value.message and str(tmp_path) not in e.value.message
         assert platform.jobs.get(ok.job_id).state == JobState.SUCCEEDED  # earlier jobs still answer
 

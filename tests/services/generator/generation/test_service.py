@@ -144,7 +144,7 @@ def test_the_cli_and_the_api_make_the_same_batch(tmp_path):
 
     async def go():
         plan = await platform.plan(None, None, "pleural effusion", 6, 3, None, 100, "one batch")
-        rec = platform.create_batch_job(plan, "png")
+        rec = await platform.create_batch_job(plan, "png")
         return await platform.jobs.wait(rec.job_id, timeout=120)
 
     job = asyncio.run(go())
