@@ -110,6 +110,11 @@ class Gateway(GrpcIngress):
 
     async def __del__(self):
         await self.platform.shutdown()
+        if self._hub is not None:
+            try:
+                await self._relay.flush()  # this replica's last request counts
+            except Exception:  # noqa: BLE001 - shutting down
+                pass
 
 
 # ---- building the application -------------------------------------------------------------------
@@ -236,8 +241,8 @@ class LocalPlatform:
     _ray_session: Any = field(default=None, repr=False)
 
     def shutdown(self) -> None:
-        """Delete the application (replicas shut down gracefully: running batch jobs stay queued and the next
-        gateway on the same home resumes them), then stop
+        """Delete the application (replicas shut down gracefully: running batch jobs are handed back queued and
+        the next jobs replica on the same job store resumes them), then stop
         the private Ray (and remove its token). On a Ray cluster we did not start, only our application is
         removed."""
         from .ray_local import stop_ray

@@ -78,7 +78,8 @@ class Platform:
         if execute_jobs:
             self._cleanup_store()
         m.init_labels(ids)
-        m.set_job_counts(self.jobs.counts())
+        if execute_jobs:  # a gateway's counts come from the telemetry deployment (never a store scan at start)
+            m.set_job_counts(self.jobs.counts())
 
     @property
     def generators(self) -> Generators:
@@ -153,7 +154,11 @@ class Platform:
         loop); in a worker thread on a gateway, whose store may be an object store (never block the loop)."""
         if self.jobs.execute:
             return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as e:
+            raise Unavailable(f"the job store did not answer ({e.strerror or type(e).__name__}); retry in a "
+                              "moment") from None
 
     async def create_batch_job(self, plan: GenerationPlan, fmt: str, caller: Caller = LOCAL) -> JobRecord:
         if fmt not in BATCH_FORMATS:

@@ -4,18 +4,25 @@ One JSON object per job (``<job_id>.json``), written whole: on a folder through 
 object store as one PUT (S3 readers see the old or the new object, never part of one). Taking over a job is a
 *claim*: a marker per (job, attempt) created exclusively — ``O_EXCL`` on a folder, a conditional PUT
 (``If-None-Match: *``, fsspec's ``mode="create"``) on an object store — so of the executors that race for a
-job exactly one wins, on any storage the gateway may use.
+job exactly one wins. Only storages with an atomic create are accepted: a local folder, S3 (and S3-compatible
+servers that honour ``If-None-Match: *`` — MinIO and Ceph RGW do in current releases) and ``memory://`` (one
+process); fsspec's generic "create" is an existence check followed by a write, which two executors can both win.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
+
+
+#: fsspec protocols whose ``pipe_file(mode="create")`` is atomic (s3fs: a conditional PUT)
+ATOMIC_CREATE = {"s3", "s3a", "memory"}
 
 
 def _is_url(location: str) -> bool:
@@ -31,6 +38,11 @@ class JobStore:
             import fsspec
 
             self.fs, root = fsspec.core.url_to_fs(self.location)
+            protocols = set(self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else [self.fs.protocol])
+            if not protocols & ATOMIC_CREATE:
+                raise ValueError(f"job records need a storage with an atomic create (a folder, s3://, memory://); "
+                                 f"{sorted(protocols)[0]}:// is not supported: set SYNTHRAD_JOBS__URL to a folder "
+                                 "every replica shares or to an s3:// URL")
             self.root = root.rstrip("/")
             self.local: Path | None = None
         else:
@@ -62,12 +74,17 @@ class JobStore:
             raise
 
     def get(self, job_id: str) -> bytes | None:
+        """A record's bytes; None when there is none (``OSError`` when the storage does not answer)."""
         try:
             if self.local is None:
                 return self.fs.cat_file(self._key(f"{job_id}.json"))
             return (self.local / f"{job_id}.json").read_bytes()
         except FileNotFoundError:
             return None
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - object-store client errors as OSError
+            raise OSError(f"job store read failed: {type(e).__name__}") from e
 
     def ids(self) -> list[str]:
         """The job ids stored (records only, not claims or temp files), sorted."""
@@ -76,6 +93,10 @@ class JobStore:
                 names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False, refresh=True)]
             except FileNotFoundError:
                 return []
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 - object-store client errors as OSError
+                raise OSError(f"job store listing failed: {type(e).__name__}") from e
         else:
             names = [p.name for p in self.local.iterdir()]
         return sorted(n[:-5] for n in names if n.startswith("job-") and n.endswith(".json"))
@@ -107,8 +128,11 @@ class JobStore:
         if self.local is None:
             try:
                 self.fs.pipe_file(self._key(name), owner.encode(), mode="create")
-            except FileExistsError:
-                return False
+            except FileExistsError:  # someone's marker — or ours, when a PUT that succeeded was retried (412)
+                try:
+                    return self.fs.cat_file(self._key(name)) == owner.encode()
+                except FileNotFoundError:
+                    return False
             except Exception as e:  # noqa: BLE001 - a 412 some clients report otherwise
                 if "PreconditionFailed" in type(e).__name__ or "412" in str(e):
                     return False
@@ -123,6 +147,20 @@ class JobStore:
         finally:
             os.close(fd)
         return True
+
+    def claim_age(self, job_id: str, attempt: int) -> float | None:
+        """Seconds since the marker of ``attempt`` was created (None: there is none)."""
+        name = f".{job_id}.claim-{int(attempt)}"
+        try:
+            if self.local is None:
+                info = self.fs.info(self._key(name), refresh=True)
+                stamp = info.get("LastModified") or info.get("mtime") or info.get("created")
+                if stamp is None:
+                    return None
+                return time.time() - (stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp))
+            return time.time() - (self.local / name).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def describe(self) -> str:
         """The store's kind for logs (never its path or URL: those may name buckets or folders)."""

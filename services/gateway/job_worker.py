@@ -74,8 +74,9 @@ class JobWorker:
         return await self.platform.jobs.take_submitted()
 
     async def check_health(self) -> None:
-        """Serve's health check (every few seconds): also keeps the sweep of the job store running."""
-        await self.platform.jobs.take_submitted()
+        """Serve's health check (every few seconds): keeps the heartbeat (refresh + sweep of the job store)
+        running. No storage I/O here: a slow or failing store must not get this replica restarted."""
+        self.platform.jobs.ensure_running()
 
     async def __del__(self):
         await self.platform.shutdown()  # running batch jobs are handed back, queued; the next replica resumes them

@@ -12,9 +12,9 @@ gateway of a Serve application) only *submits*: it stores the record queued and 
 of gateway replicas answer for any job and losing one loses nothing. An executor takes an unowned record the
 way it takes an orphan (below): by claiming it.
 
-Surviving faults: a running job refreshes its record every ``heartbeat_s``. When a gateway starts, a job
-left queued/running by a process that is gone (same host, dead pid) or whose record went stale (older than
-``lease_s``: another host's gateway died) is *orphaned*: the new gateway claims it (one claim file per
+Surviving faults: a running job refreshes its record every ``heartbeat_s``. When an executor starts (and on
+every heartbeat), a job left queued/running by a process that is gone (same host, dead pid) or whose record went
+stale (older than ``lease_s``: another host's executor died) is *orphaned*: the executor claims it (one claim file per
 attempt, created with ``O_EXCL``, so two replicas never both take it) and resumes it through the resumer
 registered for its kind — batch jobs continue from the images already written (same seeds, same pixels,
 one batch at the end); scoring jobs run again. A kind without a resumer is marked failed ("interrupted").
@@ -180,6 +180,9 @@ class JobManager:
         self.settings = settings or JobSettings()
         self.resumers = dict(resumers or {})
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        #: what this manager writes into its claim markers (the owner + a nonce: two managers of one process,
+        #: as in the tests, are two claimants; reading back its own marker after a retried PUT is a win)
+        self._claim_token = f"{self.owner} {secrets.token_hex(6)}"
         self._jobs: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._events: dict[str, asyncio.Event] = {}
@@ -189,6 +192,7 @@ class JobManager:
         self._heartbeat: asyncio.Task | None = None
         self._persist_warned = False
         self._lost: set[str] = set()  # jobs another gateway took over: never written by this one again
+        self._closing = False  # shutting down: take no job
         if self.dir is not None and execute:
             self._recover()
             self.prune()
@@ -202,10 +206,10 @@ class JobManager:
     def _read(self, job_id: str) -> JobRecord | None:
         if job_id in self._settled:
             return self._settled[job_id]
+        data = self.dir.get(job_id)  # type: ignore[union-attr]  (OSError: the store is unreachable — raised)
         try:
-            data = self.dir.get(job_id)  # type: ignore[union-attr]
             rec = JobRecord.model_validate_json(data) if data is not None else None
-        except Exception:  # a torn or foreign file, or a store hiccup: ignore it
+        except ValueError:  # a torn or foreign file: ignore it
             return None
         if rec is not None and rec.state.finished:
             self._settled[job_id] = rec
@@ -238,7 +242,11 @@ class JobManager:
             if rec.job_id in self._lost:
                 raise LostLease(rec.job_id)
             return
-        disk = self._read(rec.job_id)
+        try:
+            disk = self._read(rec.job_id)
+        except OSError as e:  # the store did not answer: checked again before the next write
+            log.warning("could not check a job's lease", extra={"job_id": rec.job_id, "error": e.strerror})
+            return
         if disk is not None and (disk.owner != rec.owner or disk.attempt != rec.attempt):
             self._lost.add(rec.job_id)
             log.warning("job taken over by another gateway; stopping here",
@@ -246,12 +254,24 @@ class JobManager:
             raise LostLease(rec.job_id)
 
     def _claim(self, rec: JobRecord) -> bool:
-        """Take an unowned or orphaned job for this process; False when another process claimed it first."""
+        """Take an unowned or orphaned job for this process; False when another process claimed it first.
+
+        A marker older than ``lease_s`` whose attempt the record never reached was abandoned (its claimant died
+        between the claim and the record, or could not write it): the next attempt is claimed instead, so a job is
+        never stuck behind a dead claim. (A live claimant writes the record right after its claim.)"""
+        attempt = rec.attempt + 1
         try:
-            return self.dir.claim(rec.job_id, rec.attempt + 1, self.owner)  # type: ignore[union-attr]
+            for _ in range(32):
+                if self.dir.claim(rec.job_id, attempt, self._claim_token):  # type: ignore[union-attr]
+                    rec.attempt = attempt - 1  # _adopt moves it to the claimed attempt
+                    return True
+                age = self.dir.claim_age(rec.job_id, attempt)  # type: ignore[union-attr]
+                if age is None or age < self.settings.lease_s:
+                    return False
+                attempt += 1
         except OSError as e:
             log.warning("could not claim a job", extra={"job_id": rec.job_id, "error": e.strerror})
-            return False
+        return False
 
     def _recover(self) -> None:
         """Load earlier jobs; orphans are resumed (or failed as interrupted when their kind can't resume)."""
@@ -261,6 +281,7 @@ class JobManager:
 
     def _adopt(self, rec: JobRecord) -> JobRecord:
         fresh = rec.attempt == 0
+        self._lost.discard(rec.job_id)  # claimed again by this process (after another one had it)
         rec.attempt += 1
         rec.owner = self.owner
         rec.updated = utc_now()
@@ -286,7 +307,16 @@ class JobManager:
         pending, self._pending = self._pending, []
         for rec in pending:
             self._events[rec.job_id] = asyncio.Event()
-            self._start(rec, self.resumers[rec.kind](rec))
+            try:
+                run = self.resumers[rec.kind](rec)
+            except Exception as e:  # noqa: BLE001 - e.g. its dataset is no longer configured: fail this one job
+                from .errors import api_error
+
+                rec.state, rec.error, rec.finished = JobState.FAILED, api_error(e).summary, utc_now()
+                log.warning("job cannot be resumed", extra={"job_id": rec.job_id, "error": rec.error})
+                self._finish(rec)
+                continue
+            self._start(rec, run)
 
     async def resume_pending(self) -> int:
         """Start the orphans claimed while no event loop was running (and the heartbeat); returns how many."""
@@ -384,9 +414,13 @@ class JobManager:
             if self._pending:
                 self._start_pending()
             self._ensure_beat()
-        if self.active() >= self.max_concurrent:
+        try:
+            active = self.active()
+        except OSError as e:
+            raise Unavailable(f"cannot read the job store ({e.strerror or 'I/O error'}); retry in a moment") from None
+        if active >= self.max_concurrent:
             raise TooManyJobs(
-                f"{self.active()} jobs are already queued or running (limit {self.max_concurrent}); "
+                f"{active} jobs are already queued or running (limit {self.max_concurrent}); "
                 "wait for one to finish or raise SYNTHRAD_LIMITS__MAX_CONCURRENT_JOBS"
             )
         rec = JobRecord(job_id=f"job-{secrets.token_hex(8)}", kind=kind, total=int(total), request=request,
@@ -423,8 +457,17 @@ class JobManager:
         self._ensure_beat()
         return n
 
+    def ensure_running(self) -> None:
+        """Keep the heartbeat (refresh + sweep) going: restarted if it ever ended (the jobs deployment's health
+        check calls this; it does no I/O)."""
+        if self._heartbeat is not None and self._heartbeat.done() and not self._heartbeat.cancelled():
+            exc = self._heartbeat.exception()
+            if exc is not None:
+                log.error("job heartbeat stopped; restarting it", extra={"error": type(exc).__name__})
+        self._ensure_beat()
+
     def _ensure_beat(self) -> None:
-        if not self.execute:
+        if not self.execute or self._closing:
             return
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
@@ -447,12 +490,13 @@ class JobManager:
                 self._touch(rec, force=True)
             try:
                 self.sweep()
-            except OSError as e:
-                log.warning("could not scan job records", extra={"error": e.strerror})
+            except Exception as e:  # noqa: BLE001 - the beat must go on (the store may be back next time)
+                log.warning("could not scan job records", extra={"error": getattr(e, "strerror", None) or
+                                                                          type(e).__name__})
 
     def sweep(self) -> int:
         """Claim and start (or fail) orphaned jobs found in the jobs folder; returns how many were taken."""
-        if self.dir is None or not self.execute:
+        if self.dir is None or not self.execute or self._closing:
             return 0
         taken = 0
         pending = {p.job_id for p in self._pending}
@@ -495,8 +539,7 @@ class JobManager:
             rec.error = api_error(e).summary
             rec.finished = utc_now()
             log.warning("job failed", extra={"job_id": rec.job_id, "kind": rec.kind, "error": rec.error})
-            await self._finishing(rec)
-            self._finish(rec)
+            await self._finish_settled(rec)
         else:
             fields = result.model_dump(mode="json") if result is not None else {}
             if fields.get("batch_id"):
@@ -506,17 +549,27 @@ class JobManager:
             rec.state, rec.finished = JobState.SUCCEEDED, utc_now()
             if rec.total:
                 rec.done = rec.total
-            await self._finishing(rec)
-            self._finish(rec)
+            await self._finish_settled(rec)
         finally:
             self._tasks.pop(rec.job_id, None)
 
-    async def _finishing(self, rec: JobRecord) -> None:
+    FINISHING_TIMEOUT_S = 5.0
+
+    async def _finish_settled(self, rec: JobRecord) -> None:
+        """Run the finish hook (telemetry first, at most ``FINISHING_TIMEOUT_S``), then ALWAYS write the final
+        record — even when this task is cancelled meanwhile (then re-raised): a finished job is never left
+        "running" for another executor to run again."""
+        cancelled = False
         if self.on_finishing is not None:
             try:
-                await self.on_finishing(rec)
+                await asyncio.wait_for(asyncio.shield(self.on_finishing(rec)), self.FINISHING_TIMEOUT_S)
+            except asyncio.CancelledError:
+                cancelled = True
             except Exception as e:  # noqa: BLE001 - telemetry never holds a job back
                 log.warning("job finish hook failed", extra={"job_id": rec.job_id, "error": type(e).__name__})
+        self._finish(rec)
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _finish(self, rec: JobRecord) -> None:
         try:
@@ -562,6 +615,9 @@ class JobManager:
             rec = await current()
 
     async def shutdown(self) -> None:
+        self._closing = True  # no sweep takes back a job handed back below
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for task in list(self._tasks.values()):
             task.cancel()
         for task in list(self._tasks.values()):

@@ -133,11 +133,14 @@ class ChunkTelemetry:
     def apply(self, events) -> None:
         """Record events relayed from the gateway and jobs replicas (:class:`~services.gateway.telemetry.RelayedEvent`)
         — in the telemetry deployment, each event once."""
+        import time
+
+        now = time.monotonic()
+        touched: set[str] = set()
         for ev in events:
-            if ev.kind == "sent":
-                QUEUE_DEPTH.labels(ev.model).inc(ev.count)
-            elif ev.kind == "returned":
-                QUEUE_DEPTH.labels(ev.model).dec(ev.count)
+            if ev.kind == "inflight":  # absolute, per source process: summed over the sources heard from lately
+                _INFLIGHT[(ev.state, ev.model)] = (int(ev.count), now)
+                touched.add(ev.model)
             elif ev.kind == "retried":
                 CHUNK_RETRIES.labels(ev.model).inc()
             elif ev.kind == "chunk" and ev.stats is not None:
@@ -148,6 +151,28 @@ class ChunkTelemetry:
                 self.scoring(ev.model, ev.state, ev.seconds)
             elif ev.kind == "request":
                 REQUESTS.labels(ev.model, ev.state, ev.code).inc()
+        refresh_inflight(touched, now)
+
+
+#: (source, model) -> (images in flight, when last heard): the relayed queue depth (telemetry deployment only)
+_INFLIGHT: dict[tuple[str, str], tuple[int, float]] = {}
+#: a source not heard from for this long is forgotten (a killed replica's in-flight images stop counting)
+SOURCE_TTL_S = 30.0
+
+
+def refresh_inflight(models: Iterable[str] = (), now: float | None = None) -> None:
+    """Set the queue-depth gauge of ``models`` (and of every model with an expired source) from the relayed
+    in-flight counts."""
+    import time
+
+    now = time.monotonic() if now is None else now
+    models = set(models)
+    for key, (_, seen) in list(_INFLIGHT.items()):
+        if now - seen > SOURCE_TTL_S:
+            del _INFLIGHT[key]
+            models.add(key[1])
+    for model in models:
+        QUEUE_DEPTH.labels(model).set(sum(n for (_, m), (n, _) in _INFLIGHT.items() if m == model))
 
 
 def record_chunk(model: str, conditions: Iterable[Condition], stats: ChunkStats, latency_s: float) -> None:

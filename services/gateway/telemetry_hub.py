@@ -10,6 +10,7 @@ the hub restarts, its counters start from zero again, which Prometheus' ``rate()
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ray import serve
 
@@ -32,16 +33,25 @@ class TelemetryHub:
         from .jobs import JobManager
 
         self.jobs = JobManager(jobs_url, execute=False) if jobs_url else None
+        self._counting = asyncio.Lock()
+        self._counted = 0.0
         m.init_labels(models)
 
     def record(self, events) -> int:
         m.ChunkTelemetry().apply(events)
         return len(events)
 
+    #: job states are counted from the store at most this often (concurrent scrapes share one count)
+    COUNT_EVERY_S = 2.0
+
     async def exposition(self) -> bytes:
         if self.jobs is not None:
-            try:
-                m.set_job_counts(await asyncio.to_thread(self.jobs.counts))
-            except OSError as e:  # the job store is unreachable: the gauges keep their last values
-                log.warning("could not count jobs for /metrics", extra={"error": e.strerror})
+            async with self._counting:
+                if time.monotonic() - self._counted >= self.COUNT_EVERY_S:
+                    try:
+                        m.set_job_counts(await asyncio.to_thread(self.jobs.counts))
+                        self._counted = time.monotonic()
+                    except OSError as e:  # the job store is unreachable: the gauges keep their last values
+                        log.warning("could not count jobs for /metrics", extra={"error": e.strerror})
+        m.refresh_inflight()  # forget the in-flight images of sources gone quiet
         return m.exposition()[0]

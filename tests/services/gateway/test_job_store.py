@@ -5,18 +5,23 @@ a stopping executor is resumed by another one — on a real S3-API server (moto)
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
 import threading
 import time
 
 import numpy as np
 import pytest
+from pydantic import BaseModel
 
 from s3_server import s3_bucket
 from serving_fakes import FakeScorer, TinyGenerator
-from services.common.config import Settings
+from services.common.config import JobSettings, Settings
 from services.common.store import BatchStore
 from services.gateway.clients import LocalScorer
 from services.gateway.core import Platform
+from services.gateway.errors import Unavailable
 from services.gateway.job_store import JobStore
 from services.gateway.jobs import JobRecord, JobState
 from services.generator.generation import LocalGenerators
@@ -161,3 +166,127 @@ def test_gateway_without_executors_is_refused_a_private_job_store():
 
     with pytest.raises(ValueError, match="job store"):
         JobManager(None, execute=False)
+
+
+# ---- faults around claims and finishing ------------------------------------------------------------------------------
+def _record(store: JobStore, **kw) -> JobRecord:
+    rec = JobRecord(job_id=kw.pop("job_id", "job-00000000000000cc"), kind="score", total=1, **kw)
+    store.put(rec.job_id, rec.model_dump_json().encode())
+    return rec
+
+
+class _Done(BaseModel):
+    value: int = 1
+
+
+def _resumer(calls: list):
+    def resume(rec):
+        async def run(handle):
+            calls.append(rec.attempt)
+            return _Done()
+        return run
+    return resume
+
+
+def test_a_claim_abandoned_by_a_dead_claimant_does_not_block_the_job(tmp_path):
+    from services.gateway.jobs import JobManager
+
+    store = JobStore(tmp_path / "jobs")
+    dead = f"{socket.gethostname()}:999999999"
+    rec = _record(store, owner=dead, attempt=1, state=JobState.RUNNING)
+    assert store.claim(rec.job_id, 2, "someone else 1")  # claimed, then its claimant died before writing the record
+
+    async def go():
+        calls: list[int] = []
+        fresh = JobManager(store, resumers={"score": _resumer(calls)})  # the marker is young: not taken
+        await fresh.take_submitted()
+        assert calls == [] and store.get(rec.job_id) is not None
+        old = time.time() - 3600
+        os.utime(tmp_path / "jobs" / f".{rec.job_id}.claim-2", (old, old))
+        later = JobManager(store, resumers={"score": _resumer(calls)})  # abandoned past the lease: attempt 3
+        await later.take_submitted()  # (claimed when it started; started now)
+        done = await later.wait(rec.job_id, timeout=10)
+        assert done.state == JobState.SUCCEEDED and done.attempt == 3 and calls == [3]
+        await fresh.shutdown()
+        await later.shutdown()
+
+    asyncio.run(go())
+
+
+def test_own_marker_read_back_and_other_managers_of_one_process_are_other_claimants(location):
+    store = JobStore(location)
+    assert store.claim("job-00000000000000dd", 1, "host:1 aaaa")
+    again = store.claim("job-00000000000000dd", 1, "host:1 aaaa")  # a retried PUT finding its own marker
+    assert again == (store.local is None)  # object stores read the marker back; O_EXCL never retries
+    assert not store.claim("job-00000000000000dd", 1, "host:1 bbbb")
+
+
+def test_a_job_that_cannot_be_resumed_fails_with_the_reason_and_the_beat_goes_on(tmp_path):
+    from services.gateway.errors import InvalidArgument
+    from services.gateway.jobs import JobManager
+
+    store = JobStore(tmp_path / "jobs")
+    calls: list[int] = []
+
+    def resume(rec):
+        if rec.job_id == "job-00000000000000e1":
+            raise InvalidArgument("unknown dataset 'gone'; configured datasets: (none)")
+        return _resumer(calls)(rec)
+
+    async def go():
+        m = JobManager(store, resumers={"score": resume}, settings=JobSettings(heartbeat_s=0.05))
+        bad = _record(store, job_id="job-00000000000000e1", attempt=0)
+        good = _record(store, job_id="job-00000000000000e2", attempt=0)
+        assert await m.take_submitted() == 2
+        failed = JobRecord.model_validate_json(store.get(bad.job_id))
+        assert failed.state == JobState.FAILED and "unknown dataset 'gone'" in failed.error
+        assert (await m.wait(good.job_id, timeout=10)).state == JobState.SUCCEEDED
+        third = _record(store, job_id="job-00000000000000e3", attempt=0)
+        await _until(lambda: JobRecord.model_validate_json(store.get(third.job_id)).state.finished)  # the beat
+        await m.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_stopping_executor_takes_nothing_and_a_stuck_finish_hook_never_keeps_a_job_running(tmp_path, monkeypatch):
+    from services.gateway.jobs import JobManager
+
+    store = JobStore(tmp_path / "jobs")
+
+    async def hang(rec):
+        await asyncio.sleep(3600)  # telemetry that never answers
+
+    async def go():
+        monkeypatch.setattr(JobManager, "FINISHING_TIMEOUT_S", 0.1)
+        m = JobManager(store, resumers={"score": _resumer([])}, on_finishing=hang)
+        rec = _record(store, job_id="job-00000000000000f1", attempt=0)
+        assert await m.take_submitted() == 1
+        done = await m.wait(rec.job_id, timeout=10)
+        assert done.state == JobState.SUCCEEDED
+        assert JobRecord.model_validate_json(store.get(rec.job_id)).state == JobState.SUCCEEDED  # written
+        await m.shutdown()
+        _record(store, job_id="job-00000000000000f2", attempt=0)
+        assert await m.take_submitted() == 0 and m.sweep() == 0  # closing: nothing is taken any more
+
+    asyncio.run(go())
+
+
+def test_the_gateway_says_503_when_the_job_store_does_not_answer(tmp_path):
+    settings = _settings(tmp_path, str(tmp_path / "jobs"), str(tmp_path / "batches"))
+
+    async def go():
+        gw = _platform(settings, execute=False)
+        plan = await gw.plan(None, None, None, 4, 0, None, 100, "test")
+        rec = await gw.create_batch_job(plan, "png")
+        shutil.rmtree(tmp_path / "jobs")
+        (tmp_path / "jobs").write_text("not a folder any more")  # every read below it fails with an OS error
+        for call in (gw.get_job(rec.job_id), gw.list_jobs(), gw.create_batch_job(plan, "png")):
+            with pytest.raises(Unavailable, match="job store"):
+                await call
+
+    asyncio.run(go())
+
+
+def test_storages_without_an_atomic_create_are_refused():
+    with pytest.raises(ValueError, match="atomic create"):
+        JobStore("http://127.0.0.1:1/jobs")

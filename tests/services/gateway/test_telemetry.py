@@ -59,7 +59,7 @@ def test_relayed_events_are_recorded_once_by_the_gateway_that_receives_them():
         relay.job_finished("batch", "succeeded")
         relay.scoring("ref-x", "inception", 1.5)
         assert await relay.flush() == 0  # not taken: kept
-        assert await relay.flush() == 9
+        assert await relay.flush() == 6  # 5 events + this source's in-flight count (absolute: sent once)
         assert await relay.flush() == 0 and len(delivered) == 1  # nothing sent twice
 
     asyncio.run(go())
@@ -87,3 +87,21 @@ def test_the_buffer_is_bounded_while_no_gateway_answers():
         assert await relay.flush() == 0 and len(relay._buf) == 5  # noqa: SLF001
 
     asyncio.run(go())
+
+
+def test_queue_depth_sums_the_sources_in_flight_and_forgets_a_source_gone_quiet(monkeypatch):
+    from services.gateway.telemetry import RelayedEvent
+
+    model = "inflight-model"
+
+    def inflight(source, n):
+        return RelayedEvent("inflight", model, count=n, state=source)
+
+    hub = m.ChunkTelemetry()
+    hub.apply([inflight("gateway-1", 32), inflight("jobs-1", 16)])
+    assert _value("synthrad_generation_queue_depth", model=model) == 48
+    hub.apply([inflight("gateway-1", 0)])
+    assert _value("synthrad_generation_queue_depth", model=model) == 16
+    monkeypatch.setattr(m, "SOURCE_TTL_S", 0.0)  # jobs-1 was killed with 16 images out: never heard from again
+    m.refresh_inflight()
+    assert _value("synthrad_generation_queue_depth", model=model) == 0
