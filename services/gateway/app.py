@@ -235,6 +235,8 @@ class LocalPlatform:
     models: list[str]
     store_url: str
     started_s: float
+    #: where the job records live (every gateway and jobs replica shares it)
+    jobs_url: str | None = None
     #: Ray's token file while Ray token auth is on (``RAY_AUTH_TOKEN_PATH=<it> ray status`` talks to this Ray)
     ray_token_file: str | None = None
     _owns_ray: bool = field(default=True, repr=False)
@@ -331,6 +333,7 @@ def start_local(settings: Settings | None = None, models: list[str] | None = Non
         metrics_url=f"{http_url}/metrics",
         ray_metrics_url=f"http://127.0.0.1:{ray_metrics_port}/metrics" if owns and ray_metrics_port else None,
         models=models, store_url=settings.resolved_store_url, started_s=time.time() - t0,
+        jobs_url=jobs_dir or settings.resolved_jobs_url,
         ray_token_file=str(session.token_file) if session is not None and session.token_file else None,
         _owns_ray=owns, _ray_session=session,
     )

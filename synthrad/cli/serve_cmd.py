@@ -11,6 +11,8 @@ def print_urls(lp, echo=click.echo) -> None:
     echo(f"  metrics   {lp.metrics_url}   (Prometheus; Ray's own: {lp.ray_metrics_url or 'on the Ray cluster'})")
     echo(f"  models    {', '.join(lp.models)}")
     echo(f"  batches   {lp.store_url}")
+    if getattr(lp, "jobs_url", None):
+        echo(f"  jobs      {lp.jobs_url}   (job records; run by the jobs deployment, any gateway answers)")
     echo(f"  studies   {lp.http_url}/study/   (reader studies: `synthrad study list`; owner page {lp.http_url}/study/owner)")
     token_file = getattr(lp, "ray_token_file", None)
     if token_file:
