@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import importlib.resources
 import inspect
 import json
@@ -115,6 +116,7 @@ def _k8s_definitions(version: str) -> dict:
     return json.loads((folder / f"v{version}.0-local-strict" / "_definitions.json").read_text())
 
 
+@functools.lru_cache(maxsize=None)  # built once per (schema, version): the RayService schema is ~0.5 MB
 def _validator(schema_file: str, version: str) -> jsonschema.Draft202012Validator:
     schema = json.loads((SCHEMAS / schema_file).read_text())
     registry = Registry().with_resources([
