@@ -351,6 +351,11 @@ class Settings(BaseSettings):
         return resolve_device(self.device)
 
 
+def settings_from(data: dict | None) -> Settings:
+    """Settings a Serve deployment was bound with (JSON, secrets as hashes), else this process's."""
+    return Settings.model_validate(data) if data else get_settings()
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Process-wide settings (read once from the environment). Tests call ``get_settings.cache_clear()``."""

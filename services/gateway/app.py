@@ -37,14 +37,14 @@ from typing import Any
 
 from ray import serve
 
-from services.common.config import Settings, get_settings
+from services.common.config import Settings, get_settings, settings_from
 from services.common.logging import get_logger
 from services.generator.deployment import GeneratorDeployment
 from services.metrics.deployment import MetricsDeployment
 
 from .grpc_servicer import SERVICER_FUNCTIONS, GrpcIngress
-from .job_worker import JobWorker, settings_from
-from .telemetry_hub import TelemetryHub
+from .job_worker import JobWorker
+from .telemetry_hub import TelemetryHub, relay_to_hub
 
 log = get_logger(__name__)
 
@@ -70,18 +70,14 @@ class Gateway(GrpcIngress):
         from .clients import HandleGenerators, HandleScorer
         from .core import Platform
         from .grpc_api import GrpcApi
-        from .prometheus import relay_to
-        from .telemetry import RelayTelemetry
 
         options = dict(options or {})
         settings = settings_from(options.get("settings"))
         self.settings = settings
         self._jobs = jobs
         self._hub = telemetry
-        relay = None
-        if telemetry is not None:  # this replica records nothing itself: one set of series for the application
-            relay = self._relay = RelayTelemetry(self._hub.record.remote)
-            relay_to(relay)
+        # this replica records nothing itself: one set of series for the application
+        relay = self._relay = relay_to_hub(telemetry) if telemetry is not None else None
         store = BatchStore(settings.resolved_store_url)
         jobs_dir = options.get("jobs_dir") or settings.resolved_jobs_url
         self.platform = Platform(
@@ -206,8 +202,7 @@ def build_app(settings: Settings | None = None, models: list[str] | None = None,
     head_actor: dict[str, Any] = {"num_cpus": 0.25}
     if sv.gateway_resources:  # the gateway and the jobs deployment go where the gateway goes (the head)
         head_actor["resources"] = dict(sv.gateway_resources)
-    hub = TelemetryHub.options(ray_actor_options={"num_cpus": 0, **({"resources": dict(sv.gateway_resources)}
-                                                                     if sv.gateway_resources else {})}).bind(
+    hub = TelemetryHub.options(ray_actor_options={**head_actor, "num_cpus": 0}).bind(
         jobs_dir or settings.resolved_jobs_url, models)
     jobs = JobWorker.options(num_replicas=sv.job_workers, ray_actor_options=dict(head_actor)).bind(
         gens, metrics, options, hub)

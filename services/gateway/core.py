@@ -396,23 +396,14 @@ class Platform:
                            "poll again")
         return rec
 
-    def refresh_job_gauges(self) -> None:
-        """The job-state gauge from the job store (a gateway that runs no jobs counts the shared records at
-        scrape time: every replica reports the cluster's numbers)."""
-        m.set_job_counts(self.jobs.counts())
-
     async def metrics_exposition(self) -> bytes:
-        """``GET /metrics``: the telemetry deployment's series under Serve, else this process's."""
+        """``GET /metrics``: the telemetry deployment's series under Serve (job states counted there, from the
+        shared store), else this process's."""
         if self._metrics_source is not None:
             try:
                 return await self._metrics_source()
             except Exception as e:  # noqa: BLE001 - the hub is restarting or gone
                 raise Unavailable("the telemetry deployment is not answering; retry in a moment") from e
-        if not self.jobs.execute:
-            try:
-                await asyncio.to_thread(self.refresh_job_gauges)
-            except OSError:  # the job store is unreachable: the gauges keep their last values
-                pass
         return m.exposition()[0]
 
     def _job_changed(self, rec: JobRecord) -> None:

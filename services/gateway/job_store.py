@@ -86,40 +86,37 @@ class JobStore:
         except Exception as e:  # noqa: BLE001 - object-store client errors as OSError
             raise OSError(f"job store read failed: {type(e).__name__}") from e
 
-    def ids(self) -> list[str]:
-        """The job ids stored (records only, not claims or temp files), sorted."""
-        if self.local is None:
-            try:
-                names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False, refresh=True)]
-            except FileNotFoundError:
-                return []
-            except OSError:
-                raise
-            except Exception as e:  # noqa: BLE001 - object-store client errors as OSError
-                raise OSError(f"job store listing failed: {type(e).__name__}") from e
-        else:
-            names = [p.name for p in self.local.iterdir()]
-        return sorted(n[:-5] for n in names if n.startswith("job-") and n.endswith(".json"))
-
-    def delete(self, job_id: str) -> None:
-        """Remove a record and its claim markers."""
-        if self.local is None:
-            for name in self._claims(job_id) + [f"{job_id}.json"]:
-                try:
-                    self.fs.rm_file(self._key(name))
-                except FileNotFoundError:
-                    pass
-            return
-        (self.local / f"{job_id}.json").unlink(missing_ok=True)
-        for claim in self.local.glob(f".{job_id}.claim-*"):
-            claim.unlink(missing_ok=True)
-
-    def _claims(self, job_id: str) -> list[str]:
+    def _names(self) -> list[str]:
+        """Every name in the store (records, claim markers, temp files): one fresh listing."""
+        if self.local is not None:
+            return [p.name for p in self.local.iterdir()]
         try:
-            names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False, refresh=True)]
+            return [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False, refresh=True)]
         except FileNotFoundError:
             return []
-        return [n for n in names if n.startswith(f".{job_id}.claim-")]
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - object-store client errors as OSError
+            raise OSError(f"job store listing failed: {type(e).__name__}") from e
+
+    def ids(self) -> list[str]:
+        """The job ids stored (records only, not claims or temp files), sorted."""
+        return sorted(n[:-5] for n in self._names() if n.startswith("job-") and n.endswith(".json"))
+
+    def delete(self, *job_ids: str) -> None:
+        """Remove records and their claim markers (one listing for all of them)."""
+        if not job_ids:
+            return
+        claims = tuple(f".{j}.claim-" for j in job_ids)
+        names = [f"{j}.json" for j in job_ids] + [n for n in self._names() if n.startswith(claims)]
+        for name in names:
+            if self.local is not None:
+                (self.local / name).unlink(missing_ok=True)
+                continue
+            try:
+                self.fs.rm_file(self._key(name))
+            except FileNotFoundError:
+                pass
 
     # ---- claims -------------------------------------------------------------------------------
     def claim(self, job_id: str, attempt: int, owner: str) -> bool:

@@ -19,17 +19,10 @@ from __future__ import annotations
 
 from ray import serve
 
-from services.common.config import Settings, get_settings
+from services.common.config import settings_from
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def settings_from(data: dict | None) -> Settings:
-    """The settings a deployment was bound with (as JSON, secrets as hashes), else this process's."""
-    if not data:
-        return get_settings()
-    return Settings.model_validate(data)
 
 
 @serve.deployment(
@@ -41,20 +34,16 @@ def settings_from(data: dict | None) -> Settings:
     graceful_shutdown_timeout_s=30,
 )
 class JobWorker:
-    def __init__(self, generators: dict, metrics=None, options: dict | None = None, telemetry=None):
+    def __init__(self, generators: dict, metrics, options: dict | None, telemetry):
         from services.common.store import BatchStore
 
         from .clients import HandleGenerators, HandleScorer
         from .core import Platform
-        from .telemetry import RelayTelemetry
+        from .telemetry_hub import relay_to_hub
 
         options = dict(options or {})
         settings = settings_from(options.get("settings"))
-        from .prometheus import relay_to
-
-        self._hub = telemetry
-        self.relay = RelayTelemetry(self._push)
-        relay_to(self.relay)
+        self.relay = relay_to_hub(telemetry)
         self.platform = Platform(
             HandleGenerators(generators, method=options.get("generator_method", "generate")),
             HandleScorer(metrics) if metrics is not None else None,
@@ -63,11 +52,6 @@ class JobWorker:
             default_model=options.get("default_model"), window=settings.serve.job_chunks_in_flight,
             observer=self.relay, execute_jobs=True,
         )
-
-    async def _push(self, events) -> None:
-        if self._hub is None:
-            return  # bound without the telemetry deployment: nowhere to record
-        await self._hub.record.remote(events)
 
     async def take(self) -> int:
         """Claim and start the submitted jobs waiting in the store; returns how many this replica took."""

@@ -358,16 +358,15 @@ class JobManager:
         now = time.time() if now is None else now
         self._last_prune = time.monotonic()
         horizon = now - self.settings.retention_hours * 3600.0
-        removed = 0
-        for job_id, rec in list(self._jobs.items()):
-            if rec.state.finished and _parse_time(rec.finished or rec.updated) < horizon:
-                self._jobs.pop(job_id, None)
-                self._events.pop(job_id, None)
-                self._last_persist.pop(job_id, None)
-                if self.dir is not None:
-                    self.dir.delete(job_id)
-                removed += 1
-        return removed
+        old = [job_id for job_id, rec in self._jobs.items()
+               if rec.state.finished and _parse_time(rec.finished or rec.updated) < horizon]
+        for job_id in old:
+            self._jobs.pop(job_id, None)
+            self._events.pop(job_id, None)
+            self._last_persist.pop(job_id, None)
+        if self.dir is not None:
+            self.dir.delete(*old)
+        return len(old)
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune >= self.PRUNE_EVERY_S:
@@ -587,11 +586,8 @@ class JobManager:
     async def watch(self, job_id: str, poll_s: float = 1.0) -> AsyncIterator[JobRecord]:
         """Yield the record now and on every change until the job finishes (a manager that runs no jobs reads
         the store in a worker thread: it may be an object store)."""
-        get = self.get if self.execute else (lambda i: asyncio.to_thread(self.get, i))
-
         async def current() -> JobRecord:
-            rec = get(job_id)
-            return await rec if not isinstance(rec, JobRecord) else rec
+            return self.get(job_id) if self.execute else await asyncio.to_thread(self.get, job_id)
 
         rec = await current()
         last = None

@@ -21,6 +21,16 @@ from . import prometheus as m
 log = get_logger(__name__)
 
 
+def relay_to_hub(hub):
+    """This replica's :class:`~services.gateway.telemetry.RelayTelemetry` to ``hub`` (a handle of
+    :class:`TelemetryHub`), also the sink of its request counts: from now on the replica records nothing itself."""
+    from .telemetry import RelayTelemetry
+
+    relay = RelayTelemetry(hub.record.remote)
+    m.relay_to(relay)
+    return relay
+
+
 @serve.deployment(
     name="telemetry",
     num_replicas=1,

@@ -25,7 +25,6 @@ import contextlib
 import contextvars
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,18 +74,6 @@ class RunningStats:
         if self.n < 2:
             raise ValueError("covariance needs n ≥ 2")
         return self.m2 / (self.n - 1)
-
-
-def _atomic_savez(path: Path, **arrays: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def npz_bytes(compressed: bool = False, **arrays: Any) -> bytes:
@@ -258,10 +245,6 @@ class FeatureCache:
     def _frel(self, stamp_key: str, content_hash: str) -> str:
         return f"features/{stamp_key}/{content_hash}.npz"
 
-    def _fpath(self, stamp_key: str, content_hash: str) -> Path | str:
-        rel = self._frel(stamp_key, content_hash)
-        return self.root / rel if self.local else self.location(rel)
-
     def get_features(self, stamp_key: str, content_hash: str) -> tuple[np.ndarray, RunningStats] | None:
         if not self.enabled:
             return None
@@ -279,19 +262,11 @@ class FeatureCache:
     def put_features(self, stamp_key: str, content_hash: str, feats: np.ndarray) -> None:
         if not self.enabled:
             return
-        arr = np.asarray(feats, np.float32)
-        if self.local:
-            _atomic_savez(self.root / self._frel(stamp_key, content_hash), features=arr)
-        else:
-            self.write_bytes(self._frel(stamp_key, content_hash), npz_bytes(features=arr))
+        self.write_bytes(self._frel(stamp_key, content_hash), npz_bytes(features=np.asarray(feats, np.float32)))
 
     # extractor-independent set data --------------------------------------------------------------
     def _srel(self, content_hash: str) -> str:
         return f"sets/{content_hash}.npz"
-
-    def _spath(self, content_hash: str) -> Path | str:
-        rel = self._srel(content_hash)
-        return self.root / rel if self.local else self.location(rel)
 
     def get_set(self, content_hash: str) -> dict[str, np.ndarray] | None:
         if not self.enabled:
@@ -308,7 +283,4 @@ class FeatureCache:
     def put_set(self, content_hash: str, data: dict[str, np.ndarray]) -> None:
         if not self.enabled:
             return
-        if self.local:
-            _atomic_savez(self.root / self._srel(content_hash), **data)
-        else:
-            self.write_bytes(self._srel(content_hash), npz_bytes(**data))
+        self.write_bytes(self._srel(content_hash), npz_bytes(**data))
